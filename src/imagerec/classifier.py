@@ -1,0 +1,157 @@
+"""The facade: ``Classifier.load / predict / evaluate / stream / export`` — the CLI's verbs, in Python.
+
+Example:
+    >>> clf = Classifier.load("runs/fmnist")
+    >>> [p.label for p in clf.predict(["a.png", "b.jpg"])]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagerec.data.images import load_image
+from imagerec.errors import ImageRejected
+from imagerec.inference.prediction import Prediction, PredictionError
+from imagerec.inference.predictor import get_runtime, softmax_temperature
+from imagerec.training.run_dir import RunDir
+from imagerec.utils import read_json
+
+UNKNOWN = "unknown"
+
+
+class Classifier:
+    """A trained model with its labels, preprocessing contract and calibration."""
+
+    def __init__(self, run_dir: RunDir, model, runtime: str = "keras", runtime_fn=None):
+        self.run_dir = run_dir
+        config = run_dir.read_config()
+        self.config = config
+        self.labels: list[str] = run_dir.read_labels()
+        self.image_size: int = int(config["image_size"])
+        self.channels: int = int(config["channels"])
+        self.resize: str = config.get("resize", "stretch")
+        self.name: str = config.get("model", {}).get("name", "model")
+        self.model = model
+        self.runtime = runtime
+        info = {"image_size": self.image_size, "channels": self.channels, "run_dir": run_dir.path}
+        self._run = runtime_fn or get_runtime(runtime)(model, info)
+        calib = read_json(run_dir.calibration) if run_dir.calibration.exists() else {}
+        self.temperature: float = float(calib.get("temperature", 1.0))
+        self.threshold: float | None = calib.get("threshold")
+        hash_file = Path(str(run_dir.model) + ".sha256.json")
+        self.version: str = read_json(hash_file)["sha256"][:12] if hash_file.exists() else "unversioned"
+
+    # construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run: str | os.PathLike, runtime: str = "keras") -> Classifier:
+        """Load a run directory (model loaded with Keras ``safe_mode`` after a pre-scan and hash check).
+
+        Args:
+            run: the run directory written by ``imagerec train``.
+            runtime: ``keras`` (default) or an exported runtime (``tflite``, ``onnx``, ``savedmodel``).
+        """
+        run_dir = RunDir(run).require()
+        model = run_dir.load_model() if runtime == "keras" else None
+        return cls(run_dir, model, runtime)
+
+    # inputs -----------------------------------------------------------------------------------------------
+    def preprocess(self, x: Any) -> np.ndarray:
+        """The exact ``uint8 (S, S, C)`` tensor the model sees for ``x`` (path, bytes, PIL image or array)."""
+        return load_image(x, (self.image_size, self.image_size), self.channels, self.resize)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, num_classes)`` for a preprocessed batch ``(N, S, S, C)``."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return softmax_temperature(self._run(batch), self.temperature)
+
+    def _results(self, probs: np.ndarray, top_k: int, sources: list[str | None], threshold: float | None) -> list[Prediction]:
+        k = max(1, min(top_k, len(self.labels)))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        out = []
+        for i, row in enumerate(order):
+            conf = float(probs[i, row[0]])
+            label = self.labels[row[0]]
+            if threshold is not None and conf < threshold:
+                label = UNKNOWN
+            top = [(self.labels[j], float(probs[i, j])) for j in row]
+            out.append(Prediction(label, conf, top, sources[i], i))
+        return out
+
+    def predict(
+        self, x: Any, top_k: int = 5, batch_size: int = 64, threshold: float | None = None, errors: str = "raise"
+    ) -> list[Prediction | PredictionError]:
+        """Classify one input or a list of inputs (paths, bytes, PIL images, numpy arrays).
+
+        Args:
+            x: one input or a list of them.
+            top_k: how many ``(label, score)`` pairs each result carries.
+            batch_size: images per model call.
+            threshold: answer ``unknown`` below this confidence (default: the run's calibrated threshold, if any
+                was stored and ``threshold`` is None; pass 0 to turn it off).
+            errors: ``raise`` (an unreadable input raises :class:`ImageRejected`) or ``return`` (it becomes a
+                :class:`PredictionError` in place).
+
+        Returns:
+            One result per input, in order.
+        """
+        items = list(x) if isinstance(x, (list, tuple)) else [x]
+        threshold = self.threshold if threshold is None else (threshold or None)
+        results: list[Prediction | PredictionError | None] = [None] * len(items)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            arrays, where, names = [], [], []
+            for offset, item in enumerate(chunk):
+                name = str(item) if isinstance(item, (str, os.PathLike)) else None
+                try:
+                    arrays.append(self.preprocess(item))
+                except ImageRejected as exc:
+                    if errors == "raise":
+                        raise
+                    results[start + offset] = PredictionError(name or f"#{start + offset}", exc.code, str(exc))
+                    continue
+                where.append(start + offset)
+                names.append(name)
+            if arrays:
+                probs = self.predict_proba(np.stack(arrays))
+                for idx, pred in zip(where, self._results(probs, top_k, names, threshold), strict=True):
+                    results[idx] = Prediction(pred.label, pred.confidence, pred.top_k, pred.source, idx)
+        return results  # type: ignore[return-value]
+
+    # other verbs ------------------------------------------------------------------------------------------
+    def evaluate(self, data: str | None = None, split: str = "test", top_k: int = 5) -> dict[str, Any]:
+        """Metrics on the run's own held-out split, or on ``data`` (see ``imagerec.evaluation``)."""
+        from imagerec.evaluation import evaluate_classifier
+
+        return evaluate_classifier(self, data=data, split=split, top_k=top_k)
+
+    def stream(self, source: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Classify a video file, camera index or stream URL; yields one result per processed frame."""
+        from imagerec.inference.video import stream
+
+        return stream(self, source, **kwargs)
+
+    def export(self, format: str = "tflite", **kwargs: Any) -> Path:  # noqa: A002 - the CLI's word
+        """Export to ``savedmodel``, ``tflite`` or ``onnx`` with a parity check (see ``imagerec.export``)."""
+        from imagerec.export import export_run
+
+        return export_run(self, format=format, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.name!r}, {len(self.labels)} classes, {self.image_size}px x{self.channels}, runtime={self.runtime})"
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

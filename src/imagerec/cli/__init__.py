@@ -1,0 +1,30 @@
+"""``imagerec`` command line: one Typer command = one facade call. Errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from imagerec.cli.app import app  # noqa: E402
+from imagerec.cli import data, evaluate, export, predict, serve, train, video  # noqa: E402,F401
+from imagerec.errors import ImagerecError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``imagerec`` console script."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    try:
+        app(args=argv, prog_name="imagerec")
+    except ImagerecError as exc:
+        print(f"imagerec: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("imagerec: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,54 @@
+"""``imagerec data inspect | clean | builtin``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from imagerec.cli.app import data_app
+
+
+@data_app.command("inspect")
+def inspect(
+    data: str = typer.Argument(..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    workers: int = typer.Option(0, help="Decode processes (0 = CPU count)."),
+) -> None:
+    """Decode every image and report classes, counts, invalid files and duplicates."""
+    from imagerec.data.scan import scan_dataset
+
+    report = scan_dataset(data, workers=workers or None).to_dict()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from imagerec.cli.render import print_inspect
+
+    print_inspect(report)
+
+
+@data_app.command("clean")
+def clean(
+    data: str = typer.Argument(..., help="Dataset folder to clean."),
+    quarantine: Path = typer.Option(..., "--quarantine", help="Folder to move bad files into (nothing is deleted)."),
+    duplicates: bool = typer.Option(False, "--duplicates", help="Also move extra copies of identical files."),
+) -> None:
+    """Move invalid files (and optionally duplicate copies) out of DATA, keeping relative paths and a log."""
+    from imagerec.data.clean import clean_dataset
+
+    moved = clean_dataset(data, quarantine, duplicates=duplicates)
+    typer.echo(f"moved {len(moved)} file(s) to {quarantine} (log: {quarantine / 'quarantine.jsonl'})")
+
+
+@data_app.command("builtin")
+def builtin(
+    name: str = typer.Argument(..., help="fashion-mnist | mnist-5k | digits"),
+    dest: Path = typer.Argument(..., help="Folder to write the PNG tree into."),
+    limit: int = typer.Option(0, help="At most this many images per split (0 = all)."),
+) -> None:
+    """Write a built-in dataset as a folder tree of PNG files (official train/test split kept)."""
+    from imagerec.data.builtin import write_builtin
+
+    path = write_builtin(name, dest, limit=limit or None)
+    typer.echo(f"wrote {name} to {path}")

@@ -1,0 +1,76 @@
+"""``imagerec train | models | demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from imagerec.cli.app import app
+
+
+@app.command("train")
+def train(
+    data: str = typer.Argument(..., help="Folder, split folder, CSV, or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    model: str = typer.Option(None, help="Registry name (see 'imagerec models'); default imagerec-cnn."),
+    epochs: int = typer.Option(None, help="Epochs (default: from the dataset size)."),
+    image_size: int = typer.Option(None, "--image-size", help="Square input side (default: from the images)."),
+    channels: int = typer.Option(None, help="1 or 3 (default: grey data stays grey)."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    optimizer: str = typer.Option(None, help="adamw | sgd"),
+    schedule: str = typer.Option(None, help="cosine | onecycle | constant"),
+    augment: str = typer.Option(None, help="auto | none | light | flip | default | strong"),
+    label_smoothing: float = typer.Option(None, "--label-smoothing"),
+    class_weights: str = typer.Option(None, "--class-weights", help="none | auto"),
+    early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs (0 = off)."),
+    weights: str = typer.Option(None, help="Backbones: imagenet | none | PATH.weights.h5"),
+    mixed_precision: str = typer.Option(None, "--mixed-precision", help="off | bf16"),
+    strategy: str = typer.Option(None, help="auto | default | mirrored | multiworker"),
+    seed: int = typer.Option(None),
+    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Op determinism (slower)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue (or extend with a larger --epochs) a run."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run."),
+) -> None:
+    """Train a classifier and write a run directory (model, labels, config, split, history, metrics, logs)."""
+    from imagerec.training.trainer import train as train_run
+
+    train_run(
+        data, out, resume=resume, force=force,
+        model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
+        learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
+        class_weights=class_weights, early_stopping=early_stopping, weights=weights,
+        mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic,
+    )  # fmt: skip
+
+
+@app.command("models")
+def models(image_size: int = typer.Option(32, "--image-size"), channels: int = typer.Option(3)) -> None:
+    """List the model registry with parameters and FLOPs per image at IMAGE_SIZE."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from imagerec.models.registry import build_model, count_flops, list_models
+
+    table = Table(title=f"models at {image_size}x{image_size}x{channels}")
+    for col in ("name", "kind", "params", "MFLOPs/image", "input range", "description"):
+        table.add_column(col)
+    for spec in list_models():
+        size = max(image_size, spec.min_size)
+        m = build_model(spec.name, size, channels, 10)
+        table.add_row(spec.name, spec.kind, f"{m.count_params():,}", f"{count_flops(m) / 1e6:.1f}", spec.input_range, spec.description)
+    Console().print(table)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo-fashion-mnist"), "--out", help="Run directory."),
+    epochs: int = typer.Option(None, help="Override the recipe's epochs."),
+) -> None:
+    """Materialise built-in Fashion-MNIST, train the default recipe, print test accuracy and the run's path."""
+    from imagerec.training.trainer import train as train_run
+
+    run = train_run("builtin:fashion-mnist", out, force=True, epochs=epochs)
+    acc = run.metrics["test"]["accuracy"]
+    typer.echo(f"test accuracy {acc:.4f} on {run.metrics['test']['num_images']} official test images; run: {run.path}")

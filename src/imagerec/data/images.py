@@ -1,0 +1,261 @@
+"""The one decode function of imagerec: training, prediction, serving and video all go through it.
+
+Rules (documented in the README, tested in ``tests/data/test_images.py``):
+
+* Formats are decided by magic bytes, never by file name or Content-Type: JPEG, PNG, BMP, GIF, WebP, TIFF.
+* Header dimensions are checked against a pixel ceiling *before* any pixel is decoded (decompression bombs).
+* Animated images: the first frame only.
+* EXIF orientation is applied.
+* Modes: 16-bit is scaled by 1/257 (65535 -> 255), never clipped; alpha and palette transparency are composited
+  on a white background; CMYK, YCbCr, LAB, 1-bit, palette are converted by Pillow; the result is ``L`` (channels=1,
+  ITU-R 601 luma) or ``RGB`` (channels=3).
+* Resize policy (``stretch`` | ``pad`` | ``crop``): stretch to the square size, keep the aspect and pad with the
+  background, or keep the aspect and centre-crop. Bilinear with antialiasing (Pillow ``reduce`` + ``BILINEAR``).
+* Output: ``uint8`` array ``(H, W, C)``; models rescale inside themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imagerec.errors import ImageRejected
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+RESIZE_POLICIES = ("stretch", "pad", "crop")
+BACKGROUND = 255  # alpha is composited on white
+
+#: Our own ceiling on width*height, lower than Pillow's. Override with IMAGEREC_MAX_PIXELS.
+DEFAULT_MAX_PIXELS = int(os.environ.get("IMAGEREC_MAX_PIXELS", 40_000_000))
+#: Pillow's own bomb guard stays on (never None); ours is stricter and checked first.
+Image.MAX_IMAGE_PIXELS = max(DEFAULT_MAX_PIXELS, 89_478_485)
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"BM", 0, "BMP"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+
+#: Exceptions a hostile file may raise inside Pillow; all become ImageRejected. Anything else is a bug.
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+    Image.DecompressionBombError,
+    MemoryError,
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Return the image format named by the first bytes, or None when it is not an allowed format."""
+    for magic, offset, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _read_source(source: Any) -> tuple[bytes, str]:
+    """Bytes of ``source`` (path, bytes, file object) and a short name for messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            return path.read_bytes(), str(path)
+        except IsADirectoryError:
+            raise ImageRejected("unreadable", f"{path}: is a directory, not an image file") from None
+        except OSError as exc:
+            raise ImageRejected("unreadable", f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if hasattr(source, "read"):
+        return source.read(), getattr(source, "name", "<stream>")
+    raise TypeError(f"expected a path, bytes or a file object, got {type(source).__name__}")
+
+
+def open_image(source: Any, *, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode one image under imagerec's rules, returning a Pillow image in ``L`` or ``RGB``.
+
+    Args:
+        source: a path, ``bytes`` or a binary file object.
+        max_pixels: ceiling on width*height checked on the header before decoding (default
+            ``DEFAULT_MAX_PIXELS``).
+
+    Raises:
+        ImageRejected: with ``code`` ``empty``, ``unsupported_format``, ``image_too_large``, ``truncated`` or
+            ``corrupt``.
+    """
+    data, name = _read_source(source)
+    if not data:
+        raise ImageRejected("empty", f"{name}: empty file (0 bytes)")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise ImageRejected(
+            "unsupported_format",
+            f"{name}: not a supported image (JPEG, PNG, BMP, GIF, WebP, TIFF), decided by content",
+        )
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageRejected("corrupt", f"{name}: image declares size {width}x{height}")
+            if width * height > limit:
+                raise ImageRejected(
+                    "image_too_large",
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {limit}",
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            img = _apply_exif(img)
+            return _normalise_mode(img)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombWarning as exc:
+        raise ImageRejected("image_too_large", f"{name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("corrupt", f"{name}: cannot identify image data ({fmt} header)") from None
+    except _DECODE_ERRORS as exc:
+        text = str(exc) or type(exc).__name__
+        code = "truncated" if "truncated" in text.lower() else "corrupt"
+        if isinstance(exc, (Image.DecompressionBombError, MemoryError)):
+            code = "image_too_large"
+        raise ImageRejected(code, f"{name}: {text}") from None
+
+
+def _apply_exif(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not reject an otherwise valid image
+        return img
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to ``L`` or ``RGB`` (documented rules above)."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 / 65535.0 if mode != "F" or arr.max(initial=0) > 1.0 else 255.0
+        arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (BACKGROUND,) * 3 + (255,))
+        composite = Image.alpha_composite(background, rgba)
+        return composite.convert("L" if mode in ("LA", "La") else "RGB")
+    if mode == "1":
+        return img.convert("L")
+    if mode == "CMYK" and img.info.get("adobe_transform") is not None and img.format == "JPEG":
+        return img.convert("RGB")
+    return img.convert("RGB")
+
+
+def fit_size(img: Image.Image, image_size: tuple[int, int], policy: str = "stretch") -> Image.Image:
+    """Resize ``img`` to ``image_size`` = (height, width) under ``policy``."""
+    height, width = image_size
+    if img.size == (width, height):
+        return img
+    if policy == "stretch":
+        return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if policy == "crop":
+        return ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
+    if policy == "pad":
+        fill = BACKGROUND if img.mode == "L" else (BACKGROUND,) * 3
+        return ImageOps.pad(img, (width, height), Image.Resampling.BILINEAR, color=fill)
+    raise ValueError(f"unknown resize policy {policy!r}; expected one of {', '.join(RESIZE_POLICIES)}")
+
+
+def to_array(img: Image.Image, channels: int) -> np.ndarray:
+    """A ``uint8`` array ``(H, W, channels)`` from an ``L``/``RGB`` image."""
+    if channels == 1:
+        arr = np.asarray(img.convert("L") if img.mode != "L" else img, dtype=np.uint8)
+        return arr[:, :, None]
+    if channels == 3:
+        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def load_image(
+    source: Any,
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    resize: str = "stretch",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode ``source`` into the exact ``uint8`` tensor a model sees (the train/serve contract).
+
+    Args:
+        source: a path, bytes, file object, PIL image or ``uint8`` numpy array (H, W[, C]).
+        image_size: (height, width) to resize to, or None to keep the decoded size.
+        channels: 1 or 3.
+        resize: ``stretch``, ``pad`` or ``crop``.
+        max_pixels: header pixel ceiling.
+
+    Returns:
+        ``np.ndarray`` of dtype uint8 and shape (H, W, channels).
+
+    Raises:
+        ImageRejected: the source is not a decodable, allowed image.
+    """
+    if isinstance(source, np.ndarray):
+        img = _array_to_image(source)
+    elif isinstance(source, Image.Image):
+        img = _normalise_mode(_apply_exif(source))
+    else:
+        img = open_image(source, max_pixels=max_pixels)
+    if image_size is not None:
+        img = fit_size(img, tuple(image_size), resize)
+    return to_array(img, channels)
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return _normalise_mode(Image.fromarray(arr, mode="RGB" if arr.shape[2] == 3 else "RGBA"))
+    raise ImageRejected("corrupt", f"array of shape {arr.shape} is not an image (H, W[, 1|3|4])")
+
+
+def image_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Header facts for the scan: format, size, mode, frames (cheap: no full decode)."""
+    with Image.open(path) as img:
+        return {"format": img.format, "size": img.size, "mode": img.mode, "frames": getattr(img, "n_frames", 1)}
+
+
+DecodeFn = Callable[[Any], np.ndarray]

@@ -1,0 +1,159 @@
+"""The tf.data input pipeline, fed from the split manifest.
+
+Decoding uses :func:`imagerec.data.images.load_image` (the same function serving uses), in a pool of worker
+processes, once: the decoded ``uint8`` tensors are cached in memory (or in a ``.npy`` file on disk for
+``cache="disk"``, reused across runs) and every epoch after that is a shuffle, batch, augment and prefetch.
+``cache="none"`` streams: each epoch decodes again (for datasets larger than memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagerec.data.images import load_image
+from imagerec.data.split import ManifestRow
+
+MEMORY_LIMIT_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    image_size: int
+    channels: int
+    resize: str = "stretch"
+    batch_size: int = 128
+    cache: str = "memory"  # memory | disk | none
+    deterministic: bool = False
+
+
+def _decode_chunk(args: tuple[list[str], int, int, str]) -> np.ndarray:
+    paths, size, channels, resize = args
+    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = load_image(path, (size, size), channels, resize)
+    return out
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool that is safe to start after TensorFlow has started threads (spawn, not fork)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+
+def decode_all(paths: list[str], spec: PipelineSpec, workers: int | None = None) -> np.ndarray:
+    """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` with a process pool."""
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    if len(paths) < 512 or workers == 1:
+        return _decode_chunk((paths, spec.image_size, spec.channels, spec.resize))
+    step = max(256, len(paths) // (workers * 8))
+    jobs = [(paths[i : i + step], spec.image_size, spec.channels, spec.resize) for i in range(0, len(paths), step)]
+    with process_pool(workers) as pool:
+        return np.concatenate(list(pool.map(_decode_chunk, jobs)))
+
+
+def cache_key(rows: list[ManifestRow], spec: PipelineSpec) -> str:
+    digest = hashlib.sha256(f"{spec.image_size}|{spec.channels}|{spec.resize}".encode())
+    for r in rows:
+        digest.update(f"{r.path}|{r.sha256}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def load_arrays(rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and integer labels for ``rows`` (uses the on-disk cache when ``spec.cache == 'disk'``)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[r.label] for r in rows], dtype=np.int32)
+    if spec.cache == "disk":
+        from imagerec.data.builtin import cache_root
+
+        path = cache_root() / "arrays" / f"{cache_key(rows, spec)}.npy"
+        if path.exists():
+            return np.load(path, mmap_mode="r", allow_pickle=False), labels
+        images = decode_all([r.path for r in rows], spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, images, allow_pickle=False)
+        os.replace(tmp, path)
+        return images, labels
+    return decode_all([r.path for r in rows], spec), labels
+
+
+def make_dataset(
+    rows: list[ManifestRow],
+    class_names: list[str],
+    spec: PipelineSpec,
+    training: bool = False,
+    augment=None,
+    seed: int = 42,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+):
+    """A ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` batches.
+
+    Args:
+        rows: manifest rows of one split.
+        class_names: the label order.
+        spec: image size, channels, resize policy, batch size, cache mode.
+        training: shuffle every epoch and apply ``augment``.
+        augment: a batch function from :func:`imagerec.data.augment.build_augment`, or None.
+        seed: shuffle seed.
+        arrays: already decoded ``(images, labels)`` (skips decoding).
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    if spec.cache == "none" and arrays is None:
+        ds = _streaming_dataset(rows, class_names, spec, training, seed)
+    else:
+        images, labels = arrays if arrays is not None else load_arrays(rows, class_names, spec)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        if training:
+            ds = ds.shuffle(min(len(labels), 50_000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(spec.batch_size, drop_remainder=False)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune, deterministic=True)
+    if training and augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune, deterministic=spec.deterministic)
+    options = tf.data.Options()
+    options.deterministic = spec.deterministic or not training
+    return ds.with_options(options).prefetch(autotune)
+
+
+def _streaming_dataset(rows, class_names, spec: PipelineSpec, training: bool, seed: int):
+    import tensorflow as tf
+
+    index = {name: i for i, name in enumerate(class_names)}
+    paths = [r.path for r in rows]
+    labels = np.array([index[r.label] for r in rows], dtype=np.int32)
+    shape = (spec.image_size, spec.image_size, spec.channels)
+
+    def _load(path):
+        return load_image(path.decode() if isinstance(path, bytes) else str(path), shape[:2], spec.channels, spec.resize)
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if training:
+        ds = ds.shuffle(min(len(paths), 50_000), seed=seed, reshuffle_each_iteration=True)
+
+    def _map(path, label):
+        img = tf.numpy_function(_load, [path], tf.uint8)
+        img.set_shape(shape)
+        return img, label
+
+    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=spec.deterministic or not training)
+    return ds.batch(spec.batch_size)
+
+
+def dataset_bytes(n: int, spec: PipelineSpec) -> int:
+    return n * spec.image_size * spec.image_size * spec.channels
+
+
+def choose_cache(requested: str, n: int, spec: PipelineSpec) -> str:
+    if requested != "auto":
+        return requested
+    return "memory" if dataset_bytes(n, spec) <= MEMORY_LIMIT_BYTES else "none"
+
+
+__all__ = ["PipelineSpec", "make_dataset", "load_arrays", "decode_all", "choose_cache", "Path"]

@@ -1,0 +1,147 @@
+"""Dataset sources, all read through :func:`load_source`.
+
+* a folder of class folders ``DATA/<class>/**/<image>``;
+* a folder with ``train/``, ``val/`` (or ``validation/``) and ``test/`` sub-folders, each of class folders;
+* a CSV with ``path,label`` columns (paths relative to the CSV, never escaping its folder);
+* ``builtin:NAME`` — a built-in real dataset, materialised once as a PNG folder tree (see ``builtin.py``).
+
+Hidden files (``.DS_Store``, AppleDouble ``._x.jpg``) and files without an image extension are ignored and
+counted; symlinks that leave the dataset root are listed as invalid.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagerec.data.images import IMAGE_EXTENSIONS
+from imagerec.errors import DataError
+
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file. ``split`` is set when the source fixes it (split folders or a CSV column)."""
+
+    path: str
+    label: str
+    split: str | None = None
+
+
+@dataclass
+class DatasetSource:
+    """What a dataset holds before any file is decoded."""
+
+    root: Path
+    kind: str  # folder | splits | csv
+    samples: list[Sample]
+    class_names: list[str]
+    ignored: int = 0
+    invalid: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def has_splits(self) -> bool:
+        return any(s.split for s in self.samples)
+
+
+def load_source(data: str | os.PathLike) -> DatasetSource:
+    """Resolve ``data`` (folder, CSV or ``builtin:NAME``) into a :class:`DatasetSource`.
+
+    Raises:
+        DataError: the path does not exist, is empty, or the CSV is malformed.
+    """
+    text = str(data)
+    if text.startswith("builtin:"):
+        from imagerec.data.builtin import materialize
+
+        return load_source(materialize(text.split(":", 1)[1]))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset {text!r} does not exist; expected a folder of class folders, a CSV, or builtin:NAME")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"dataset {text!r} is a file but not a .csv; expected a folder or a CSV with path,label")
+        return _from_csv(path)
+    split_dirs = {d.name.lower(): d for d in _visible_dirs(path) if d.name.lower() in SPLIT_ALIASES}
+    if "train" in split_dirs and len(split_dirs) >= 2 or set(split_dirs) == {"train"}:
+        return _from_split_folders(path, split_dirs)
+    return _from_class_folders(path)
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out: DatasetSource) -> None:
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if name.startswith(".") or full.suffix.lower() not in IMAGE_EXTENSIONS:
+                out.ignored += 1
+                continue
+            if full.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(real_root):
+                    out.invalid.append({"path": str(full), "reason": "symlink points outside the dataset root"})
+                    continue
+            out.samples.append(Sample(str(full), label, split))
+
+
+def _from_class_folders(path: Path) -> DatasetSource:
+    out = DatasetSource(root=path, kind="folder", samples=[], class_names=[])
+    classes = _visible_dirs(path)
+    out.ignored += sum(1 for f in path.iterdir() if f.is_file())
+    if not classes:
+        raise DataError(f"dataset folder {str(path)!r} has no class folders; expected DATA/<class>/<image>")
+    for class_dir in classes:
+        _walk_class(path, class_dir, class_dir.name, None, out)
+    out.class_names = [d.name for d in classes]
+    return out
+
+
+def _from_split_folders(path: Path, split_dirs: dict[str, Path]) -> DatasetSource:
+    out = DatasetSource(root=path, kind="splits", samples=[], class_names=[])
+    names: set[str] = set()
+    for alias, split_dir in sorted(split_dirs.items()):
+        split = SPLIT_ALIASES[alias]
+        for class_dir in _visible_dirs(split_dir):
+            names.add(class_dir.name)
+            _walk_class(path, class_dir, class_dir.name, split, out)
+    if not names:
+        raise DataError(f"dataset folder {str(path)!r} has split folders but no class folders inside them")
+    out.class_names = sorted(names)
+    return out
+
+
+def _from_csv(path: Path) -> DatasetSource:
+    base = path.parent.resolve()
+    out = DatasetSource(root=base, kind="csv", samples=[], class_names=[])
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in columns or "label" not in columns:
+                raise DataError(f"CSV {str(path)!r} has columns {columns}; expected at least 'path' and 'label'")
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except UnicodeDecodeError:
+        raise DataError(f"CSV {str(path)!r} is not UTF-8 text") from None
+    labels: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        rel, label = row.get("path", ""), row.get("label", "")
+        if not rel or not label:
+            raise DataError(f"CSV {str(path)!r} line {line}: empty path or label")
+        full = (base / rel).resolve()
+        if os.path.isabs(rel) or not full.is_relative_to(base):
+            raise DataError(f"CSV {str(path)!r} line {line}: path {rel!r} escapes the CSV's folder {str(base)!r}")
+        split = SPLIT_ALIASES.get(row.get("split", "").lower()) if row.get("split") else None
+        out.samples.append(Sample(str(base / rel), label, split))
+        labels.add(label)
+    if not out.samples:
+        raise DataError(f"CSV {str(path)!r} lists no images")
+    out.class_names = sorted(labels)
+    return out

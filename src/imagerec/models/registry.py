@@ -1,0 +1,88 @@
+"""The model registry: every architecture picked by name is one row here (``@register_model``).
+
+A builder takes ``(image_size, channels, num_classes, config)`` and returns an uncompiled ``keras.Model`` whose
+input is a float32 image batch in 0..255 of shape ``(S, S, C)``; rescaling/normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imagerec.errors import ImagerecError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable
+    description: str
+    kind: str = "scratch"  # scratch | backbone
+    min_size: int = 8
+    default_size: int | None = None  # preferred input side (None: follow the data)
+    input_range: str = "[0,1] via Rescaling"
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, description: str, **kwargs) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        MODELS[name] = ModelSpec(name=name, build=fn, description=description, **kwargs)
+        return fn
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    from imagerec.models import backbones, small_cnn  # noqa: F401 - registration side effect
+
+
+def list_models() -> list[ModelSpec]:
+    _ensure_loaded()
+    return list(MODELS.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    if name not in MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ImagerecError(f"unknown model {name!r}{hint} (see 'imagerec models': {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def build_model(name: str, image_size: int, channels: int, num_classes: int, config=None):
+    """Build registry model ``name`` for ``image_size``x``image_size``x``channels`` inputs and ``num_classes``."""
+    from imagerec.config import ModelConfig
+
+    spec = get_model_spec(name)
+    if image_size < spec.min_size:
+        raise ImagerecError(f"model {name!r} needs an image size of at least {spec.min_size}, got {image_size}")
+    return spec.build(image_size, channels, num_classes, config or ModelConfig(name=name))
+
+
+def count_flops(model) -> int:
+    """Multiply-adds x2 per image of ``model``'s forward pass (conv, depthwise conv and dense layers)."""
+    from keras import layers
+
+    total = 0
+    for layer in _walk(model):
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) and not isinstance(layer, layers.Conv2DTranspose):
+            out = layer.output.shape
+            k = layer.kernel.shape
+            per_out = k[0] * k[1] * (k[2] if not isinstance(layer, layers.DepthwiseConv2D) else 1)
+            total += 2 * per_out * out[1] * out[2] * out[3]
+        elif isinstance(layer, layers.Dense):
+            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(total)
+
+
+def _walk(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _walk(layer)
+        else:
+            yield layer

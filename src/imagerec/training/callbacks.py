@@ -1,0 +1,177 @@
+"""Keras callbacks imagerec adds to the stock ones: crash-safe backup, atomic best model, Rich progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from imagerec.training.run_dir import save_model_file
+from imagerec.utils import atomic_write_json, read_json
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose checkpoint is all-or-nothing.
+
+    Each save writes ``backup/ckpt-<epoch>/`` (weights + metadata) completely, then flips the ``backup/latest``
+    pointer with an atomic rename and removes older checkpoints. A ``kill -9`` at any instant leaves either the old
+    or the new checkpoint as ``latest``, never a truncated file, and the epoch counter always matches the weights.
+    The metadata also carries the best validation score so far, so the best-model selection survives a resume.
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy"):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.root = Path(backup_dir)
+        self.monitor = monitor
+        self.best: float | None = None
+        self.restored_epoch = 0
+
+    @property
+    def pointer(self) -> Path:
+        return self.root / "latest"
+
+    def latest(self) -> Path | None:
+        if not self.pointer.exists():
+            return None
+        ckpt = self.root / self.pointer.read_text().strip()
+        return ckpt if (ckpt / "meta.json").exists() else None
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _load_model(self):
+        ckpt = self.latest()
+        if ckpt is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(ckpt / "model.weights.h5")
+        meta = read_json(ckpt / "meta.json")
+        self.restored_epoch = int(meta["epoch"])
+        self.best = meta.get("best")
+        self.model._initial_epoch = self.restored_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and (self.best is None or value > self.best):
+            self.best = float(value)
+        self._current_epoch = epoch + 1
+        self._save_model()
+
+    def _save_model(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{self._current_epoch:04d}"
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.model.save_weights(tmp / "model.weights.h5")
+        (tmp / "meta.json").write_text(json.dumps({"epoch": self._current_epoch, "best": self.best}))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        final = self.root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer_tmp = self.root / ".latest.tmp"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, self.pointer)
+        for old in self.root.glob("ckpt-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class AtomicBestModel(keras.callbacks.Callback):
+    """Save the model to ``path`` (atomically, with its hash manifest) whenever ``monitor`` improves.
+
+    NaN weights are never published: an epoch whose loss is not finite is skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy", backup: AtomicBackupAndRestore | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.backup = backup
+        self.best: float | None = None
+
+    def on_train_begin(self, logs=None):
+        if self.backup is not None and self.backup.best is not None and self.path.exists():
+            self.best = self.backup.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get("loss")
+        if value is None or loss is None or not math.isfinite(loss):
+            return
+        if self.best is None or value > self.best:
+            self.best = float(value)
+            save_model_file(self.model, self.path)
+
+
+class NaNGuard(keras.callbacks.TerminateOnNaN):
+    """Stop on a non-finite loss with a readable error (the last good model and backup are kept)."""
+
+    def __init__(self):
+        super().__init__(raise_error=True)
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """A Rich progress bar per epoch on a terminal; one plain line per epoch otherwise (logs, CI)."""
+
+    def __init__(self, epochs: int, steps: int, log_path: Path | None = None, console=None):
+        super().__init__()
+        self.epochs, self.steps = epochs, steps
+        self.log_path = log_path
+        self.tty = sys.stderr.isatty()
+        self.progress = None
+        self.console = console
+
+    def _line(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"),
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.steps, metrics="")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.progress is not None:
+            text = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (float, np.floating)))
+            self.progress.update(self.task, completed=batch + 1, metrics=text)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        logs = logs or {}
+        parts = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k != "learning_rate")
+        lr = logs.get("learning_rate")
+        lr_text = f" lr={float(lr):.2e}" if lr is not None else ""
+        self._line(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.t0:.1f}s {parts}{lr_text}")
+
+
+def write_atomic_json(path: Path, obj) -> None:
+    atomic_write_json(path, obj)
