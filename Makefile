@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/imagerec demo
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)

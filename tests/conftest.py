@@ -55,6 +55,6 @@ def trained_run(tmp_path_factory, imagerec_home) -> Path:
 
     root = tmp_path_factory.mktemp("trained")
     data = write_colour_dataset(root / "data", per_class=20, seed=1)
-    run = imagerec.train(data, out=root / "run", epochs=4, batch_size=16, seed=0, log=lambda *_: None)
+    run = imagerec.train(data, out=root / "run", epochs=10, batch_size=16, seed=0, log=lambda *_: None)
     assert run.metrics["test"]["accuracy"] >= 0.8, run.metrics
     return run.path
