@@ -1,54 +1,229 @@
-"""Pick the ``tf.distribute`` strategy for a training run.
+"""Pick the ``tf.distribute`` strategy for a training run, and the multi-worker rules that go with it.
 
-``auto``: MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster of more than one task, MirroredStrategy
-for several local GPUs, the default strategy otherwise.
+``auto``: MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster of more than one task (the convention
+of Kubeflow TFJob, Vertex AI / SageMaker and Ray Train), MirroredStrategy for several local GPUs, the default
+strategy otherwise.
+
+Multi-worker rules (the standard Keras pattern):
+
+* the global batch is ``batch_size`` (per replica) x replicas, and the peak learning rate is scaled linearly with
+  the number of replicas (Goyal et al. 2017; the warm-up of the cosine schedule is kept); both are logged and saved
+  in ``config.json`` under ``strategy``;
+* every worker builds the same pipeline from the same seed, and ``tf.data`` shards it by *data*
+  (``AutoShardPolicy.DATA``: each worker keeps every N-th batch) -- the training arrays are in memory, so there are
+  no files to shard by;
+* only the chief (``task.type == "chief"``, or worker 0 when the cluster has no chief) writes the run directory;
+  the other workers write into a private temporary directory that is removed when they finish;
+* on ``--resume`` every worker restores the chief's last complete checkpoint (``RUN/backup``, on a shared path), so
+  a restarted cluster continues from the same epoch with the same weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from imagerec.errors import ImagerecError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+TF_CONFIG_HINT = (
+    'expected JSON like {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
+)
+
+
+def _malformed(what: str) -> ImagerecError:
+    return ImagerecError(f"TF_CONFIG is malformed: {what}; {TF_CONFIG_HINT}. Fix or unset the TF_CONFIG variable")
 
 
 def read_tf_config() -> dict[str, Any] | None:
-    raw = os.environ.get("TF_CONFIG")
+    """The parsed and validated ``TF_CONFIG`` environment variable, or None when it is unset or empty.
+
+    Raises:
+        ImagerecError: when it is not JSON, has no ``cluster``/``task``, or the task is not in the cluster.
+    """
+    raw = os.environ.get("TF_CONFIG", "").strip()
     if not raw:
         return None
     try:
         cfg = json.loads(raw)
-        cluster = cfg["cluster"]
-        task = cfg["task"]
-        if not isinstance(cluster, dict) or "type" not in task or "index" not in task:
-            raise KeyError("task")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ImagerecError(f"TF_CONFIG is malformed ({exc}); expected {{'cluster': {{...}}, 'task': {{'type', 'index'}}}}") from None
+    except ValueError as exc:
+        raise _malformed(f"not JSON ({exc.__class__.__name__}: {exc}) in {raw[:60]!r}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict) or not cfg["cluster"]:
+        raise _malformed("no 'cluster' object")
+    for job, addresses in cfg["cluster"].items():
+        if job not in TASK_TYPES or not isinstance(addresses, list) or not addresses:
+            raise _malformed(f"cluster job {job!r} must be one of {', '.join(TASK_TYPES)} with a list of addresses")
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit():
+                raise _malformed(f"address {address!r} in job {job!r} is not host:port")
+    task = cfg.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise _malformed("no 'task' object with 'type' and 'index'")
+    kind, index = task["type"], task["index"]
+    if kind not in cfg["cluster"] or not isinstance(index, int) or not 0 <= index < len(cfg["cluster"][kind]):
+        raise _malformed(f"task {kind}:{index} is not in the cluster {json.dumps(cfg['cluster'])}")
     return cfg
 
 
+def num_workers(tf_config: dict[str, Any] | None) -> int:
+    return sum(len(v) for k, v in tf_config["cluster"].items() if k in ("chief", "worker")) if tf_config else 1
+
+
+def is_chief(tf_config: dict[str, Any] | None = None) -> bool:
+    """True for the task that writes the run: the ``chief``, or worker 0 when the cluster has no chief."""
+    tf_config = tf_config if tf_config is not None else read_tf_config()
+    if not tf_config or num_workers(tf_config) <= 1:
+        return True
+    task = tf_config["task"]
+    if "chief" in tf_config["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task["index"] == 0
+
+
+def task_name(tf_config: dict[str, Any] | None = None) -> str:
+    tf_config = tf_config if tf_config is not None else read_tf_config()
+    return f"{tf_config['task']['type']}:{tf_config['task']['index']}" if tf_config else "local"
+
+
+def _multiworker_strategy():
+    import tensorflow as tf
+
+    class StructuredReduceMWMS(tf.distribute.MultiWorkerMirroredStrategy):
+        """MWMS that survives Keras 3's ``fit`` (keras-team/keras#20585, tensorflow#72388).
+
+        Before the first step Keras ``reduce``s a whole ``(x, y)`` input batch only to read its shapes; stock MWMS
+        cannot reduce a tuple, and an all-reduce would fail anyway when workers' batches differ in size. A nested
+        structure therefore gets this worker's local values; single values are reduced across workers as usual.
+        Keras also asks for ``axis=0`` on scalar metrics, which has no axis 0: those are reduced across workers only.
+        """
+
+        def reduce(self, reduce_op, value, axis):
+            local = self.experimental_local_results
+            if isinstance(value, (tuple, list, dict)):
+                return tf.nest.map_structure(
+                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v, value
+                )
+            if axis is not None and getattr(local(value)[0], "shape", None) is not None and local(value)[0].shape.rank == 0:
+                axis = None
+            return super().reduce(reduce_op, value, axis)
+
+    return StructuredReduceMWMS()
+
+
 def get_strategy(name: str = "auto"):
-    """Return ``(strategy, info)`` where ``info`` records what was chosen and why."""
+    """Return ``(strategy, info)`` where ``info`` records what was chosen and why.
+
+    Args:
+        name: ``auto``, ``default``, ``mirrored`` or ``multiworker``.
+
+    Raises:
+        ImagerecError: for an unknown name, a malformed ``TF_CONFIG``, or ``multiworker`` without a cluster.
+    """
     import tensorflow as tf
 
     if name not in STRATEGIES:
         raise ImagerecError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     tf_config = read_tf_config()
-    workers = sum(len(v) for v in tf_config["cluster"].values()) if tf_config else 1
+    workers = num_workers(tf_config)
+    if name == "multiworker" and tf_config is None:
+        raise ImagerecError("strategy 'multiworker' needs a TF_CONFIG describing the cluster; see docs/scaling.md")
     gpus = len(tf.config.list_physical_devices("GPU"))
     if name == "multiworker" or (name == "auto" and workers > 1):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        t0 = time.perf_counter()
+        strategy = _multiworker_strategy()
         chosen = "multiworker"
+        print(f"imagerec: task {task_name(tf_config)} joined a cluster of {workers} workers in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)  # fmt: skip
     elif name == "mirrored" or (name == "auto" and gpus > 1):
         strategy = tf.distribute.MirroredStrategy()
         chosen = "mirrored"
     else:
         strategy = tf.distribute.get_strategy()
         chosen = "default"
-    info = {"name": chosen, "replicas": int(strategy.num_replicas_in_sync), "workers": workers, "gpus": gpus}
+    info: dict[str, Any] = {"name": chosen, "replicas": int(strategy.num_replicas_in_sync), "workers": workers, "gpus": gpus}
     if tf_config:
         info["task"] = tf_config["task"]
+        info["chief"] = is_chief(tf_config)
     return strategy, info
+
+
+def scale_for_replicas(batch_size: int, learning_rate: float, replicas: int) -> dict[str, Any]:
+    """Global batch (per-replica batch x replicas) and the linearly scaled peak learning rate."""
+    return {
+        "per_replica_batch_size": int(batch_size),
+        "global_batch_size": int(batch_size) * max(1, replicas),
+        "base_learning_rate": float(learning_rate),
+        "learning_rate": float(learning_rate) * max(1, replicas),
+        "lr_scaling": "linear",
+    }
+
+
+def shard_by_data(ds):
+    """Ask ``tf.data`` to shard ``ds`` across workers by data (each worker keeps every N-th batch)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def worker_callbacks(info: dict[str, Any], log) -> list:
+    """A callback that logs ``task`` and steps per epoch on each worker of a cluster (empty list otherwise)."""
+    if info.get("name") != "multiworker":
+        return []
+    import keras
+
+    name = f"{info['task']['type']}:{info['task']['index']}"
+
+    class WorkerLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            log(f"worker {name} epoch {epoch + 1}: {self.steps} steps, loss {float(loss):.4f}")
+
+    return [WorkerLog()]
+
+
+@contextlib.contextmanager
+def worker_run(out: str | os.PathLike, resume: bool, prepare) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """Yield ``(run_path, previous_config)`` for this process.
+
+    The chief (and a single process) gets ``out`` itself, checked by ``prepare(resume)``. Any other worker gets a
+    private temporary directory, removed on exit; on resume it holds a copy of the chief's checkpoint and split.
+    """
+    from imagerec.errors import RunError
+    from imagerec.training.run_dir import RunDir
+
+    if is_chief():
+        yield Path(out), prepare()
+        return
+    shared = RunDir(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f"imagerec-{task_name().replace(':', '')}-"))
+    try:
+        previous = None
+        if resume:
+            if not shared.config.exists():
+                raise RunError(f"nothing to resume in {str(out)!r} as seen from task {task_name()}: the run directory "
+                               "must be on a path every worker can read")  # fmt: skip
+            previous = shared.read_config()
+            shutil.copy2(shared.manifest, tmp / shared.manifest.name)
+            if shared.backup.exists():
+                shutil.copytree(shared.backup, tmp / shared.backup.name)
+        yield tmp, previous
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -87,7 +87,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     import keras
     import tensorflow as tf
 
-    from imagerec.distributed.strategy import get_strategy
+    from imagerec.distributed.strategy import get_strategy, scale_for_replicas, shard_by_data, worker_callbacks
     from imagerec.models.backbones import get_backbone_layer
     from imagerec.models.registry import build_model, count_flops, get_model_spec
     from imagerec.training.callbacks import AtomicBackupAndRestore, AtomicBestModel, NaNGuard, ProgressCallback
@@ -104,6 +104,9 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     pipe = PipelineSpec(d.image_size, d.channels, d.resize, t.batch_size, choose_cache(d.cache, len(rows), PipelineSpec(d.image_size, d.channels)), t.deterministic)
     policy = set_precision(t.mixed_precision)
     strategy, strategy_info = get_strategy(t.strategy)
+    strategy_info.update(scale_for_replicas(t.batch_size, t.learning_rate, strategy_info["replicas"]))
+    pipe = PipelineSpec(pipe.image_size, pipe.channels, pipe.resize, strategy_info["global_batch_size"], pipe.cache, pipe.deterministic)
+    lr = strategy_info["learning_rate"]  # linear scaling: base lr x replicas (logged, saved in config.json)
     run.path.mkdir(parents=True, exist_ok=True)
     manifest_hash = write_manifest(rows, run.manifest) if not previous else previous.get("data_fingerprint")
     run.write_json("labels.json", class_names)
@@ -112,14 +115,14 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     log(
         f"data: {n_train} train / {n_val} val / {len(arrays['test'][1])} test images, {len(class_names)} classes, "
         f"{d.image_size}x{d.image_size}x{d.channels}; model {spec.name}, {t.epochs} epochs, batch {t.batch_size}, "
-        f"lr {t.learning_rate:g}, augment {config.augment.preset}, precision {policy}, strategy {strategy_info['name']}"
+        f"lr {lr:g} (global batch {pipe.batch_size}), augment {config.augment.preset}, precision {policy}, strategy {strategy_info['name']}"
     )
     from imagerec.data.augment import build_augment
 
     augment = build_augment(config.augment.preset, seed=t.seed)
-    train_ds = _one_hot(make_dataset(None, class_names, pipe, True, augment, t.seed, arrays["train"]), len(class_names))
+    train_ds = shard_by_data(_one_hot(make_dataset(None, class_names, pipe, True, augment, t.seed, arrays["train"]), len(class_names)))
     val_ds = _one_hot(make_dataset(None, class_names, pipe, False, None, t.seed, arrays["val"]), len(class_names)) if n_val else None
-    steps = steps_for(n_train, t.batch_size)
+    steps = steps_for(n_train, pipe.batch_size)
     with strategy.scope():
         model = build_model(spec.name, d.image_size, d.channels, len(class_names), config.model)
     flops = count_flops(model)
@@ -151,6 +154,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         keras.callbacks.CSVLogger(str(run.history), append=bool(previous)),
         keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
         ProgressCallback(t.epochs, steps, run.log),
+        *worker_callbacks(strategy_info, log),
     ]
     if t.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=t.early_stopping, mode="max"))
@@ -161,14 +165,14 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     with strategy.scope():
         if backbone is not None:
             backbone.trainable = False
-        compile_model(model, config, steps, phase_one, t.learning_rate)
+        compile_model(model, config, steps, phase_one, lr)
     done = _latest_epoch(backup)
     if done < phase_one:
         model.fit(train_ds, validation_data=val_ds, epochs=phase_one, callbacks=callbacks, class_weight=weights, verbose=0)
     if backbone is not None and phase_one < t.epochs:
         with strategy.scope():
             _unfreeze_top(backbone, config.model.fine_tune_layers)
-            compile_model(model, config, steps, t.epochs - phase_one, t.learning_rate / 10)
+            compile_model(model, config, steps, t.epochs - phase_one, lr / 10)
         model.fit(
             train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=max(phase_one, _latest_epoch(backup)),
             callbacks=callbacks, class_weight=weights, verbose=0,

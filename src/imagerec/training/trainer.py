@@ -200,13 +200,16 @@ def train(
     """
     from imagerec.training.fit import fit_run
 
-    run = RunDir(out)
-    previous = _prepare_run(run, resume, force)
-    if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
-        config = RunConfig.from_dict(previous["config"])
-    config = apply_overrides(config or RunConfig(), **overrides)
-    t0 = time.perf_counter()
-    return fit_run(data, run, config, previous, log, t0)
+    from imagerec.distributed.strategy import worker_run
+
+    # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
+    with worker_run(out, resume, lambda: _prepare_run(RunDir(out), resume, force)) as (path, previous):
+        run = RunDir(path)
+        if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
+            config = RunConfig.from_dict(previous["config"])
+        config = apply_overrides(config or RunConfig(), **overrides)
+        t0 = time.perf_counter()
+        return fit_run(data, run, config, previous, log, t0)
 
 
 def steps_for(n: int, batch_size: int) -> int:
