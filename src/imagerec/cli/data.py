@@ -52,3 +52,24 @@ def builtin(
 
     path = write_builtin(name, dest, limit=limit or None)
     typer.echo(f"wrote {name} to {path}")
+
+
+@data_app.command("split")
+def split(
+    data: str = typer.Argument(..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", help="Manifest CSV to write (path,label,split,sha256)."),
+    val: float = typer.Option(0.1, help="Validation fraction per class (when the data has no val/ part)."),
+    test: float = typer.Option(0.1, help="Test fraction per class (when the data has no test/ part)."),
+    seed: int = typer.Option(42, help="Seed of the split: the same seed and data give the same manifest."),
+) -> None:
+    """Write the stratified, seeded train/val/test manifest that training reads (duplicates stay on one side)."""
+    from collections import Counter
+
+    from imagerec.data.scan import scan_dataset
+    from imagerec.data.split import make_split, write_manifest
+
+    rows = make_split(scan_dataset(data), val=val, test=test, seed=seed)
+    digest = write_manifest(rows, out)
+    counts = Counter(r.split for r in rows)
+    parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
+    typer.echo(f"wrote {out}: {parts} (sha256 {digest[:12]})")

@@ -61,6 +61,16 @@ class ScanResult:
         counts = Counter(img.label for img in self.images)
         return {name: counts.get(name, 0) for name in self.class_names}
 
+    @property
+    def class_splits(self) -> dict[str, dict[str, int]]:
+        """Valid images per class and fixed split (empty when the source fixes no split)."""
+        out: dict[str, dict[str, int]] = {}
+        for img in self.images:
+            if img.split:
+                per = out.setdefault(img.label, {})
+                per[img.split] = per.get(img.split, 0) + 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         classes = self.classes
         nonzero = [c for c in classes.values() if c]
@@ -74,6 +84,7 @@ class ScanResult:
             "empty_classes": [k for k, v in classes.items() if v == 0],
             "imbalance_ratio": (max(nonzero) / min(nonzero)) if nonzero else None,
             "splits": dict(Counter(i.split for i in self.images if i.split)),
+            "class_splits": self.class_splits,
             "image_size": {
                 "min": list(min(sizes, key=lambda s: s[0] * s[1])) if sizes else None,
                 "max": list(max(sizes, key=lambda s: s[0] * s[1])) if sizes else None,

@@ -1,6 +1,7 @@
 """Stratified, seeded train/val/test split, written as a manifest CSV (path, label, split, sha256).
 
-Identical files (same sha256) always land in the same split, so a test image never leaks into training. Splits
+Identical files (same sha256) and near-duplicates (same picture re-encoded or resized, see ``scan.py``) always
+land in the same split, so a test image never leaks into training. Splits
 fixed by the source (``train/``, ``val/``, ``test/`` folders, or a CSV ``split`` column) are respected; a missing
 ``val`` (or ``test``) part is carved from ``train`` with the same stratified rule.
 """
@@ -93,11 +94,8 @@ def make_split(result: ScanResult, val: float = 0.1, test: float = 0.1, seed: in
     pool = [img for img in result.images if img.split in (None, "train")]
     rows += [ManifestRow(i.path, i.label, i.split, i.sha256) for i in result.images if i.split in ("val", "test")]
     carve = {name: frac for name, frac in (("test", test), ("val", val)) if name not in fixed and frac > 0}
-    groups_by_sha: dict[str, list] = {}
-    for img in pool:  # identical files travel together, even when filed under two classes
-        groups_by_sha.setdefault(img.sha256, []).append(img)
     by_class: dict[str, list[list]] = defaultdict(list)
-    for group in groups_by_sha.values():
+    for group in _linked_groups(pool, result.near_duplicates):
         by_class[group[0].label].append(group)
     for label in sorted(by_class):
         groups = by_class[label]
@@ -112,6 +110,30 @@ def make_split(result: ScanResult, val: float = 0.1, test: float = 0.1, seed: in
     rows.sort(key=lambda r: (SPLITS.index(r.split), r.label, r.path))
     _drop_cross_split_duplicates(rows)
     return rows
+
+
+def _linked_groups(images: list, near_duplicates: list[list[str]]) -> list[list]:
+    """Images that must stay on one side: identical bytes (even under two classes) or the same picture."""
+    parent = list(range(len(images)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    index = {img.path: i for i, img in enumerate(images)}
+    for i, img in enumerate(images):
+        parent[find(i)] = find(first.setdefault(img.sha256, i))
+    for group in near_duplicates:
+        members = [index[p] for p in group if p in index]
+        for i in members[1:]:
+            parent[find(i)] = find(members[0])
+    groups: dict[int, list] = defaultdict(list)
+    for i, img in enumerate(images):
+        groups[find(i)].append(img)
+    return [sorted(g, key=lambda img: img.path) for g in groups.values()]
 
 
 def _drop_cross_split_duplicates(rows: list[ManifestRow]) -> None:
