@@ -274,6 +274,7 @@ def _scan_config(path: Path, config: Any) -> None:
             if isinstance(registered, str) and ">" in registered and not registered.startswith("imagerec>"):
                 raise _refuse(path, f"model config needs a custom object {registered!r}")
             stack.extend(node.values())
+            stack.extend(node.keys())
         elif isinstance(node, str) and any(word in node for word in _BANNED_TEXT):
             raise _refuse(path, f"model config mentions {node[:60]!r}")
 
