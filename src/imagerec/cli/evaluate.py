@@ -1,5 +1,175 @@
-"""CLI commands of this stage (registered on imagerec.cli.app.app)."""
+"""``imagerec evaluate | report | explain | compare | calibrate`` and ``imagerec data issues``."""
 
 from __future__ import annotations
 
-from imagerec.cli.app import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from imagerec.cli.app import app, data_app
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_metrics(metrics: dict[str, Any], run: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{run}: {metrics['num_images']} images from {metrics.get('source')}")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        style = "red" if row["support"] and row["f1"] < 0.5 else None
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]), style=style)
+    table.add_section()
+    for avg in ("macro", "weighted"):
+        m = metrics[avg]
+        table.add_row(f"{avg} avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(metrics["num_images"]))
+    console = _console()
+    console.print(table)
+    auc = metrics.get("roc_auc_ovr")
+    console.print(
+        f"accuracy {metrics['accuracy']:.4f}   top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}   "
+        f"ECE {metrics['ece']:.4f}   ROC AUC (OvR) {'n/a' if auc is None else format(auc, '.4f')}"
+    )
+    if metrics.get("skipped_images"):
+        console.print(f"[yellow]skipped {metrics['skipped_images']} undecodable image(s)[/yellow]")
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
+    data: str = typer.Option(None, "--data", help="Another dataset with the same class names (default: the run's split)."),
+    split: str = typer.Option("test", "--split", help="test | val (| train): which part of the run's split."),
+    top_k: int = typer.Option(5, "--top-k", help="k of the top-k accuracy."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
+) -> None:
+    """Metrics, pictures and report.html of RUN on its held-out split (written to RUN/evaluation/)."""
+    from imagerec.evaluation import evaluate as evaluate_run
+
+    metrics = evaluate_run(run, data=data, split=split, top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    _print_metrics(metrics, str(run))
+    typer.echo(f"report: {run / 'evaluation' / 'report.html'}")
+
+
+@app.command("report")
+def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Regenerate RUN/evaluation/report.html (evaluates first when there is no evaluation yet)."""
+    from imagerec.evaluation import evaluate as evaluate_run
+    from imagerec.evaluation import write_report
+    from imagerec.training.run_dir import RunDir
+
+    run_dir = RunDir(run).require()
+    if not (run_dir.evaluation / "metrics.json").exists():
+        evaluate_run(run)
+    typer.echo(f"report: {write_report(run_dir)}")
+
+
+@app.command("explain")
+def explain(
+    run: Path = typer.Argument(..., help="Run directory."),
+    image: Path = typer.Argument(..., help="Image to explain."),
+    out: Path = typer.Option(Path("gradcam.png"), "--out", "-o", help="PNG to write (input | Grad-CAM overlay)."),
+    class_name: str = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
+) -> None:
+    """Grad-CAM heatmap of what RUN's model looked at in IMAGE."""
+    from imagerec.evaluation import explain as explain_image
+
+    result = explain_image(run, image, out, class_name=class_name)
+    typer.echo(f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}")
+
+
+@app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    split: str = typer.Option("test", "--split", help="Which split of each run to compare on."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+) -> None:
+    """Side-by-side accuracy, macro F1, ECE, parameters, model file size and latency of RUNS."""
+    from rich.table import Table
+
+    from imagerec.evaluation import compare_runs
+
+    rows = compare_runs(runs, split=split)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"runs compared on their {split} split (latency: keras runtime, batch of 8, median of 5)")
+    table.add_column("")
+    for row in rows:
+        table.add_column(row["run"], justify="right")
+    fields = (
+        ("model", "{}"), ("image_size", "{}"), ("num_images", "{}"), ("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"),
+        ("top_k_accuracy", "{:.4f}"), ("ece", "{:.4f}"), ("params", "{:,}"), ("model_bytes", "{:,}"),
+        ("latency_ms_per_image", "{:.2f}"),
+    )  # fmt: skip
+    for key, fmt in fields:
+        table.add_row(key, *(fmt.format(row[key]) for row in rows))
+    _console().print(table)
+
+
+@app.command("calibrate")
+def calibrate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    target_accuracy: float = typer.Option(0.95, "--target-accuracy", help="Selective accuracy the 'unknown' threshold aims for."),
+    no_threshold: bool = typer.Option(False, "--no-threshold", help="Store the temperature only (never answer 'unknown')."),
+    split: str = typer.Option("val", "--split", help="Held-out split to fit on."),
+) -> None:
+    """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
+    from imagerec.evaluation import calibrate as calibrate_run
+
+    rec = calibrate_run(run, split=split, target_accuracy=None if no_threshold else target_accuracy)
+    typer.echo(
+        f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
+        f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"
+    )
+    if rec["threshold"] is None and not no_threshold:
+        typer.echo(f"no confidence threshold reaches {target_accuracy:.0%} accuracy on {split}; no 'unknown' threshold stored")
+    elif rec["threshold"] is not None:
+        typer.echo(
+            f"answers 'unknown' below confidence {rec['threshold']:.4f}: keeps {rec['coverage']:.1%} of {split} images "
+            f"at >= {target_accuracy:.0%} accuracy (predict --threshold 0 turns it off)"
+        )
+    typer.echo(f"wrote {run / 'calibration.json'}")
+
+
+@data_app.command("issues")
+def issues(
+    run: Path = typer.Argument(..., help="Run directory."),
+    splits: str = typer.Option("train,val", "--splits", help="Comma-separated parts of the run's split to check."),
+    limit: int = typer.Option(30, "--limit", help="Show at most this many images (0 = all)."),
+    max_p: float = typer.Option(0.5, "--max-p", help="Flag images whose given label has probability below this."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+) -> None:
+    """Images of RUN whose given label the model most strongly disagrees with (possible label errors)."""
+    from rich.table import Table
+
+    from imagerec.evaluation.issues import find_label_issues, write_issues
+    from imagerec.evaluation.report import label_issue_gallery, write_report
+    from imagerec.classifier import Classifier
+
+    clf = Classifier.load(run)
+    rows = find_label_issues(clf, [s.strip() for s in splits.split(",") if s.strip()], limit or None, max_p)
+    write_issues(clf.run_dir, rows)
+    label_issue_gallery(clf, rows)
+    if (clf.run_dir.evaluation / "metrics.json").exists():
+        write_report(clf.run_dir)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} possible label issue(s) in {run} (ranked by p(given label))")
+    for col in ("path", "split", "given", "model says", "p(given)", "p(model)"):
+        table.add_column(col, justify="right" if col.startswith("p(") else "left", overflow="fold")
+    for r in rows:
+        split_note = r["split"] + ("" if r["out_of_sample"] else " (in-sample)")
+        table.add_row(r["path"], split_note, r["given"], r["predicted"], f"{r['p_given']:.3f}", f"{r['p_predicted']:.3f}")
+    _console().print(table)
+    typer.echo(f"wrote {clf.run_dir.evaluation / 'label_issues.json'}")

@@ -1,0 +1,115 @@
+"""Temperature scaling fitted on the validation split, and a suggested rejection threshold.
+
+Temperature scaling (Guo et al., 2017) divides the logits by one scalar ``T`` chosen to minimise the negative
+log-likelihood on held-out data. It never changes the predicted class, only how confident the answer is. Our
+models end in a softmax, so the logits are recovered as ``log(p)`` (equal to the logits up to a per-row constant,
+which softmax ignores).
+
+The threshold answers "when should the model say *unknown*?": it is the lowest calibrated confidence ``t`` such
+that the validation images answered with confidence >= ``t`` are right at least ``target_accuracy`` of the time
+(selective accuracy). Images below it are answered ``unknown`` by ``predict`` (CLI, API, server, video).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from imagerec.errors import DataError
+from imagerec.evaluation.metrics import expected_calibration_error
+from imagerec.inference.predictor import softmax_temperature
+
+DEFAULT_TARGET_ACCURACY = 0.95
+T_BOUNDS = (0.05, 20.0)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the NLL of ``softmax(log(probs) / T)`` on ``(probs, y)``.
+
+    Args:
+        probs: uncalibrated probabilities (N, K) on held-out images.
+        y: their true class indices (N,).
+    """
+    from scipy.optimize import minimize_scalar
+
+    probs = np.asarray(probs, dtype=np.float64)
+    lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+    res = minimize_scalar(lambda log_t: nll(softmax_temperature(probs, float(np.exp(log_t))), y), bounds=(lo, hi), method="bounded")
+    return float(np.exp(res.x))
+
+
+def suggest_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) -> tuple[float | None, float]:
+    """The lowest confidence keeping selective accuracy >= ``target_accuracy``, and the fraction of images kept.
+
+    Returns ``(0.0, 1.0)`` when every answer together already meets the target and ``(None, 0.0)`` when no
+    threshold does.
+    """
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    order = np.argsort(-conf, kind="stable")
+    conf, correct = conf[order], correct[order]
+    kept_accuracy = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    ok = np.nonzero(kept_accuracy >= target_accuracy)[0]
+    if len(ok) == 0:
+        return None, 0.0
+    last = int(ok[-1])  # keep the largest prefix (highest confidences first) that meets the target
+    if last == len(conf) - 1:
+        return 0.0, 1.0
+    threshold = float(conf[last])
+    return threshold, float((conf >= threshold).mean())
+
+
+def calibrate(run, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY) -> dict[str, Any]:
+    """Fit temperature scaling on the run's ``split`` and write ``RUN/calibration.json``.
+
+    Args:
+        run: a run directory (or a loaded :class:`imagerec.Classifier`).
+        split: the held-out split to fit on (``val``; ``test`` only if you accept an optimistic test score).
+        target_accuracy: the selective accuracy the suggested threshold aims for; None stores no threshold.
+
+    Returns:
+        The calibration record: ``temperature``, ``threshold``, ``target_accuracy``, ``coverage``, ``ece_before``,
+        ``ece_after``, ``nll_before``, ``nll_after``, ``num_images``, ``split``.
+
+    Raises:
+        DataError: the split is empty or the target is not in (0, 1].
+
+    Example:
+        >>> imagerec.evaluation.calibrate("runs/fmnist")["temperature"]
+    """
+    from imagerec.classifier import Classifier
+    from imagerec.evaluation.data import predict_raw, run_split
+    from imagerec.utils import atomic_write_json
+
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise DataError(f"target accuracy must be in (0, 1], got {target_accuracy}")
+    clf = run if isinstance(run, Classifier) else Classifier.load(run)
+    data = run_split(clf, split)
+    raw = predict_raw(clf, data.images).astype(np.float64)
+    temperature = fit_temperature(raw, data.y)
+    calibrated = softmax_temperature(raw, temperature)
+    threshold, coverage = (None, 1.0)
+    if target_accuracy is not None:
+        threshold, coverage = suggest_threshold(calibrated, data.y, target_accuracy)
+    record = {
+        "temperature": round(temperature, 6),
+        "threshold": None if threshold is None else round(threshold, 6),
+        "target_accuracy": target_accuracy,
+        "coverage": round(coverage, 6),
+        "ece_before": expected_calibration_error(data.y, raw),
+        "ece_after": expected_calibration_error(data.y, calibrated),
+        "nll_before": nll(raw, data.y),
+        "nll_after": nll(calibrated, data.y),
+        "accuracy": float((raw.argmax(1) == data.y).mean()),
+        "num_images": int(len(data.y)),
+        "split": split,
+    }
+    atomic_write_json(clf.run_dir.calibration, record)
+    clf.temperature, clf.threshold = temperature, record["threshold"]
+    return record

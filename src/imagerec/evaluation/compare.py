@@ -1,0 +1,74 @@
+"""Side-by-side comparison of runs: headline metrics on each run's test split, model size and latency."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from imagerec.errors import ImagerecError
+
+LATENCY_BATCH = 8
+LATENCY_REPEATS = 5
+
+
+def measure_latency(clf, batch: int = LATENCY_BATCH, repeats: int = LATENCY_REPEATS) -> float:
+    """Median milliseconds per image of ``clf.predict_proba`` on a batch of ``batch`` images (after a warm-up)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, clf.image_size, clf.image_size, clf.channels), dtype=np.uint8)
+    clf.predict_proba(x)  # warm-up: traces the compiled function
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        clf.predict_proba(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) / batch * 1000)
+
+
+def summarise_run(run, split: str = "test") -> dict[str, Any]:
+    """One column of the comparison: the run's metrics (reused from ``evaluation/metrics.json`` when it was
+    computed on the same split of the run, else computed now without writing), params, file size, latency."""
+    from imagerec.classifier import Classifier
+    from imagerec.evaluation import evaluate_classifier
+    from imagerec.utils import read_json
+
+    clf = Classifier.load(run)
+    saved = clf.run_dir.evaluation / "metrics.json"
+    metrics = None
+    if saved.exists():
+        try:
+            metrics = read_json(saved)
+        except (OSError, ValueError):
+            metrics = None
+        same = (metrics or {}).get("source") == f"run:{split}" and metrics.get("model_sha256") == clf.version
+        if not same or metrics.get("temperature") != clf.temperature:
+            metrics = None
+    if metrics is None:
+        metrics = evaluate_classifier(clf, split=split, write=False)
+    return {
+        "run": str(clf.run_dir.path),
+        "model": clf.name,
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro"]["f1"],
+        "ece": metrics["ece"],
+        "top_k_accuracy": metrics["top_k_accuracy"],
+        "num_images": metrics["num_images"],
+        "params": int(clf.model.count_params()),
+        "model_bytes": os.path.getsize(clf.run_dir.model),
+        "latency_ms_per_image": measure_latency(clf),
+        "image_size": clf.image_size,
+    }
+
+
+def compare_runs(runs: list, split: str = "test") -> list[dict[str, Any]]:
+    """Summaries of ``runs`` (two or more run directories), in order.
+
+    Example:
+        >>> rows = imagerec.evaluation.compare_runs(["runs/a", "runs/b"])
+        >>> [r["accuracy"] for r in rows]
+    """
+    if len(runs) < 2:
+        raise ImagerecError(f"compare needs at least two runs, got {len(runs)}")
+    return [summarise_run(run, split) for run in runs]

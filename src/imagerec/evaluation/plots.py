@@ -1,0 +1,188 @@
+"""The evaluation pictures, drawn with matplotlib's Agg backend (no display needed), written as PNG.
+
+Each function takes plain data (lists, arrays, dicts) and a path, and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def confusion_matrix_png(cm: list[list[int]], labels: list[str], path: str | Path) -> Path:
+    """Counts (left) and row-normalised recall per true class (right); rows = true class, columns = predicted."""
+    plt = _plt()
+    cm_arr = np.asarray(cm, dtype=np.int64)
+    rows = cm_arr.sum(axis=1, keepdims=True)
+    norm = np.divide(cm_arr, rows, out=np.zeros(cm_arr.shape, dtype=np.float64), where=rows > 0)
+    k = len(labels)
+    side = max(4.5, 0.55 * k + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, data, title, fmt in ((axes[0], cm_arr, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(1, data.max()) if fmt == "d" else 1.0)
+        ax.set_title(f"confusion matrix: {title}")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(k), labels, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels)
+        threshold = data.max() / 2 if data.max() else 0.5
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8 if k > 10 else 10,
+                            color="white" if data[i, j] > threshold else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """history.csv (Keras CSVLogger) as column -> values; empty when the file is missing."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                cols.setdefault(key, []).append(float(value))
+            except (TypeError, ValueError):
+                cols.setdefault(key, []).append(math.nan)
+    return cols
+
+
+def best_epoch(history: dict[str, list[float]]) -> int | None:
+    """1-based epoch of the best ``val_accuracy`` (else ``accuracy``), as the best-model checkpoint chose it."""
+    key = "val_accuracy" if "val_accuracy" in history else "accuracy"
+    values = history.get(key)
+    if not values:
+        return None
+    return int(np.nanargmax(values)) + 1
+
+
+def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Path | None:
+    """Loss and accuracy per epoch, train vs val, with the best epoch marked; None without a history."""
+    if not history or "loss" not in history:
+        return None
+    plt = _plt()
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    best = best_epoch(history)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            if prefix + metric in history:
+                ax.plot(epochs, history[prefix + metric], style, ms=3, label=("val " if prefix else "train ") + metric)
+        if best is not None:
+            ax.axvline(best, color="tab:red", ls="--", lw=1, label=f"best epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def f1_bars_png(per_class: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """Horizontal bars of per-class F1, worst at the top, with each class's support."""
+    plt = _plt()
+    items = sorted(per_class.items(), key=lambda kv: kv[1]["f1"])
+    names = [f"{k} (n={v['support']})" for k, v in items]
+    values = [v["f1"] for _, v in items]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(items) + 1)))
+    colors = plt.get_cmap("RdYlGn")(np.asarray(values))
+    ax.barh(range(len(items)), values, color=colors)
+    ax.set_yticks(range(len(items)), names)
+    for i, v in enumerate(values):
+        ax.text(min(v + 0.01, 0.93), i, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    ax.set_title("per-class F1 (worst first)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability_png(bins: list[dict[str, float]], ece: float, path: str | Path, title: str = "") -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the image count per bin."""
+    plt = _plt()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
+    acc = [b["accuracy"] if b["count"] else 0 for b in bins]
+    conf = [b["confidence"] if b["count"] else c for b, c in zip(bins, centers, strict=True)]
+    ax.bar(centers, acc, width=width * 0.95, color="tab:blue", edgecolor="black", label="accuracy")
+    ax.bar(centers, np.subtract(conf, acc), bottom=acc, width=width * 0.95, color="tab:red", alpha=0.3,
+           edgecolor="tab:red", label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability diagram{' ' + title if title else ''}: ECE = {ece:.4f}")
+    ax.legend(loc="upper left")
+    hist.bar(centers, [b["count"] for b in bins], width=width * 0.95, color="gray")
+    hist.set_yscale("symlog")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    hist.set_xlim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_grid_png(
+    images: list[np.ndarray],
+    captions: list[str],
+    path: str | Path,
+    title: str = "",
+    heatmaps: list[np.ndarray | None] | None = None,
+) -> Path | None:
+    """A grid of images (uint8, H x W x C) with a caption each; ``heatmaps`` (H x W in 0..1) are overlaid."""
+    if not images:
+        return None
+    plt = _plt()
+    n = len(images)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (img, caption) in enumerate(zip(images, captions, strict=True)):
+        ax = axes.flat[i]
+        show = img[..., 0] if img.shape[-1] == 1 else img
+        ax.imshow(show, cmap="gray" if show.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        if heatmaps is not None and heatmaps[i] is not None:
+            ax.imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
+                      extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))  # fmt: skip
+        ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def wrong_captions(items: list[dict[str, Any]]) -> list[str]:
+    return [f"true: {it['true']}\npred: {it['pred']} ({it['confidence']:.2f})" for it in items]
