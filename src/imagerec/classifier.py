@@ -48,16 +48,41 @@ class Classifier:
 
     # construction -----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, run: str | os.PathLike, runtime: str = "keras") -> Classifier:
-        """Load a run directory (model loaded with Keras ``safe_mode`` after a pre-scan and hash check).
+    def load(cls, run: str | os.PathLike, runtime: str = "auto") -> Classifier:
+        """Load a run directory, or an exported artifact (``.tflite``, ``.onnx``, SavedModel folder).
+
+        A run's Keras model is loaded with Keras ``safe_mode`` after a pre-scan and hash check; an exported
+        artifact is loaded only when its sha256 matches its ``export.json`` and its ``labels.json`` sidecar exists.
 
         Args:
-            run: the run directory written by ``imagerec train``.
-            runtime: ``keras`` (default) or an exported runtime (``tflite``, ``onnx``, ``savedmodel``).
+            run: the run directory written by ``imagerec train``, or an artifact / export directory written by
+                ``imagerec export``.
+            runtime: ``auto`` (default: the fastest runtime that passed parity, as recorded by
+                ``imagerec benchmark`` in ``RUN/exports/runtime.json``; Keras when nothing was recorded),
+                ``keras``, or an export of the run: ``tflite``, ``onnx``, ``savedmodel`` or an export directory
+                name such as ``tflite-int8`` (looked up in ``RUN/exports/``).
+
+        Raises:
+            RunError: the run is missing or incomplete.
+            ImagerecError: the runtime has no export in the run, or the artifact was refused.
+
+        Example:
+            >>> Classifier.load("runs/fmnist", runtime="tflite").predict("shoe.png")
+            >>> Classifier.load("runs/fmnist/exports/tflite-int8/model.tflite")
         """
+        from imagerec.export.formats import is_artifact_path, open_export_runtime, resolve_runtime
+
+        if is_artifact_path(run):
+            run_dir, name, runtime_fn, version = open_export_runtime(run, runtime)
+            clf = cls(run_dir, None, name, runtime_fn=runtime_fn)
+            clf.version = version
+            return clf
         run_dir = RunDir(run).require()
-        model = run_dir.load_model() if runtime == "keras" else None
-        return cls(run_dir, model, runtime)
+        export_dir = resolve_runtime(run_dir.path, runtime)
+        if export_dir is None:
+            return cls(run_dir, run_dir.load_model(), "keras")
+        _, name, runtime_fn, _ = open_export_runtime(export_dir, export_dir.name, run_dir)
+        return cls(run_dir, None, name, runtime_fn=runtime_fn)
 
     # inputs -----------------------------------------------------------------------------------------------
     def preprocess(self, x: Any) -> np.ndarray:

@@ -1,0 +1,207 @@
+"""Export a trained run to SavedModel, LiteRT or ONNX, with an automatic parity check against the Keras model.
+
+Example:
+    >>> clf = Classifier.load("runs/fmnist")
+    >>> path = clf.export(format="tflite", quantize="int8")   # runs/fmnist/exports/tflite-int8/
+    >>> Classifier.load(path / "model.tflite").predict("shoe.png")
+
+Each export is built in a temporary folder beside its destination, checked on the run's test split, and only
+renamed into place when parity passes (see :mod:`imagerec.export.parity`); ``export.json`` records it all.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from imagerec.export.formats import (
+    EXPORT_JSON,
+    FORMATS,
+    ExportError,
+    check_quantization,
+    export_name,
+    get_format,
+    tree_sha256,
+)
+from imagerec.training.run_dir import RunDir
+from imagerec.utils import atomic_write_json, sha256_file
+
+REPRESENTATIVE_IMAGES = 200
+PARITY_IMAGES = 1000
+
+
+def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A002 - the CLI's word
+    """The (format, quantization) pairs one export call produces (``all`` = every row of the table)."""
+    if format == "all":
+        if quantize in (None, "", "all"):
+            return [(f.name, q) for f in FORMATS.values() for q in f.quantizations]
+        return [(f.name, check_quantization(f, quantize)) for f in FORMATS.values() if quantize in f.quantizations] or [
+            ("tflite", check_quantization(FORMATS["tflite"], quantize))
+        ]
+    fmt = get_format(format)
+    return [(fmt.name, check_quantization(fmt, quantize or "none"))]
+
+
+def export_run(
+    classifier,
+    format: str = "tflite",  # noqa: A002
+    quantize: str | None = None,
+    out: str | os.PathLike | None = None,
+    parity_images: int = PARITY_IMAGES,
+    representative_images: int = REPRESENTATIVE_IMAGES,
+) -> Path:
+    """Export ``classifier``'s run and check parity; return the export directory (``all``: their parent).
+
+    Args:
+        classifier: a :class:`imagerec.Classifier` loaded from a run directory.
+        format: ``savedmodel``, ``tflite``, ``onnx`` or ``all``.
+        quantize: ``none`` (default), ``float16``, ``dynamic`` or ``int8`` (LiteRT only). With ``all`` and no
+            quantization, every LiteRT quantization is exported too.
+        out: the export directory (default ``RUN/exports/<format>[-<quantize>]``); with ``all``, their parent.
+        parity_images: at most this many test images are compared.
+        representative_images: at most this many training images calibrate int8.
+
+    Raises:
+        ExportError: unknown format/quantization, int8 with no readable training images, no test images to check
+            parity on, or parity below the threshold (nothing is published then).
+    """
+    return Path(export_records(classifier, format, quantize, out, parity_images, representative_images)[0])
+
+
+def export_records(classifier, format="tflite", quantize=None, out=None, parity_images=PARITY_IMAGES,  # noqa: A002
+                   representative_images=REPRESENTATIVE_IMAGES) -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
+    """Like :func:`export_run`, also returning each export's ``export.json`` record (for the CLI's table)."""
+    pairs = plan(format, quantize)
+    run_dir = RunDir(classifier.run_dir.path)
+    if not run_dir.model.exists():
+        raise ExportError(f"{str(run_dir.path)!r} is not a run directory (no model.keras); export from the run")
+    run_dir.require()
+    from imagerec.export.parity import batched, evaluation_images
+
+    model = classifier.model if classifier.runtime == "keras" and classifier.model is not None else run_dir.load_model()
+    images, _, split = evaluation_images(classifier, parity_images)
+    if not len(images):
+        raise ExportError(
+            f"run {str(run_dir.path)!r}: no readable test or val images in manifest.csv to check parity on; "
+            "restore the dataset files at the paths in the manifest"
+        )
+    reference = batched(lambda x: model(x.astype("float32"), training=False).numpy(), images)
+    parent = Path(out) if out is not None and format == "all" else run_dir.exports
+    records = []
+    for fmt, q in pairs:
+        dest = Path(out) if out is not None and format != "all" else parent / export_name(fmt, q)
+        records.append(
+            _export_one(classifier, model, fmt, q, dest, (images, reference, split), representative_images)
+        )
+    return (parent if format == "all" else Path(records[0]["path"])), records
+
+
+def _export_one(classifier, model, fmt_name: str, quantize: str, dest: Path, check, representative_images: int):
+    from imagerec.export.parity import batched, parity, split_images
+
+    fmt = FORMATS[fmt_name]
+    images, reference, split = check
+    spec = {
+        "image_size": classifier.image_size,
+        "channels": classifier.channels,
+        "resize": classifier.resize,
+        "labels": list(classifier.labels),
+    }
+    representative = None
+    if quantize == "int8":
+        representative, _ = split_images(classifier, "train", representative_images)
+        if not len(representative):
+            raise ExportError(
+                f"int8 quantization needs training images to calibrate, but no train row of "
+                f"{str(classifier.run_dir.manifest)!r} points to a readable image (moved or deleted?); restore "
+                "them, or use --quantize dynamic (no calibration needed)"
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        artifact = tmp / fmt.artifact
+        module = fmt.load_module()
+        module.export_artifact(model, spec, quantize, artifact, representative)
+        runtime = module.Runtime(artifact, None, {"image_size": spec["image_size"], "channels": spec["channels"]})
+        result = parity(reference, batched(runtime, images), quantize, split)
+        record = _record(classifier, fmt_name, quantize, artifact, spec, result)
+        if not result["passed"]:
+            raise ExportError(
+                f"{export_name(fmt_name, quantize)} export failed its parity check: top-1 agreement "
+                f"{result['top1_agreement']:.2%} < {result['threshold']:.0%} on {result['num_images']} {split} images "
+                f"(max prob diff {result['max_abs_prob_diff']}); nothing was written to {str(dest)!r}"
+            )
+        _copy_sidecars(classifier.run_dir, tmp)
+        atomic_write_json(tmp / EXPORT_JSON, record)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record["path"] = str(dest)
+    return record
+
+
+def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dict[str, Any]:
+    import tensorflow as tf
+
+    size, channels = spec["image_size"], spec["channels"]
+    in_dtype = "uint8" if quantize == "int8" else "float32"
+    record: dict[str, Any] = {
+        "format": fmt_name,
+        "quantization": quantize,
+        "artifact": artifact.name,
+        "sha256": tree_sha256(artifact),
+        "size_bytes": _size(artifact),
+        "input": {"name": "image", "shape": [None, size, size, channels], "dtype": in_dtype, "range": "0..255"},
+        "output": {"name": "probabilities", "shape": [None, len(spec["labels"])], "dtype": "float32"},
+        "preprocessing": {
+            "decode": "imagerec.data.images.load_image (Pillow; EXIF applied, alpha on white, first frame)",
+            "image_size": size,
+            "channels": channels,
+            "resize": spec["resize"],
+            "pixels": "0..255, rescaled inside the model",
+        },
+        "labels": spec["labels"],
+        "source_run": str(classifier.run_dir.path.resolve()),
+        "source_model_sha256": sha256_file(classifier.run_dir.model),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__},
+        "parity": result,
+    }
+    if fmt_name == "onnx":
+        from imagerec.export.onnx import OPSET
+
+        record["opset"] = OPSET
+    if fmt_name == "savedmodel":
+        record["signatures"] = {
+            "serving_default": "images: string [N] (encoded JPEG/PNG/...) -> probabilities, labels",
+            "serving_pixels": f"pixels: float32 [N,{size},{size},{channels}] -> probabilities, labels",
+        }
+    return record
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _copy_sidecars(run_dir, dest: Path) -> None:
+    for name in ("labels.json", "config.json", "calibration.json"):
+        src = Path(run_dir.path) / name
+        if src.exists():
+            shutil.copy2(src, dest / name)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Move a checked export into place, replacing an older one only after the new one is complete."""
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["export_run", "export_records", "plan", "FORMATS", "ExportError"]

@@ -1,0 +1,55 @@
+"""ONNX export through ``tf2onnx`` (opset 17) and its ``onnxruntime`` runtime.
+
+The graph takes ``image``: float32 ``[N, S, S, C]`` pixels 0..255 (preprocessing inside) and returns the
+softmax probabilities ``[N, K]``; class names travel in the ``labels.json`` sidecar and in the model's
+metadata (``labels``, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OPSET = 17
+
+
+def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, representative=None) -> None:
+    import tensorflow as tf
+
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ImportError("ONNX export needs tf2onnx: pip install 'imagerec[export]'") from None
+    shape = [None, spec["image_size"], spec["image_size"], spec["channels"]]
+    input_signature = [tf.TensorSpec(shape, tf.float32, name="image")]
+    fn = tf.function(lambda image: model(image, training=False), input_signature=input_signature)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=input_signature, opset=OPSET)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "labels", json.dumps(spec["labels"])
+    path.write_bytes(proto.SerializeToString())
+
+
+class Runtime:
+    """``onnxruntime.InferenceSession`` on CPU (``run`` is thread-safe)."""
+
+    name = "onnx"
+
+    def __init__(self, artifact: Path, record: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                 num_threads: int | None = None):  # fmt: skip
+        import onnxruntime as ort
+
+        from imagerec.export.tflite import default_threads
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)

@@ -1,0 +1,119 @@
+"""LiteRT (``.tflite``) export in float32, float16, dynamic-range or full-integer int8, and its runtime.
+
+* ``none``: float32 weights and activations.
+* ``float16``: float16 weights (half the size), float32 compute on CPU.
+* ``dynamic``: int8 weights, activations quantized on the fly; float32 input and output.
+* ``int8``: full-integer weights and activations, calibrated on up to 200 images of the run's training split.
+  The input is **uint8** (the raw pixels 0..255, which the model's own input scale maps exactly) and the output
+  stays **float32** probabilities, so callers feed ``Classifier.preprocess`` output unchanged.
+
+The converter reads a float SavedModel written to a temporary folder (the reliable route for Keras 3 models).
+The runtime is ``ai_edge_litert.interpreter.Interpreter`` with XNNPACK and ``num_threads`` set; one interpreter per
+thread (the server calls from worker threads), input resized to the batch size on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def default_threads() -> int:
+    return int(os.environ.get("IMAGEREC_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert ``model`` to LiteRT flatbuffer bytes."""
+    import tensorflow as tf
+
+    from imagerec.export.savedmodel import write_float_savedmodel
+
+    with tempfile.TemporaryDirectory(prefix="imagerec-tflite-") as tmp:
+        write_float_savedmodel(model, spec, Path(tmp) / "sm")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "sm"))
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantize == "int8":
+            if representative is None or len(representative) == 0:
+                raise ValueError("int8 needs representative images")
+            images = np.asarray(representative, dtype=np.float32)
+
+            def samples() -> Iterator[list[np.ndarray]]:
+                for img in images:
+                    yield [img[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.float32
+        return converter.convert()
+
+
+def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, representative=None) -> None:
+    path.write_bytes(convert(model, spec, quantize, representative))
+
+
+class Runtime:
+    """Thread-safe LiteRT runner: one ``Interpreter`` per calling thread, resized to each batch size."""
+
+    name = "tflite"
+
+    def __init__(self, artifact: Path, record: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                 num_threads: int | None = None):  # fmt: skip
+        self.content = Path(artifact).read_bytes()
+        self.num_threads = num_threads or default_threads()
+        self._local = threading.local()
+        self._interpreter()  # fail at load, not on the first request
+
+    def _interpreter(self):
+        state = getattr(self._local, "state", None)
+        if state is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_content=self.content, num_threads=self.num_threads)
+            it.allocate_tensors()
+            inp, out = it.get_input_details()[0], it.get_output_details()[0]
+            state = self._local.state = {"it": it, "in": inp, "out": out, "n": int(inp["shape"][0])}
+        return state
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        state = self._interpreter()
+        it, inp, out = state["it"], state["in"], state["out"]
+        batch = np.asarray(batch)
+        if len(batch) != state["n"]:
+            it.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
+            it.allocate_tensors()
+            state["in"], state["out"], state["n"] = it.get_input_details()[0], it.get_output_details()[0], len(batch)
+            inp, out = state["in"], state["out"]
+        it.set_tensor(inp["index"], quantize_input(batch, inp))
+        it.invoke()
+        return dequantize_output(it.get_tensor(out["index"]), out)
+
+
+def quantize_input(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return np.asarray(batch, dtype=np.float32)
+    scale, zero = detail["quantization"]
+    x = np.asarray(batch, dtype=np.float32)
+    if scale:
+        x = x / scale + zero
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x), info.min, info.max).astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if y.dtype == np.float32:
+        return y.copy()
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
