@@ -17,9 +17,10 @@ Rules (documented in the README, tested in ``tests/data/test_images.py``):
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
-import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,17 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 RESIZE_POLICIES = ("stretch", "pad", "crop")
+logger = logging.getLogger(__name__)
 BACKGROUND = 255  # alpha is composited on white
 
 #: Our own ceiling on width*height, lower than Pillow's. Override with IMAGEREC_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = int(os.environ.get("IMAGEREC_MAX_PIXELS", 40_000_000))
-#: Pillow's own bomb guard stays on (never None); ours is stricter and checked first.
-Image.MAX_IMAGE_PIXELS = max(DEFAULT_MAX_PIXELS, 89_478_485)
+#: Ceiling on the encoded size of one image. Override with IMAGEREC_MAX_FILE_BYTES.
+DEFAULT_MAX_FILE_BYTES = int(os.environ.get("IMAGEREC_MAX_FILE_BYTES", 100 << 20))
+MAX_PNG_CHUNKS = 100_000
+#: Pillow's own bomb guard stays on (never None); ours is stricter and checked first, on our own header parse.
+PILLOW_MAX_PIXELS = max(DEFAULT_MAX_PIXELS, 89_478_485)
+Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -78,36 +84,138 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _read_source(source: Any) -> tuple[bytes, str]:
-    """Bytes of ``source`` (path, bytes, file object) and a short name for messages."""
+def _read_source(source: Any, limit: int) -> tuple[bytes, str]:
+    """Bytes of ``source`` (path, bytes, file object), at most ``limit`` of them, and a short name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>"
-    if isinstance(source, (str, os.PathLike)):
+        data, name = bytes(source), "<bytes>"
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        name = str(path)
         try:
-            return path.read_bytes(), str(path)
+            if path.exists() and not path.is_dir() and not path.is_file():
+                raise ImageRejected("unreadable", f"{path}: not a regular file (a device, FIFO or socket)")
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
         except IsADirectoryError:
             raise ImageRejected("unreadable", f"{path}: is a directory, not an image file") from None
         except OSError as exc:
             raise ImageRejected("unreadable", f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if hasattr(source, "read"):
-        return source.read(), getattr(source, "name", "<stream>")
-    raise TypeError(f"expected a path, bytes or a file object, got {type(source).__name__}")
+    elif hasattr(source, "read"):
+        data, name = source.read(limit + 1), str(getattr(source, "name", "<stream>"))
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageRejected("unreadable", f"{name}: the stream gave {type(data).__name__}, expected bytes (open it in 'rb' mode)")
+        data = bytes(data)
+    else:
+        raise TypeError(f"expected a path, bytes or a file object, got {type(source).__name__}")
+    if len(data) > limit:
+        raise ImageRejected(
+            "image_too_large", f"{name}: file is larger than the limit of {limit} bytes (set IMAGEREC_MAX_FILE_BYTES)"
+        )
+    return data, name
 
 
-def open_image(source: Any, *, max_pixels: int | None = None) -> Image.Image:
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read straight from the header bytes of a PNG, GIF, BMP or JPEG, or None if not found.
+
+    This runs before Pillow parses anything, so a header that claims a huge canvas is refused without any
+    allocation, whatever Pillow's own guard is set to.
+    """
+    try:
+        if fmt == "PNG" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if fmt == "GIF":
+            return struct.unpack("<HH", data[6:10])
+        if fmt == "BMP" and len(data) >= 26:
+            header = struct.unpack("<I", data[14:18])[0]
+            if header == 12:
+                return struct.unpack("<HH", data[18:22])
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+        if fmt == "JPEG":
+            return _jpeg_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments up to the first SOF; never more than the file (each step advances)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            pos += 2
+            continue
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker in _SOF_MARKERS and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """Verify every PNG chunk's CRC up to IEND (Pillow skips the IDAT CRCs); a cheap pass over the bytes."""
+    pos = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 12 > len(data):
+            raise ImageRejected("truncated", f"{name}: PNG ends before its IEND chunk (truncated file)")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageRejected("truncated", f"{name}: PNG chunk {kind!r} runs past the end of the file (truncated)")
+        if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != struct.unpack(">I", data[end : end + 4])[0]:
+            raise ImageRejected("corrupt", f"{name}: PNG chunk {kind!r} fails its CRC check (corrupt file)")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+    raise ImageRejected("corrupt", f"{name}: PNG has more than {MAX_PNG_CHUNKS} chunks")
+
+
+def _enforce_pillow_guards() -> None:
+    # Another library in the process may have switched Pillow's guards off; imagerec never runs without them.
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > PILLOW_MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _check_pixels(name: str, size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"{name}: image declares size {width}x{height}")
+    if width * height > limit:
+        raise ImageRejected(
+            "image_too_large",
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
+            "(resize it, or raise IMAGEREC_MAX_PIXELS)",
+        )
+
+
+def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
     """Open and fully decode one image under imagerec's rules, returning a Pillow image in ``L`` or ``RGB``.
 
     Args:
         source: a path, ``bytes`` or a binary file object.
         max_pixels: ceiling on width*height checked on the header before decoding (default
             ``DEFAULT_MAX_PIXELS``).
+        max_bytes: ceiling on the encoded size (default ``DEFAULT_MAX_FILE_BYTES``).
 
     Raises:
-        ImageRejected: with ``code`` ``empty``, ``unsupported_format``, ``image_too_large``, ``truncated`` or
-            ``corrupt``.
+        ImageRejected: with ``code`` ``empty``, ``unsupported_format``, ``image_too_large``, ``truncated``,
+            ``corrupt`` or ``unreadable``. No other exception escapes for any input bytes.
     """
-    data, name = _read_source(source)
+    data, name = _read_source(source, DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes)
     if not data:
         raise ImageRejected("empty", f"{name}: empty file (0 bytes)")
     fmt = sniff_format(data[:16])
@@ -117,35 +225,30 @@ def open_image(source: Any, *, max_pixels: int | None = None) -> Image.Image:
             f"{name}: not a supported image (JPEG, PNG, BMP, GIF, WebP, TIFF), decided by content",
         )
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    declared = header_size(data, fmt)
+    if declared is not None:
+        _check_pixels(name, declared, limit)
+    if fmt == "PNG":
+        _check_png_chunks(data, name)
+    _enforce_pillow_guards()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageRejected("corrupt", f"{name}: image declares size {width}x{height}")
-            if width * height > limit:
-                raise ImageRejected(
-                    "image_too_large",
-                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {limit}",
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            img.load()
-            img = _apply_exif(img)
-            return _normalise_mode(img)
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+        _check_pixels(name, img.size, limit)
+        img.load()  # the first frame only: Image.open stands on frame 0 and nothing here seeks
+        img = _apply_exif(img)
+        return _normalise_mode(img)
     except ImageRejected:
         raise
-    except Image.DecompressionBombWarning as exc:
-        raise ImageRejected("image_too_large", f"{name}: {exc}") from None
     except UnidentifiedImageError:
         raise ImageRejected("corrupt", f"{name}: cannot identify image data ({fmt} header)") from None
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile bytes: only ImageRejected may leave the decoder
+        if not isinstance(exc, _DECODE_ERRORS):
+            logger.warning("unexpected %s from Pillow while decoding %s: %s", type(exc).__name__, name, exc)
         text = str(exc) or type(exc).__name__
         code = "truncated" if "truncated" in text.lower() else "corrupt"
         if isinstance(exc, (Image.DecompressionBombError, MemoryError)):
             code = "image_too_large"
-        raise ImageRejected(code, f"{name}: {text}") from None
+        raise ImageRejected(code, f"{name}: {text[:300]}") from None
 
 
 def _apply_exif(img: Image.Image) -> Image.Image:
@@ -253,8 +356,8 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
 
 
 def image_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Header facts for the scan: format, size, mode, frames (cheap: no full decode)."""
-    with Image.open(path) as img:
+    """Header facts for the scan: format, size, mode, frames (cheap: no full decode, allowed formats only)."""
+    with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
         return {"format": img.format, "size": img.size, "mode": img.mode, "frames": getattr(img, "n_frames", 1)}
 
 
