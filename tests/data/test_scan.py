@@ -41,24 +41,24 @@ def test_messy_folder_rich_table_lists_classes_invalid_files_and_groups(messy, c
 
 
 BAD_FILES = {
-    "zero.jpg": (b"", "empty"),
-    "text.jpg": (f.TEXT_AS_JPEG, "unsupported_format"),
-    "truncated.png": (f.truncated(f.png(1, 96)), "truncated"),
-    "truncated.jpg": (f.truncated(f.jpeg(1, 96), 0.6), "truncated"),
-    "corrupt.png": (f.corrupt_png(), "corrupt"),
-    "bomb.png": (f.bomb_png(), "image_too_large"),
-    "html.png": (b"<html><body>not an image</body></html>", "unsupported_format"),
+    "zero.jpg": (b"", ("empty",)),
+    "text.jpg": (f.TEXT_AS_JPEG, ("unsupported_format",)),
+    "truncated.png": (f.truncated(f.png(1, 96)), ("truncated",)),
+    "truncated.jpg": (f.truncated(f.jpeg(1, 96), 0.6), ("truncated",)),
+    "corrupt.png": (f.corrupt_png(), ("corrupt", "truncated")),  # random chunk lengths may run past the end
+    "bomb.png": (f.bomb_png(), ("image_too_large",)),
+    "html.png": (b"<html><body>not an image</body></html>", ("unsupported_format",)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_each_bad_file_kind_is_listed_with_its_reason(tmp_path: Path, name: str):
-    data, code = BAD_FILES[name]
+    data, codes = BAD_FILES[name]
     path = f.write(tmp_path / name, data)
     result = check_file(Sample(str(path), "x"))
     assert isinstance(result, dict), result
     assert result["path"] == str(path)
-    assert result["reason"].startswith(code + ":"), result["reason"]
+    assert result["reason"].split(":")[0] in codes, result["reason"]
 
 
 GOOD_FILES = {
