@@ -1,5 +1,79 @@
-"""CLI commands of this stage (registered on imagerec.cli.app.app)."""
+"""``imagerec export | benchmark``: exported artifacts with a parity check, and every runtime measured."""
 
 from __future__ import annotations
 
-from imagerec.cli.app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from imagerec.cli.app import app
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MB"
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
+    format: str = typer.Option("tflite", "--format", "-f", help="savedmodel | tflite | onnx | all"),  # noqa: A002
+    quantize: str = typer.Option(None, "--quantize", "-q", help="none | float16 | dynamic | int8 (int8/float16/dynamic: tflite)"),
+    out: Path = typer.Option(None, "--out", "-o", help="Export directory (default RUN/exports/<format>[-<quantize>])."),
+    parity_images: int = typer.Option(1000, "--parity-images", help="Test images compared with the Keras model."),
+) -> None:
+    """Export RUN, check parity with the Keras model on its test split, publish only when parity passes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from imagerec.classifier import Classifier
+    from imagerec.export import export_records, plan
+
+    plan(format, quantize)  # reject an unknown format/quantization before loading anything
+    clf = Classifier.load(run, runtime="keras")
+    _, records = export_records(clf, format, quantize, out, parity_images=parity_images)
+    table = Table(title=f"exports of {run}")
+    for col in ("export", "size", "input", "top-1 agreement", "max |Δp|", "images", "path"):
+        table.add_column(col)
+    for r in records:
+        p = r["parity"]
+        table.add_row(
+            f"{r['format']}" + ("" if r["quantization"] == "none" else f" {r['quantization']}"),
+            _mb(r["size_bytes"]), r["input"]["dtype"], f"{p['top1_agreement']:.2%}", f"{p['max_abs_prob_diff']:.2g}",
+            f"{p['num_images']} {p['split']}", r["path"],
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command("benchmark")
+def benchmark(
+    run: Path = typer.Argument(..., help="Run directory (its exports in RUN/exports are measured too)."),
+    export_all: bool = typer.Option(False, "--export", help="First export every format and quantization."),
+    runtime: list[str] = typer.Option(None, "--runtime", help="Only these runtimes (repeatable)."),
+    rounds: int = typer.Option(5, help="Interleaved rounds; figures are medians over rounds."),
+) -> None:
+    """Latency p50/p99, throughput at batch 1/8/64, size, peak memory and accuracy of every runtime of RUN."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from imagerec.classifier import Classifier
+    from imagerec.export import export_records
+    from imagerec.export.benchmark import benchmark_run
+
+    console = Console(stderr=True)
+    if export_all:
+        export_records(Classifier.load(run, runtime="keras"), "all")
+    result = benchmark_run(run, runtimes=runtime or None, rounds=rounds, log=lambda m: console.log(m))
+    table = Table(title=f"runtimes of {run} ({result['threads']} threads, {result['num_accuracy_images']} {result['split']} images)")
+    cols = ("runtime", "p50 ms", "p99 ms", "img/s b1", "img/s b8", "img/s b64", "size", "peak RSS Δ", "accuracy", "parity")
+    for col in cols:
+        table.add_column(col)
+    for r in result["runtimes"]:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        table.add_row(
+            r["runtime"] + (" *" if r["runtime"] == result["default"] else ""),
+            f"{r['latency_p50_ms']:.3f}", f"{r['latency_p99_ms']:.3f}", f"{r['throughput_b1']:.0f}",
+            f"{r['throughput_b8']:.0f}", f"{r['throughput_b64']:.0f}", _mb(r["size_bytes"]),
+            f"{r['peak_rss_delta_mb']:.1f} MB", acc, "pass" if r["parity_passed"] else "FAIL",
+        )  # fmt: skip
+    Console().print(table)
+    typer.echo(f"* default runtime (fastest that passed parity): {result['default']}; wrote {run}/exports/benchmark.json")
