@@ -1,5 +1,160 @@
-"""CLI commands of this stage (registered on imagerec.cli.app.app)."""
+"""``imagerec predict RUN PATH...``: classify files, folders (recursive) and globs."""
 
 from __future__ import annotations
 
-from imagerec.cli.app import app  # noqa: F401
+import csv
+import glob
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from imagerec.cli.app import app
+from imagerec.errors import ImagerecError
+
+FORMATS = ("table", "json", "csv")
+PROGRESS_MIN = 64  # show a progress bar on a terminal from this many files on
+
+
+def expand_paths(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by ``items`` (files, folders searched recursively for image files, globs), and the missing."""
+    from imagerec.data.images import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    missing: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )  # fmt: skip
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        elif glob.has_magic(item):
+            matched = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if matched:
+                files.extend(matched)
+            else:
+                missing.append(item)
+        else:
+            missing.append(item)
+    seen: set[Path] = set()
+    unique = [p for p in files if not (p in seen or seen.add(p))]
+    return unique, missing
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@app.command("predict")
+def predict(
+    run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('imgs/**/*.png')."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many (label, score) pairs per image."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
+    runtime: str = typer.Option("keras", help="keras | tflite | onnx | savedmodel"),
+) -> None:
+    """Classify images; unreadable files are reported one by one and the exit code is 1 if any failed."""
+    from imagerec.classifier import Classifier
+
+    if output_format not in FORMATS:
+        raise ImagerecError(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
+    if top_k < 1 or batch_size < 1:
+        raise ImagerecError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
+    files, missing = expand_paths(paths)
+    if not files and not missing:
+        raise ImagerecError(f"no image files found in {', '.join(paths)}; expected image files, folders or globs")
+    clf = Classifier.load(run, runtime=runtime)
+    writer = _Writer(output_format, top_k)
+    failed = 0
+    for item in missing:
+        writer.error(item, "not_found", f"{item}: no such file, folder or matching glob")
+        failed += 1
+    with _progress(len(files)) as advance:
+        for chunk in _chunks(files, batch_size):
+            for path, result in zip(chunk, clf.predict([str(p) for p in chunk], top_k=top_k, batch_size=batch_size, errors="return"), strict=True):
+                if hasattr(result, "code"):
+                    writer.error(str(path), result.code, result.message)
+                    failed += 1
+                else:
+                    writer.result(str(path), result)
+            advance(len(chunk))
+    writer.close()
+    if failed:
+        typer.echo(f"imagerec: {failed} of {len(files) + len(missing)} input(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+class _progress:
+    """A Rich progress bar on stderr when it is a terminal and there are many files; otherwise nothing."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        if self.total >= PROGRESS_MIN and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            task = self.bar.add_task("classifying", total=self.total)
+            return lambda n: self.bar.advance(task, n)
+        return lambda n: None
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Writer:
+    """Formats results as a Rich table (at the end), JSON lines or CSV rows (as they come)."""
+
+    def __init__(self, fmt: str, top_k: int):
+        self.fmt = fmt
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.csv = None
+        if fmt == "csv":
+            self.csv = csv.writer(sys.stdout)
+            self.csv.writerow(["path", "label", "confidence", "top_k", "error"])
+
+    def result(self, path: str, pred) -> None:
+        if self.fmt == "json":
+            sys.stdout.write(json.dumps({"path": path, **{k: v for k, v in pred.to_dict().items() if k != "path"}}) + "\n")
+        elif self.csv is not None:
+            top = ";".join(f"{label}:{score:.4f}" for label, score in pred.top_k)
+            self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ""])
+        else:
+            top = "  ".join(f"{label} {score:.2f}" for label, score in pred.top_k)
+            self.rows.append((path, pred.label, f"{pred.confidence:.3f}", top))
+
+    def error(self, path: str, code: str, message: str) -> None:
+        if self.fmt == "json":
+            sys.stdout.write(json.dumps({"path": path, "error": {"code": code, "message": message}}) + "\n")
+        elif self.csv is not None:
+            self.csv.writerow([path, "", "", "", f"{code}: {message}"])
+        else:
+            self.rows.append((path, "[red]error[/red]", "", f"{code}: {message}"))
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        if self.fmt != "table":
+            return
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table()
+        for name in ("path", "label", "confidence", "top-k"):
+            table.add_column(name)
+        for path, label, conf, top in self.rows:
+            table.add_row(escape(path), label if label.startswith("[red]") else escape(label), conf, escape(top))
+        Console().print(table)

@@ -1,0 +1,281 @@
+"""The HTTP service: ``create_app(classifier, settings)`` builds a FastAPI app around one loaded Classifier.
+
+Example:
+    >>> import uvicorn
+    >>> from imagerec import Classifier
+    >>> from imagerec.server.app import ServeSettings, create_app
+    >>> uvicorn.run(create_app(Classifier.load("runs/fmnist"), ServeSettings()), host="127.0.0.1", port=8000)
+
+No route loads, replaces or names a model file: the model is fixed when the app is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagerec.errors import ImagerecError, ImageRejected
+from imagerec.inference.smoothing import EMASmoother
+from imagerec.server.batching import Batcher, QueueFull
+from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
+from imagerec.server.metrics import ServerMetrics
+
+STATIC = Path(__file__).with_name("static")
+_SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+    "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of ``imagerec serve`` (each is a CLI flag of the same name)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = field(default=None, repr=False)
+    workers: int = 1
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 512
+    max_upload_mb: float = 10.0
+    max_files: int = 16
+    timeout_s: float = 30.0
+    decode_threads: int = 2
+    max_sessions: int = 256
+    cors_origins: tuple[str, ...] = ()
+    cors_credentials: bool = False
+
+    def validate(self) -> ServeSettings:
+        checks = [
+            (self.max_batch >= 1, f"--max-batch must be >= 1, got {self.max_batch}"),
+            (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
+            (self.max_queue >= 1, f"--max-queue must be >= 1, got {self.max_queue}"),
+            (self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"),
+            (self.max_files >= 1, f"--max-files must be >= 1, got {self.max_files}"),
+            (self.timeout_s > 0, f"--timeout-s must be > 0, got {self.timeout_s}"),
+            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"),
+            (
+                not ("*" in self.cors_origins and self.cors_credentials),
+                "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
+                "as the user); list the allowed origins explicitly",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ImagerecError(message)
+        return self
+
+    @property
+    def max_body(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class Service:
+    """What the routes share: the classifier, decode pool, batcher, metrics and camera-session smoothers."""
+
+    def __init__(self, classifier, settings: ServeSettings):
+        self.clf = classifier
+        self.settings = settings
+        self.metrics = ServerMetrics(classifier.labels)
+        self.batcher = Batcher(
+            classifier.predict_proba,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imagerec-decode")
+        self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
+        self.ready = False
+        self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        await self.batcher.submit_many([np.zeros(self.input_shape, np.uint8)])  # warm-up: trace the model once
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def decode(self, data: bytes, name: str | None = None) -> np.ndarray:
+        """``Classifier.preprocess`` in the decode pool (off the event loop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.decode_pool, self.clf.preprocess, data)
+        except ImageRejected as exc:
+            label = f"{name}: " if name else ""
+            message = str(exc).replace("<bytes>: ", "", 1)
+            raise HTTPError(exc.status, exc.code, label + message) from None
+
+    async def infer(self, images: list[np.ndarray]) -> np.ndarray:
+        """Probabilities ``(N, K)`` of preprocessed images, through the dynamic batcher."""
+        try:
+            rows = await self.batcher.submit_many(images)
+        except QueueFull as exc:
+            raise HTTPError(503, "overloaded", f"server busy: {exc}; retry after 1 s", {"Retry-After": "1"}) from None
+        finally:
+            self.metrics.queue_depth.set(self.batcher.depth)
+        return np.stack(rows)
+
+    def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
+        preds = self.clf._results(probs, top_k, names, self.clf.threshold)
+        for pred in preds:
+            self.metrics.predictions.labels(label=pred.label).inc()
+        return preds
+
+    def smoother(self, session: str, alpha: float) -> EMASmoother:
+        if not _SESSION_RE.match(session):
+            raise HTTPError(400, "bad_request", "session must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        smoother = self.sessions.pop(session, None)
+        if smoother is None:
+            smoother = EMASmoother(alpha)
+        smoother.alpha = alpha
+        self.sessions[session] = smoother
+        while len(self.sessions) > self.settings.max_sessions:
+            self.sessions.popitem(last=False)
+        return smoother
+
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.clf.name, "version": self.clf.version}
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None):
+    from starlette.responses import Response
+
+    return Response(json.dumps(obj, separators=(",", ":")), status, headers, media_type="application/json")
+
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    from starlette.responses import Response
+
+    return Response(error_body(code, message), status, headers, media_type="application/json")
+
+
+def create_app(classifier, settings: ServeSettings | None = None):
+    """Build the service around ``classifier`` (see the module docstring); returns the outermost ASGI app.
+
+    The returned app exposes ``.service`` (shared state) and ``.fastapi`` (the inner FastAPI app).
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import FileResponse, Response
+    from starlette.staticfiles import StaticFiles
+
+    from imagerec.server import routes_v1, routes_v2
+
+    settings = (settings or ServeSettings()).validate()
+    service = Service(classifier, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    api = FastAPI(title="imagerec", version=service.clf.version, lifespan=lifespan)
+    api.state.service = service
+
+    @api.exception_handler(HTTPError)
+    async def _http_error(_request, exc: HTTPError):
+        return _error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _starlette_error(_request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error_response(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):
+        return _error_response(500, "internal", f"internal error ({type(exc).__name__}); the server keeps running")
+
+    @api.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @api.get("/healthz")
+    async def healthz():
+        return json_response({"status": "ok"})
+
+    @api.get("/readyz")
+    async def readyz():
+        if not service.ready:
+            return _error_response(503, "not_ready", "model is still warming up")
+        return json_response({"status": "ready", "model": service.model_info()})
+
+    @api.get("/metrics")
+    async def metrics():
+        service.metrics.queue_depth.set(service.batcher.depth)
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+    routes_v1.register(api, service)
+    routes_v2.register(api, service)
+
+    app: Any = api
+    if settings.cors_origins:
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=settings.cors_credentials,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
+    outer = LimitsMiddleware(app, settings.max_body, settings.api_key, settings.timeout_s, service.metrics.observe)
+    outer.service = service  # type: ignore[attr-defined]
+    outer.fastapi = api  # type: ignore[attr-defined]
+    return outer
+
+
+# --- multi-worker entry point -----------------------------------------------------------------------------------
+ENV_RUN = "IMAGEREC_SERVE_RUN"
+ENV_RUNTIME = "IMAGEREC_SERVE_RUNTIME"
+ENV_SETTINGS = "IMAGEREC_SERVE_SETTINGS"
+
+
+def settings_to_env(run: str, runtime: str, settings: ServeSettings) -> None:
+    """Hand the run and settings to ``uvicorn --workers`` processes (the API key stays in IMAGEREC_API_KEY)."""
+    data = asdict(settings)
+    data.pop("api_key")
+    os.environ[ENV_RUN] = str(run)
+    os.environ[ENV_RUNTIME] = runtime
+    os.environ[ENV_SETTINGS] = json.dumps(data)
+    if settings.api_key:
+        os.environ["IMAGEREC_API_KEY"] = settings.api_key
+
+
+def app_from_env():
+    """Factory for ``uvicorn imagerec.server.app:app_from_env --factory`` (each worker loads the run)."""
+    from imagerec.classifier import Classifier
+
+    data = json.loads(os.environ.get(ENV_SETTINGS, "{}"))
+    data["cors_origins"] = tuple(data.get("cors_origins", ()))
+    settings = ServeSettings(**data, api_key=os.environ.get("IMAGEREC_API_KEY") or None)
+    clf = Classifier.load(os.environ[ENV_RUN], runtime=os.environ.get(ENV_RUNTIME, "keras"))
+    return create_app(clf, settings)

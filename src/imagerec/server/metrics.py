@@ -1,0 +1,68 @@
+"""Prometheus metrics of one app, in its own ``CollectorRegistry`` (two apps in one process never collide)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Route templates reported as the ``route`` label; anything else is ``other`` (bounded label values).
+ROUTES = (
+    "/v1/predict",
+    "/v1/model",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/",
+    "/v2/health/live",
+    "/v2/health/ready",
+)
+
+
+class ServerMetrics:
+    """Request counts by route and status, latency, batch sizes, predictions by class, queue depth."""
+
+    def __init__(self, labels: list[str]):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "imagerec_http_requests", "HTTP requests by route and status code", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "imagerec_http_request_duration_seconds",
+            "Time from request start to response end",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "imagerec_batch_size",
+            "Images per model call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "imagerec_predictions", "Predicted (top-1) class of each image", ["label"], registry=self.registry
+        )
+        for label in [*labels, "unknown"]:
+            self.predictions.labels(label=label)
+        self.queue_depth = Gauge("imagerec_queue_depth", "Images waiting for the model", registry=self.registry)
+
+    @staticmethod
+    def route_of(path: str) -> str:
+        if path in ROUTES:
+            return path
+        if path.startswith("/v2/models/"):
+            return "/v2/models/{name}/infer" if path.endswith("/infer") else "/v2/models/{name}"
+        if path.startswith("/static/"):
+            return "/static"
+        return "other"
+
+    def observe(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        route = self.route_of(scope.get("path", ""))
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

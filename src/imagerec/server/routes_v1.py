@@ -1,0 +1,111 @@
+"""``POST /v1/predict`` and ``GET /v1/model``: parse input, call the service, format output."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
+
+from imagerec.server.limits import HTTPError
+from imagerec.server.uploads import Upload, parse_multipart
+from imagerec.utils import read_json
+
+
+def _query_int(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise HTTPError(400, "bad_request", f"?{name}={value[:20]!r} is not an integer; expected {low}..{high}") from None
+    if not low <= number <= high:
+        raise HTTPError(400, "bad_request", f"?{name}={number} is out of range; expected {low}..{high}")
+    return number
+
+
+def _query_alpha(value: str | None) -> float:
+    try:
+        alpha = float(value) if value is not None else 0.6
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha < 1.0:
+        raise HTTPError(400, "bad_request", f"?smooth={str(value)[:20]!r} must be a number in [0, 1) (0 = off)")
+    return alpha
+
+
+async def read_uploads(request, max_files: int) -> list[Upload]:
+    """The images of a request: multipart field ``file`` (one or more), or the raw body."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        return parse_multipart(body, content_type, max_files)
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        raise HTTPError(400, "missing_file", "a url-encoded form carries no file; send multipart field 'file' or a raw image body")
+    if not body:
+        raise HTTPError(
+            400, "empty", "empty request body; send an image as the raw body or as multipart field 'file'"
+        )
+    return [Upload(request.headers.get("x-filename"), body)]
+
+
+def register(api, service) -> None:
+    from imagerec.server.app import json_response
+
+    num_classes = len(service.clf.labels)
+
+    @api.post("/v1/predict")
+    async def predict(request: Request):
+        """Classify the uploaded image(s). Query: ``top_k``, ``session`` + ``smooth`` (camera mode)."""
+        query = request.query_params
+        top_k = _query_int(query.get("top_k"), "top_k", min(5, num_classes), 1, num_classes)
+        session = query.get("session")
+        alpha = _query_alpha(query.get("smooth")) if session else 0.0
+        uploads = await read_uploads(request, service.settings.max_files)
+        for upload in uploads:
+            if not upload.data:
+                name = upload.filename or "file"
+                raise HTTPError(400, "empty", f"{name}: empty file (0 bytes)")
+        images = await asyncio.gather(*(service.decode(u.data, u.filename) for u in uploads))
+        probs = await service.infer(list(images))
+        preds = service.results(probs, top_k, [None] * len(uploads))
+        out: list[dict[str, Any]] = []
+        for upload, pred, row in zip(uploads, preds, probs, strict=True):
+            item = {"filename": upload.filename, **pred.to_dict()}
+            if session:
+                smoothed = service.smoother(session, alpha).update(row)
+                best = int(smoothed.argmax())
+                item["smoothed"] = {"label": service.clf.labels[best], "confidence": round(float(smoothed[best]), 6)}
+            out.append(item)
+        return json_response({"predictions": out, "model": service.model_info()})
+
+    @api.get("/v1/model")
+    async def model():
+        """Labels, input shape, preprocessing and the run's metrics summary."""
+        clf = service.clf
+        run = clf.run_dir
+        metrics = read_json(run.metrics) if run.metrics.exists() else {}
+        summary = {
+            split: {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            for split, values in metrics.items()
+            if isinstance(values, dict)
+        }
+        return json_response(
+            {
+                **service.model_info(),
+                "labels": clf.labels,
+                "num_classes": len(clf.labels),
+                "input_shape": list(service.input_shape),
+                "input": "any JPEG, PNG, BMP, GIF, WebP or TIFF image (resized by the server)",
+                "resize": clf.resize,
+                "runtime": clf.runtime,
+                "temperature": clf.temperature,
+                "threshold": clf.threshold,
+                "metrics": summary,
+                "limits": {
+                    "max_upload_mb": service.settings.max_upload_mb,
+                    "max_files": service.settings.max_files,
+                    "max_batch": service.settings.max_batch,
+                },
+            }
+        )

@@ -1,0 +1,101 @@
+"""A real uvicorn server on 127.0.0.1 (free port, own thread) around the session's tiny trained run."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}  # as in tests/conftest.py
+
+
+def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """The same generator as tests/conftest.py:make_image (the trained run learnt these)."""
+    base = np.array(colour, dtype=np.float32)[None, None, :]
+    img = base + rng.normal(0, 25, (size, size, 3))
+    y, x = rng.integers(0, size - 8, 2)
+    img[y : y + 8, x : x + 8] = 255 - base
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class LiveServer:
+    """Run an ASGI app with uvicorn in a background thread; ``url`` is its base address."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            self.port = sock.getsockname()[1]
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="error", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def colour_pngs() -> dict[str, bytes]:
+    """One PNG per colour class (the trained run recognises them)."""
+    rng = np.random.default_rng(123)
+    return {name: png_bytes(make_image(colour, rng)) for name, colour in COLOURS.items()}
+
+
+@pytest.fixture(scope="session")
+def classifier(trained_run: Path):
+    from imagerec.classifier import Classifier
+
+    return Classifier.load(trained_run)
+
+
+@pytest.fixture(scope="module")
+def server(classifier):
+    """The service with default settings except a 2 MB upload limit and 4 files per request."""
+    from imagerec.server.app import ServeSettings, create_app
+
+    app = create_app(classifier, ServeSettings(max_upload_mb=2, max_files=4, max_wait_ms=20))
+    with LiveServer(app) as live:
+        live.app = app
+        yield live
+
+
+@pytest.fixture
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c

@@ -1,0 +1,123 @@
+"""The v1 API, health, metrics and the page, against a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_health_ready_and_security_headers(client):
+    for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("colour", ["red", "green", "blue"])
+def test_predict_multipart_one_file(client, colour_pngs, colour):
+    response = client.post("/v1/predict", files={"file": (f"{colour}.png", colour_pngs[colour], "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"predictions", "model"}
+    assert set(body["model"]) == {"name", "version"}
+    (pred,) = body["predictions"]
+    assert pred["filename"] == f"{colour}.png"
+    assert pred["label"] == colour
+    assert 0.34 < pred["confidence"] <= 1.0
+    assert [t["label"] for t in pred["top_k"]][0] == colour
+    assert len(pred["top_k"]) == 3  # 3 classes: min(5, 3)
+    assert abs(sum(t["score"] for t in pred["top_k"]) - 1.0) < 1e-3
+
+
+def test_predict_several_files_and_top_k(client, colour_pngs):
+    files = [("file", (f"{c}.png", data, "image/png")) for c, data in colour_pngs.items()]
+    response = client.post("/v1/predict?top_k=2", files=files)
+    assert response.status_code == 200, response.text
+    preds = response.json()["predictions"]
+    assert [p["label"] for p in preds] == list(colour_pngs)
+    assert [p["filename"] for p in preds] == [f"{c}.png" for c in colour_pngs]
+    assert all(len(p["top_k"]) == 2 for p in preds)
+
+
+def test_predict_raw_body_sniffed_not_trusted(client, colour_pngs):
+    # a PNG labelled as JPEG: the content decides
+    response = client.post("/v1/predict", content=colour_pngs["green"], headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == "green"
+    assert response.json()["predictions"][0]["filename"] is None
+
+
+def test_bad_top_k(client, colour_pngs):
+    for value in ("0", "99", "abc"):
+        response = client.post(f"/v1/predict?top_k={value}", content=colour_pngs["red"])
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "bad_request"
+        assert "top_k" in response.json()["error"]["message"]
+
+
+def test_camera_session_smoothing(client, colour_pngs):
+    url = "/v1/predict?session=cam-1&smooth=0.9&top_k=1"
+    first = client.post(url, content=colour_pngs["red"]).json()["predictions"][0]
+    assert first["smoothed"]["label"] == "red"
+    # one blue frame after red ones: the raw label flips, the smoothed one (alpha 0.9) stays red
+    client.post(url, content=colour_pngs["red"])
+    blue = client.post(url, content=colour_pngs["blue"]).json()["predictions"][0]
+    assert blue["label"] == "blue"
+    assert blue["smoothed"]["label"] == "red"
+    # another session is independent
+    other = client.post("/v1/predict?session=cam-2&smooth=0.9", content=colour_pngs["blue"]).json()
+    assert other["predictions"][0]["smoothed"]["label"] == "blue"
+    assert client.post("/v1/predict?session=bad/id", content=colour_pngs["red"]).status_code == 400
+    assert client.post("/v1/predict?session=x&smooth=1.5", content=colour_pngs["red"]).status_code == 400
+
+
+def test_model_info(client, classifier):
+    info = client.get("/v1/model").json()
+    assert info["labels"] == classifier.labels
+    assert info["input_shape"] == [32, 32, 3]
+    assert info["version"] == classifier.version
+    assert 0.8 <= info["metrics"]["test"]["accuracy"] <= 1.0
+
+
+def test_metrics_counts_requests_and_predictions(client, colour_pngs):
+    client.post("/v1/predict", content=colour_pngs["red"])
+    client.post("/v1/predict", content=b"")
+    text = client.get("/metrics").text
+    ok = re.search(r'imagerec_http_requests_total\{route="/v1/predict",status="200"\} (\d+)', text)
+    bad = re.search(r'imagerec_http_requests_total\{route="/v1/predict",status="400"\} (\d+)', text)
+    assert ok and int(float(ok.group(1))) >= 1
+    assert bad and int(float(bad.group(1))) >= 1
+    red = re.search(r'imagerec_predictions_total\{label="red"\} (\d+)', text)
+    assert red and float(red.group(1)) >= 1
+    assert "imagerec_http_request_duration_seconds_bucket" in text
+    assert "imagerec_batch_size_bucket" in text
+
+
+def test_page_and_assets_are_local(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    html = page.text
+    assert "<script" in html and "http://" not in html and "https://" not in html  # no CDN
+    for asset in ("/static/app.js", "/static/app.css"):
+        response = client.get(asset)
+        assert response.status_code == 200 and response.headers["x-content-type-options"] == "nosniff"
+        assert "https://" not in response.text
+
+
+def test_unknown_route_and_method_are_json(client):
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    response = client.get("/v1/predict")
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+    # no route loads or replaces a model
+    for path in ("/v1/model?model=../../x", "/v2/repository/models/x/load", "/v1/models/load"):
+        assert client.post(path).status_code in (404, 405)
+
+
+def test_default_bind_is_loopback():
+    from imagerec.server.app import ServeSettings
+
+    assert ServeSettings().host == "127.0.0.1"
