@@ -215,6 +215,7 @@ def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | N
         ImageRejected: with ``code`` ``empty``, ``unsupported_format``, ``image_too_large``, ``truncated``,
             ``corrupt`` or ``unreadable``. No other exception escapes for any input bytes.
     """
+    _enforce_pillow_guards()
     data, name = _read_source(source, DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes)
     if not data:
         raise ImageRejected("empty", f"{name}: empty file (0 bytes)")
@@ -230,7 +231,6 @@ def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | N
         _check_pixels(name, declared, limit)
     if fmt == "PNG":
         _check_png_chunks(data, name)
-    _enforce_pillow_guards()
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
         _check_pixels(name, img.size, limit)
