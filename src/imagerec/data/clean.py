@@ -14,7 +14,18 @@ from imagerec.errors import DataError
 def clean_dataset(data: str | os.PathLike, quarantine: str | os.PathLike, duplicates: bool = False) -> list[dict]:
     """Move invalid files (and, with ``duplicates``, all but the first copy of identical files) to ``quarantine``.
 
-    Relative paths are kept under ``quarantine``; ``quarantine/quarantine.jsonl`` logs each move with its reason.
+    Relative paths are kept under ``quarantine``; ``quarantine/quarantine.jsonl`` logs each move with its reason
+    (appended as each file moves, so an interrupted clean still has a complete log). Nothing is deleted, and a
+    file already in the quarantine is never overwritten.
+
+    Returns:
+        One ``{from, to, reason}`` entry per moved file.
+
+    Raises:
+        DataError: ``data`` is not a folder, or ``quarantine`` lies inside it.
+
+    Example:
+        >>> clean_dataset("photos/", "photos-quarantine/", duplicates=True)
     """
     root = Path(data)
     if not root.is_dir():
@@ -32,7 +43,7 @@ def clean_dataset(data: str | os.PathLike, quarantine: str | os.PathLike, duplic
     for path, reason in moves:
         src = Path(path)
         rel = src.relative_to(root) if src.is_relative_to(root) else Path(src.name)
-        dest = quarantine / rel
+        dest = _free_name(quarantine / rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dest))
         entry = {"from": str(src), "to": str(dest), "reason": reason}
@@ -40,3 +51,12 @@ def clean_dataset(data: str | os.PathLike, quarantine: str | os.PathLike, duplic
             fh.write(json.dumps(entry) + "\n")
         done.append(entry)
     return done
+
+
+def _free_name(dest: Path) -> Path:
+    """``dest``, or ``dest`` with a ``.1``, ``.2``... suffix when an earlier clean already put a file there."""
+    candidate, n = dest, 0
+    while candidate.exists():
+        n += 1
+        candidate = dest.with_name(f"{dest.stem}.{n}{dest.suffix}")
+    return candidate
