@@ -6,7 +6,8 @@ Rules (documented in the README, tested in ``tests/data/test_images.py``):
 * Header dimensions are checked against a pixel ceiling *before* any pixel is decoded (decompression bombs).
 * Animated images: the first frame only.
 * EXIF orientation is applied.
-* Modes: 16-bit is scaled by 1/257 (65535 -> 255), never clipped; alpha and palette transparency are composited
+* Modes: 16-bit keeps its high byte (v >> 8, so 65535 -> 255: scaled, never clipped; Pillow does the same
+  for 16-bit RGB PNGs); alpha and palette transparency are composited
   on a white background; CMYK, YCbCr, LAB, 1-bit, palette are converted by Pillow; the result is ``L`` (channels=1,
   ITU-R 601 luma) or ``RGB`` (channels=3).
 * Resize policy (``stretch`` | ``pad`` | ``crop``): stretch to the square size, keep the aspect and pad with the
@@ -263,7 +264,12 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in ("L", "RGB"):
         return img
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if mode.startswith("I;16"):
+        # 16-bit keeps its high byte (v >> 8): scaled, never clipped, and the same rule Pillow applies to
+        # 16-bit RGB PNGs, so grey and colour 16-bit sources agree.
+        arr = np.asarray(img).astype(np.uint16, copy=False)
+        return Image.fromarray((arr >> 8).astype(np.uint8), mode="L")
+    if mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 / 65535.0 if mode != "F" or arr.max(initial=0) > 1.0 else 255.0
         arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
