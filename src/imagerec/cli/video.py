@@ -1,5 +1,61 @@
-"""CLI commands of this stage (registered on imagerec.cli.app.app)."""
+"""``imagerec video RUN --source SRC``: real-time classification of a video file, camera or stream."""
 
 from __future__ import annotations
 
-from imagerec.cli.app import app  # noqa: F401
+import json
+from pathlib import Path
+
+import typer
+
+from imagerec.cli.app import app
+
+
+def _roi(text: str | None) -> tuple[int, int, int, int] | None:
+    from imagerec.inference.video_sources import VideoError
+
+    if not text:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise VideoError(f"--roi {text!r}: expected four integers x,y,w,h (e.g. 40,20,160,120)") from None
+    return (x, y, w, h)
+
+
+@app.command("video")
+def video(
+    run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
+    source: str = typer.Option(..., "--source", "-s", help="Video file, camera index (0) or stream URL (rtsp://, http:// MJPEG)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Annotated video to write (.mp4, .mov, .mkv, .avi)."),
+    jsonl: Path = typer.Option(None, "--jsonl", help="JSON lines, one per classified frame: frame, time_s, label, confidence, top_k."),
+    every: int = typer.Option(None, "--every", help="Classify every N-th frame (others carry the last label)."),
+    fps: float = typer.Option(None, "--fps", help="Classify at most F frames per second of video."),
+    smooth: float = typer.Option(None, "--smooth", help="EMA smoothing in [0, 1): 0 = off (default 0.6)."),
+    roi: str = typer.Option(None, "--roi", help="Region classified, x,y,w,h in pixels."),
+    threshold: float = typer.Option(None, "--threshold", help="Answer 'unknown' below this confidence (0 = off)."),
+    top_k: int = typer.Option(None, "--top-k", help="(label, score) pairs per frame (default 3)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Most frames per model call (default 16)."),
+    runtime: str = typer.Option("keras", "--runtime", help="keras | tflite | onnx (exports must exist)."),
+    show: bool = typer.Option(False, "--show", help="Show a window (needs a GUI build of OpenCV)."),
+    allow_any_source: bool = typer.Option(False, "--allow-any-source", help="Also open FFmpeg pseudo-protocols and playlists."),
+    open_timeout_s: float = typer.Option(None, "--open-timeout-s", help="Seconds to open the source (default 10)."),
+    read_timeout_s: float = typer.Option(None, "--read-timeout-s", help="Seconds without a frame before giving up (default 10)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Classify frames of a video file, camera or stream; write an annotated video and JSON lines; print a summary."""
+    from imagerec.classifier import Classifier
+    from imagerec.inference.video import VideoConfig
+    from imagerec.inference.video_output import check_output, format_summary, run_video
+    from imagerec.inference.video_sources import check_cli_source
+
+    config = VideoConfig.from_overrides(
+        every=every, fps=fps, smooth=smooth, roi=_roi(roi), threshold=threshold, top_k=top_k,
+        batch_size=batch_size, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+    )  # fmt: skip
+    check_cli_source(source, allow_any=allow_any_source)  # before the model loads: bad input fails fast
+    for path in (out, jsonl):
+        if path is not None:
+            check_output(path)
+    classifier = Classifier.load(run, runtime=runtime)
+    summary = run_video(classifier, source, out=out, jsonl=jsonl, show=show, allow_any_source=allow_any_source, config=config)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -1,0 +1,432 @@
+"""Real-time classification of video files, cameras and network streams: ``Classifier.stream`` (a generator).
+
+Three stages, so capture never waits for the model:
+
+1. a *reader* thread decodes frames with OpenCV (open/read timeouts, reconnect with back-off for streams that drop);
+   for live sources it keeps only the newest frame and counts the stale ones it drops;
+2. a *worker* thread crops the region of interest, converts BGR to RGB, runs the serving preprocessing
+   (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
+   (``classifier.predict_proba``);
+3. the caller's thread (this iterator) applies the shared EMA smoothing (``imagerec.inference.smoothing``), the
+   ``unknown`` threshold and the label timeline, and yields one :class:`FrameResult` per frame, in order.
+
+Example:
+    >>> clf = Classifier.load("runs/fmnist")
+    >>> with clf.stream("clip.mp4", every=2, smooth=0.6) as frames:
+    ...     for r in frames:
+    ...         print(r.frame, r.label, r.confidence)
+    >>> frames.summary["segments"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imagerec.inference.smoothing import EMASmoother
+from imagerec.inference.video_sources import Source, VideoError, import_cv2, open_capture, parse_source
+
+UNKNOWN = "unknown"
+_END = object()
+_WATCHDOG_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Settings of one stream (the CLI flags of ``imagerec video``).
+
+    Attributes:
+        every: classify every N-th frame (the others carry the last label). Exclusive with ``fps``.
+        fps: classify at most F frames per second of video time (0 = every frame).
+        smooth: EMA factor in [0, 1): 0 = off; higher = steadier, slower to react.
+        roi: ``(x, y, w, h)`` region classified (the whole frame when None).
+        threshold: answer ``unknown`` below this confidence (None = the run's calibrated threshold; 0 = off).
+        top_k: ``(label, score)`` pairs per result.
+        batch_size: most frames per model call.
+        open_timeout_s / read_timeout_s: a source that opens or sends no frame within this raises VideoError.
+        reconnects: attempts to reopen a live stream that drops (back-off 0.5 s, 1 s, 2 s, ... up to 8 s).
+        live: treat the source as live (keep only the newest frame); None = cameras and URLs are live.
+        keep_images: attach the BGR frame to each result (needed to draw or write video).
+    """
+
+    every: int = 1
+    fps: float = 0.0
+    smooth: float = 0.6
+    roi: tuple[int, int, int, int] | None = None
+    threshold: float | None = None
+    top_k: int = 3
+    batch_size: int = 16
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    reconnects: int = 5
+    live: bool | None = None
+    keep_images: bool = True
+
+    def validate(self) -> VideoConfig:
+        if self.every < 1:
+            raise VideoError(f"every must be >= 1, got {self.every}")
+        if self.fps < 0:
+            raise VideoError(f"fps must be >= 0 (0 = every frame), got {self.fps}")
+        if self.every > 1 and self.fps > 0:
+            raise VideoError("give either every (--every) or fps (--fps), not both")
+        if not 0.0 <= self.smooth < 1.0:
+            raise VideoError(f"smooth must be in [0, 1) (0 = off, 0.6 = default), got {self.smooth}")
+        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[2:]) <= 0 or min(self.roi[:2]) < 0):
+            raise VideoError(f"roi must be x,y,w,h with x,y >= 0 and w,h > 0, got {self.roi}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise VideoError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.top_k < 1 or self.batch_size < 1 or self.reconnects < 0:
+            raise VideoError("top_k and batch_size must be >= 1 and reconnects >= 0")
+        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise VideoError("open_timeout_s and read_timeout_s must be > 0 seconds")
+        return self
+
+    @classmethod
+    def from_overrides(cls, base: VideoConfig | None = None, **overrides: Any) -> VideoConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in overrides:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                raise VideoError(f"unknown video setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        return dataclasses.replace(base or cls(), **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+@dataclass
+class FrameResult:
+    """One frame: its index and time, the (smoothed) label, and whether the model saw it (``classified``)."""
+
+    frame: int
+    time_s: float
+    label: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+    classified: bool
+    processing_fps: float = 0.0
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frame": self.frame,
+            "time_s": round(self.time_s, 4),
+            "label": self.label,
+            "confidence": round(float(self.confidence), 6),
+            "top_k": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top_k],
+        }
+
+
+@dataclass
+class _Frame:
+    index: int
+    time_s: float
+    image: np.ndarray
+    classify: bool
+
+
+class _LatestSlot:
+    """A one-item mailbox for live sources: a new frame replaces an unread one (counted as dropped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: list[Any] = []
+        self.dropped = 0
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            if self._items and self._items[-1] is not _END and item is not _END:
+                self._items.pop()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._items), timeout):
+                raise queue.Empty
+            return self._items.pop(0)
+
+    def get_nowait(self) -> Any:
+        with self._cond:
+            if not self._items:
+                raise queue.Empty
+            return self._items.pop(0)
+
+
+class VideoStream:
+    """Iterator over :class:`FrameResult` of one source; ``summary`` is filled when it ends (or is stopped)."""
+
+    def __init__(self, classifier, source: Any, config: VideoConfig):
+        self.classifier = classifier
+        self.source: Source = source if isinstance(source, Source) else parse_source(source)
+        self.config = config.validate()
+        self.live = self.source.live if config.live is None else config.live
+        threshold = classifier.threshold if config.threshold is None else (config.threshold or None)
+        self.threshold: float | None = threshold
+        self.smoother = EMASmoother(config.smooth)
+        self.source_fps = 0.0
+        self.frame_size: tuple[int, int] | None = None  # (width, height)
+        self.summary: dict[str, Any] | None = None
+        self._frames: Any = _LatestSlot() if self.live else queue.Queue(maxsize=4 * config.batch_size)
+        self._results: queue.Queue = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self._opened = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._started = False
+        self._ended_by = "end of source"
+        self._reconnects = 0
+        self._counts = {"read": 0, "classified": 0, "yielded": 0}
+        self._last: tuple[str, float, list[tuple[str, float]]] = (UNKNOWN, 0.0, [])
+        self._segments: list[dict[str, Any]] = []
+        self._t0 = 0.0
+        self._recent: list[float] = []
+
+    # lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> VideoStream:
+        if not self._started:
+            self._started = True
+            self._t0 = self._heartbeat = time.monotonic()
+            threading.Thread(target=self._guard(self._read_loop, self._frames), name="imagerec-video-reader", daemon=True).start()
+            threading.Thread(target=self._guard(self._work_loop, self._results), name="imagerec-video-worker", daemon=True).start()
+        return self
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the stream to end after the frames already read; safe from a signal handler."""
+        if not self._stop.is_set():
+            self._ended_by = reason
+            self._stop.set()
+
+    close = stop
+
+    def __enter__(self) -> VideoStream:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __iter__(self) -> VideoStream:
+        return self.start()
+
+    def __next__(self) -> FrameResult:
+        if self.summary is not None:
+            raise StopIteration
+        self.start()
+        while True:
+            try:
+                item = self._results.get(timeout=0.1)
+            except queue.Empty:
+                self._watchdog()
+                continue
+            if item is _END:
+                self._finish()
+                raise StopIteration
+            if isinstance(item, BaseException):
+                self._stop.set()
+                self._finish()
+                raise item
+            return self._emit(*item)
+
+    # reader thread ---------------------------------------------------------------------------------------
+    def _guard(self, loop, out) -> Any:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+                self._put(out, exc)
+
+        return run
+
+    def _put(self, out, item: Any) -> None:
+        if isinstance(out, _LatestSlot):
+            out.put(item)
+            return
+        while True:
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._heartbeat = time.monotonic()  # waiting on the consumer is progress, not a stall
+
+    def _read_loop(self) -> None:
+        cfg, attempt, index = self.config, 0, 0
+        next_t = 0.0
+        while not self._stop.is_set():
+            cap = open_capture(self.source, cfg.open_timeout_s, cfg.read_timeout_s) if index == 0 else self._reopen()
+            if cap is None:
+                break
+            self._heartbeat = time.monotonic()
+            if index == 0:
+                fps = cap.get(import_cv2().CAP_PROP_FPS)
+                self.source_fps = float(fps) if fps and 0 < fps < 1000 else 0.0
+            while not self._stop.is_set():
+                ok, image = cap.read()
+                self._heartbeat = time.monotonic()
+                if not ok or image is None:
+                    break
+                attempt = 0
+                if self.frame_size is None:
+                    self.frame_size = (image.shape[1], image.shape[0])
+                    self._opened.set()
+                if self.live or not self.source_fps:
+                    time_s = self._heartbeat - self._t0
+                else:
+                    time_s = index / self.source_fps
+                classify = index % cfg.every == 0
+                if cfg.fps > 0:
+                    classify = time_s + 1e-9 >= next_t
+                    if classify:
+                        next_t = max(next_t + 1.0 / cfg.fps, time_s)
+                self._put(self._frames, _Frame(index, time_s, image, classify))
+                index += 1
+                self._counts["read"] = index
+            cap.release()
+            if index == 0:
+                limit = cfg.read_timeout_s
+                what = "a video file with no decodable frames" if self.source.kind == "file" else f"no frame within {limit:g} s"
+                raise VideoError(f"video source {self.source}: {what}")
+            if not self.live or self._stop.is_set():
+                break
+            attempt += 1
+            if attempt > cfg.reconnects:
+                self._ended_by = f"source lost after {cfg.reconnects} reconnect attempts"
+                break
+            self._reconnects += 1
+            delay = min(8.0, 0.5 * 2 ** (attempt - 1))
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not self._stop.wait(0.1):
+                self._heartbeat = time.monotonic()
+        self._put(self._frames, _END)
+
+    def _reopen(self):
+        try:
+            return open_capture(self.source, self.config.open_timeout_s, self.config.read_timeout_s)
+        except VideoError:
+            cv2 = import_cv2()
+            return cv2.VideoCapture()  # not opened: read() fails at once and the back-off continues
+
+    # worker thread ---------------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        cv2 = import_cv2()
+        done = False
+        while not done:
+            try:
+                batch = [self._frames.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < self.config.batch_size and batch[-1] is not _END:
+                try:
+                    batch.append(self._frames.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if isinstance(item, BaseException):
+                    raise item
+            done = batch[-1] is _END
+            frames: list[_Frame] = [f for f in batch if isinstance(f, _Frame)]
+            chosen = [f for f in frames if f.classify]
+            probs = iter(())
+            if chosen:
+                arrays = [self.classifier.preprocess(cv2.cvtColor(self._crop(f.image), cv2.COLOR_BGR2RGB)) for f in chosen]
+                probs = iter(self.classifier.predict_proba(np.stack(arrays)))
+            for f in frames:
+                self._put(self._results, (f, next(probs) if f.classify else None))
+        self._put(self._results, _END)
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        if self.config.roi is None:
+            return image
+        x, y, w, h = self.config.roi
+        height, width = image.shape[:2]
+        if x + w > width or y + h > height:
+            raise VideoError(f"roi {x},{y},{w},{h} does not fit in the {width}x{height} frame; expected x+w <= {width}, y+h <= {height}")
+        return image[y : y + h, x : x + w]
+
+    # caller's thread -------------------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        cfg = self.config
+        limit = (cfg.read_timeout_s if self._opened.is_set() else cfg.open_timeout_s + cfg.read_timeout_s) + _WATCHDOG_GRACE_S
+        if time.monotonic() - self._heartbeat > limit:
+            self._stop.set()
+            self._finish()
+            raise VideoError(f"video source {self.source}: no frame within {limit:g} s (the stream stalled); check it or raise --read-timeout-s")
+
+    def _emit(self, frame: _Frame, probs: np.ndarray | None) -> FrameResult:
+        now = time.monotonic()
+        self._counts["yielded"] += 1
+        self._recent.append(now)
+        if len(self._recent) > 30:
+            self._recent.pop(0)
+        rate = (len(self._recent) - 1) / (now - self._recent[0]) if len(self._recent) > 1 and now > self._recent[0] else 0.0
+        if probs is not None:
+            self._counts["classified"] += 1
+            smoothed = self.smoother.update(probs)
+            labels = self.classifier.labels
+            order = np.argsort(-smoothed)[: max(1, min(self.config.top_k, len(labels)))]
+            conf = float(smoothed[order[0]])
+            label = labels[order[0]] if self.threshold is None or conf >= self.threshold else UNKNOWN
+            self._last = (label, conf, [(labels[j], float(smoothed[j])) for j in order])
+            self._timeline(label, frame.time_s)
+        label, conf, top = self._last
+        image = frame.image if self.config.keep_images else None
+        return FrameResult(frame.index, frame.time_s, label, conf, top, probs is not None, rate, image)
+
+    def _timeline(self, label: str, time_s: float) -> None:
+        if self._segments and self._segments[-1]["label"] == label:
+            self._segments[-1]["end_s"] = time_s
+            return
+        if self._segments:
+            self._segments[-1]["end_s"] = time_s
+        self._segments.append({"label": label, "start_s": time_s, "end_s": time_s})
+
+    def _finish(self) -> None:
+        if self.summary is not None:
+            return
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        step = 1.0 / self.source_fps if self.source_fps and not self.live else 0.0
+        segments = [dict(s) for s in self._segments]
+        if segments:
+            segments[-1]["end_s"] += step
+        for seg in segments:
+            seg["start_s"], seg["end_s"] = round(seg["start_s"], 3), round(seg["end_s"], 3)
+        dropped = self._frames.dropped if isinstance(self._frames, _LatestSlot) else 0
+        self.summary = {
+            "source": str(self.source),
+            "live": self.live,
+            "frame_size": list(self.frame_size) if self.frame_size else None,
+            "source_fps": round(self.source_fps, 3),
+            "frames_read": self._counts["read"],
+            "frames_classified": self._counts["classified"],
+            "frames_dropped": dropped,
+            "frames_yielded": self._counts["yielded"],
+            "wall_s": round(wall, 3),
+            "processing_fps": round(self._counts["yielded"] / wall, 1),
+            "reconnects": self._reconnects,
+            "ended_by": self._ended_by,
+            "segments": segments,
+        }
+
+
+def stream(classifier, source: Any, config: VideoConfig | None = None, **overrides: Any) -> VideoStream:
+    """Classify a video file, camera index or stream URL; iterate the result for one :class:`FrameResult` per frame.
+
+    Args:
+        classifier: a loaded :class:`imagerec.Classifier`.
+        source: a video file path, a camera index (``0``) or a stream URL. Not checked against pseudo-protocols:
+            use :func:`imagerec.inference.video_sources.check_cli_source` (the CLI does) or
+            :func:`~imagerec.inference.video_sources.validate_remote_source` for sources named by others.
+        config: a :class:`VideoConfig`; keyword overrides (``every=2``, ``smooth=0.8``, ``roi=(0, 0, 64, 64)``,
+            ``threshold=0.5``...) replace its fields.
+
+    Returns:
+        A :class:`VideoStream`: an iterator (and context manager) whose ``summary`` holds frames read/classified/
+        dropped, processing FPS and the label timeline once it ends; ``stop()`` ends it cleanly.
+
+    Raises:
+        VideoError: bad settings at once; a source that cannot be opened, has no frames or stalls while iterating.
+    """
+    return VideoStream(classifier, source, VideoConfig.from_overrides(config, **overrides))

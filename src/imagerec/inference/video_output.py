@@ -1,0 +1,201 @@
+"""Outputs of ``imagerec video``: the annotated video, JSON lines, a live window, and a clean stop on signals.
+
+The annotated video is written to a hidden temporary name beside the target and renamed when it is complete, so a
+half-written file never sits at the final path. JSON lines are flushed one by one. SIGINT/SIGTERM stop the stream
+after the frames already read, and every output is still closed properly (a valid MP4, a complete JSONL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagerec.inference.video import FrameResult, VideoConfig, VideoStream, stream
+from imagerec.inference.video_sources import VideoError, check_cli_source, import_cv2
+
+#: container suffix -> OpenCV fourcc
+FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+
+
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Fail early (before any frame is read) when ``path`` cannot be written."""
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise VideoError(f"output {out}: unsupported extension {out.suffix or '(none)'!r}; expected one of {', '.join(suffixes)}")
+    if out.is_dir():
+        raise VideoError(f"output {out} is a directory; expected a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise VideoError(f"output {out}: folder {parent} does not exist; create it first")
+    probe = parent / f".{out.name}.probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise VideoError(f"output {out}: cannot write in {parent} ({exc.strerror or exc}); choose a writable path") from None
+    return out
+
+
+class AnnotatedWriter:
+    """Writes annotated frames to ``.<name>.partial-<pid><suffix>`` and renames it to ``path`` on :meth:`close`."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path = path
+        self.fps = fps if fps and fps > 0 else 30.0
+        self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+        self._writer = None
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> None:
+        cv2 = import_cv2()
+        if self._writer is None:
+            height, width = image.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                self._writer = None
+                self.tmp.unlink(missing_ok=True)
+                raise VideoError(f"output {self.path}: OpenCV cannot write {self.path.suffix} video here")
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self, keep: bool = True) -> bool:
+        """Finish the file; rename it into place when ``keep`` and at least one frame was written."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if keep and self.frames:
+            os.replace(self.tmp, self.path)
+            return True
+        self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def draw(image: np.ndarray, result: FrameResult, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Draw the label, confidence and processing FPS (and the ROI box) on ``image`` in place."""
+    cv2 = import_cv2()
+    height, width = image.shape[:2]
+    scale = max(0.3, min(1.2, width / 640))
+    thick = max(1, round(scale * 2))
+    lines = [f"{result.label} {result.confidence:.0%}", f"{result.processing_fps:.0f} fps"]
+    line_h = int(22 * scale) + 4
+    cv2.rectangle(image, (0, 0), (min(width, int(230 * scale) + 8), line_h * len(lines) + 4), (0, 0, 0), -1)
+    for i, text in enumerate(lines):
+        cv2.putText(image, text, (4, line_h * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick, cv2.LINE_AA)
+    if roi is not None:
+        x, y, w, h = roi
+        cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), (0, 255, 255), thick)
+    return image
+
+
+@contextlib.contextmanager
+def stop_on_signals(video: VideoStream) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM call ``video.stop()`` (outputs are then completed, not cut off)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    previous = {sig: signal.getsignal(sig) for sig in names}
+
+    def handler(signum, _frame) -> None:
+        video.stop(f"stopped by {names.get(signum, signum)}")
+
+    for sig in names:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def check_show() -> None:
+    cv2 = import_cv2()
+    try:
+        cv2.namedWindow("imagerec", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise VideoError("--show needs OpenCV with GUI support and a display (pip install opencv-python); this build is headless") from None
+
+
+def run_video(
+    classifier,
+    source: Any,
+    out: str | os.PathLike | None = None,
+    jsonl: str | os.PathLike | None = None,
+    show: bool = False,
+    allow_any_source: bool = False,
+    config: VideoConfig | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
+) -> dict[str, Any]:
+    """``imagerec video``: classify ``source``, write the optional outputs, return the summary.
+
+    Raises:
+        VideoError: refused/unopenable/stalled source, unwritable output, bad settings.
+    """
+    cfg = (config or VideoConfig()).validate()
+    src = check_cli_source(source, allow_any=allow_any_source)
+    out_path = check_output(out, tuple(FOURCC)) if out else None
+    jsonl_path = check_output(jsonl) if jsonl else None
+    if show:
+        check_show()
+    need_images = bool(out_path or show)
+    video = stream(classifier, src, cfg, keep_images=need_images)
+    writer: AnnotatedWriter | None = None
+    ok = False
+    cv2 = import_cv2() if need_images else None
+    try:
+        with contextlib.ExitStack() as stack:
+            lines = stack.enter_context(jsonl_path.open("w", encoding="utf-8")) if jsonl_path else None
+            stack.enter_context(stop_on_signals(video))
+            for result in video:
+                if lines is not None and result.classified:
+                    lines.write(json.dumps(result.to_dict()) + "\n")
+                    lines.flush()
+                if need_images and result.image is not None:
+                    image = draw(result.image, result, cfg.roi)
+                    if out_path is not None:
+                        if writer is None:
+                            writer = AnnotatedWriter(out_path, video.source_fps)
+                        writer.write(image)
+                    if show:
+                        cv2.imshow("imagerec", image)  # type: ignore[union-attr]
+                        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):  # type: ignore[union-attr]
+                            video.stop("stopped by the user")
+                if on_frame is not None:
+                    on_frame(result)
+        ok = True
+    except OSError as exc:
+        raise VideoError(f"writing outputs failed: {exc.strerror or exc}") from None
+    finally:
+        if writer is not None:
+            writer.close(keep=ok)
+        if show and cv2 is not None:
+            cv2.destroyAllWindows()
+    summary = dict(video.summary or {})
+    summary["outputs"] = {k: str(v) for k, v in (("video", out_path), ("jsonl", jsonl_path)) if v is not None and (k != "video" or ok)}
+    return summary
+
+
+def format_summary(summary: dict[str, Any], max_segments: int = 20) -> str:
+    """The summary as a few human lines (the CLI prints this; ``--json`` prints the dict)."""
+    lines = [
+        f"source {summary['source']}: {summary['frames_read']} frames read, {summary['frames_classified']} classified, "
+        f"{summary['frames_dropped']} dropped; {summary['processing_fps']} frames/s processing over {summary['wall_s']} s"
+        f" ({summary['ended_by']})",
+    ]
+    segs = summary.get("segments") or []
+    for seg in segs[:max_segments]:
+        lines.append(f"  {seg['start_s']:8.2f} - {seg['end_s']:8.2f} s  {seg['label']}")
+    if len(segs) > max_segments:
+        lines.append(f"  ... {len(segs) - max_segments} more segments (see --json)")
+    for kind, path in summary.get("outputs", {}).items():
+        lines.append(f"wrote {kind}: {path}")
+    return "\n".join(lines)
