@@ -1,0 +1,123 @@
+"""The tf.data input pipeline from the manifest: decode, resize, cache, batching, determinism, augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imagefactory as f
+import numpy as np
+import pytest
+
+from imagerec.data.augment import AUGMENT_PRESETS, build_augment, resolve_preset
+from imagerec.data.images import load_image
+from imagerec.data.pipeline import PipelineSpec, choose_cache, decode_all, load_arrays, make_dataset
+from imagerec.data.split import ManifestRow
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> list[ManifestRow]:
+    """30 mixed-format, non-square images in 3 classes."""
+    root = tmp_path_factory.mktemp("pipe")
+    out = []
+    for i in range(30):
+        label = CLASSES[i % 3]
+        arr = f.picture(i, 48)[:, : 32 + i % 16]  # widths 32..47: the resize policy matters
+        ext, fmt = [("png", "PNG"), ("jpg", "JPEG"), ("bmp", "BMP")][i % 3]
+        path = f.write(root / label / f"{i:02d}.{ext}", f.encode(arr, fmt))
+        out.append(ManifestRow(str(path), label, "train", f"{i:064x}"))
+    return out
+
+
+def test_load_arrays_is_load_image_of_every_row(rows):
+    spec = PipelineSpec(image_size=24, channels=3, resize="pad")
+    images, labels = load_arrays(rows, CLASSES, spec)
+    assert images.shape == (30, 24, 24, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [i % 3 for i in range(30)]
+    for k in (0, 7, 29):
+        assert np.array_equal(images[k], load_image(rows[k].path, (24, 24), 3, "pad"))
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad", "crop"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resize_policies_and_channels(rows, resize: str, channels: int):
+    images, _ = load_arrays(rows[:4], CLASSES, PipelineSpec(16, channels, resize))
+    assert images.shape == (4, 16, 16, channels)
+    if resize == "pad":  # a portrait image padded to a square has white side bars
+        assert (images[1][:, 0] == 255).all() and not (images[1][:, 8] == 255).all()
+
+
+def test_disk_cache_is_reused_and_keyed_on_the_spec(rows, imagerec_home: Path):
+    spec = PipelineSpec(20, 3, cache="disk")
+    first, labels = load_arrays(rows, CLASSES, spec)
+    files = sorted((imagerec_home / "arrays").glob("*.npy"))
+    assert len(files) >= 1
+    again, _ = load_arrays(rows, CLASSES, spec)
+    assert isinstance(again, np.memmap) and np.array_equal(np.asarray(again), first)
+    load_arrays(rows, CLASSES, PipelineSpec(20, 1, cache="disk"))
+    assert len(sorted((imagerec_home / "arrays").glob("*.npy"))) == len(files) + 1
+
+
+def _collect(ds) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_streaming_and_cached_pipelines_give_the_same_batches(rows):
+    memory = PipelineSpec(16, 3, batch_size=8, cache="memory")
+    stream = PipelineSpec(16, 3, batch_size=8, cache="none")
+    x_mem, y_mem = _collect(make_dataset(rows, CLASSES, memory))
+    x_str, y_str = _collect(make_dataset(rows, CLASSES, stream))
+    assert x_mem.dtype == np.float32 and x_mem.shape == (30, 16, 16, 3)
+    assert np.array_equal(x_mem, x_str) and np.array_equal(y_mem, y_str)
+    batches = [int(y.shape[0]) for _, y in make_dataset(rows, CLASSES, memory)]
+    assert batches == [8, 8, 8, 6]
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_deterministic_training_order_follows_the_seed(rows, cache: str):
+    spec = PipelineSpec(8, 1, batch_size=30, cache=cache, deterministic=True)
+    order = [_collect(make_dataset(rows, CLASSES, spec, training=True, seed=s))[1].tolist() for s in (1, 1, 2)]
+    assert order[0] == order[1]
+    assert order[0] != order[2]
+    assert sorted(order[0]) == sorted(i % 3 for i in range(30))
+
+
+@pytest.mark.parametrize("preset", sorted(AUGMENT_PRESETS))
+def test_every_augmentation_preset_keeps_shape_and_range(rows, preset: str):
+    import tensorflow as tf
+
+    augment = build_augment(preset, seed=0)
+    if preset == "none":
+        assert augment is None
+        return
+    spec = PipelineSpec(32, 3, batch_size=30)
+    images, labels = load_arrays(rows, CLASSES, spec)
+    batch = tf.constant(images, tf.float32)
+    out = augment(batch).numpy()
+    assert out.shape == batch.shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= -1e-3 and out.max() <= 255 + 1e-3
+    assert not np.array_equal(out, images.astype(np.float32))  # it does something
+    x, y = _collect(make_dataset(None, CLASSES, spec, training=True, augment=augment, arrays=(images, labels)))
+    assert x.shape == (30, 32, 32, 3) and sorted(y.tolist()) == sorted(labels.tolist())
+
+
+def test_resolve_preset():
+    assert resolve_preset("auto", 28, 1) == "flip" and resolve_preset("auto", 128, 3) == "default"
+    with pytest.raises(ValueError, match="unknown augmentation preset 'wild'"):
+        resolve_preset("wild", 32, 3)
+
+
+def test_parallel_decode_matches_serial(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    paths = [str(f.write(tmp_path / f"{i}.png", f.encode(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)))) for i in range(520)]
+    spec = PipelineSpec(8, 3)
+    assert np.array_equal(decode_all(paths, spec, workers=2), decode_all(paths, spec, workers=1))
+
+
+def test_choose_cache():
+    spec = PipelineSpec(32, 3)
+    assert choose_cache("auto", 1000, spec) == "memory"
+    assert choose_cache("auto", 10_000_000, spec) == "none"
+    assert choose_cache("disk", 10, spec) == "disk"
