@@ -160,7 +160,7 @@ def validate_remote_source(url: str, resolve=socket.getaddrinfo) -> str:
             ip = ip.ipv4_mapped
         if not ip.is_global or ip.is_multicast:
             kind = next(
-                (name for name in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified")
+                (name for name in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved")
                  if getattr(ip, f"is_{name}")), "non-public",
             )  # fmt: skip
             raise VideoError(
@@ -216,7 +216,8 @@ def open_capture(source: Source, open_timeout_s: float, read_timeout_s: float):
 
 
 def import_cv2():
-    """OpenCV, with its own log lines silenced (errors reach the user as one line each)."""
+    """OpenCV, with its own and FFmpeg's log lines silenced (errors reach the user as one line each)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read by OpenCV's FFmpeg backend
     try:
         import cv2
     except ImportError:  # pragma: no cover - depends on the install
