@@ -89,6 +89,7 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
             "restore the dataset files at the paths in the manifest"
         )
     reference = batched(lambda x: model(x.astype("float32"), training=False).numpy(), images)
+    model = float32_model(model)  # the reference above is the model as the keras runtime runs it
     parent = Path(out) if out is not None and format == "all" else run_dir.exports
     records = []
     for fmt, q in pairs:
@@ -182,6 +183,32 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
             "serving_pixels": f"pixels: float32 [N,{size},{size},{channels}] -> probabilities, labels",
         }
     return record
+
+
+def _float32_config(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "DTypePolicy" and str(obj.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**obj, "config": {**obj["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float32_config(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("mixed_"):
+        return "float32"
+    return obj
+
+
+def float32_model(model):
+    """The same network computing in float32 (a ``mixed_bfloat16`` run's model is rebuilt; weights are float32).
+
+    bfloat16 compute has no LiteRT/ONNX kernels, and exports are meant for CPUs and phones without bf16 units.
+    """
+    config = model.get_config()
+    clean = _float32_config(config)
+    if clean == config:
+        return model
+    rebuilt = model.__class__.from_config(clean)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def _size(path: Path) -> int:
