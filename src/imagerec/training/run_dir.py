@@ -158,11 +158,25 @@ def save_model_file(model, path: Path) -> str:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         digest = sha256_file(tmp)
+        # Crash-safe pair: the manifest names the new hash *and* the one being replaced before the model file
+        # moves, so a kill -9 between the two renames leaves a model that still verifies (old or new).
+        manifest = Path(str(path) + HASH_SUFFIX)
+        previous = _manifest_hash(manifest) if path.exists() else None
+        if previous and previous != digest:
+            atomic_write_json(manifest, {"file": path.name, "sha256": digest, "replacing": previous})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_json(Path(str(path) + HASH_SUFFIX), {"file": path.name, "sha256": digest})
+    atomic_write_json(manifest, {"file": path.name, "sha256": digest})
     return digest
+
+
+def _manifest_hash(manifest: Path) -> str | None:
+    try:
+        value = read_json(manifest)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 # Model loading (RELIABILITY A1-A7) ------------------------------------------------------------------------
@@ -290,10 +304,14 @@ def verify_hash(path: Path, actual: str | None = None) -> str:
     if not manifest.is_file():
         raise _refuse(path, f"hash manifest {manifest.name} is missing, so the file cannot be verified")
     try:
-        expected = read_json(manifest)["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = read_json(manifest)
+        expected = record["sha256"]
+        replacing = record.get("replacing")  # present only while save_model_file swaps the file
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise _refuse(path, f"hash manifest {manifest.name} is unreadable") from None
     actual = actual or sha256_file(path)
+    if isinstance(replacing, str) and hmac.compare_digest(actual, replacing.lower()):
+        return actual
     if not isinstance(expected, str) or not hmac.compare_digest(actual, expected.lower()):
         logger.error("model file %s: sha256 expected %s, actual %s", path, expected, actual)
         raise _refuse(path, f"sha256 mismatch (expected {expected}, actual {actual})")
