@@ -1,0 +1,164 @@
+"""End to end on the tiny trained run: metrics.json, pictures, report.html, calibration, Grad-CAM, CLI exit codes.
+
+The session fixture ``trained_run`` is shared and read-only: each test works on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_colour_dataset
+from PIL import Image
+from sklearn.metrics import classification_report, confusion_matrix
+
+import imagerec
+from imagerec.cli import main
+from imagerec.errors import DataError, RunError
+
+PNGS = ("confusion_matrix.png", "per_class_f1.png", "training_curves.png", "reliability.png")
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("ev") / "run"
+    shutil.copytree(trained_run, run)
+    return run, imagerec.evaluate(run)
+
+
+def cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_metrics_json_equals_sklearn_on_the_classifiers_own_predictions(evaluated):
+    run, metrics = evaluated
+    saved = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and saved["labels"] == ["blue", "green", "red"]
+    for key in ("accuracy", "top_k_accuracy", "macro", "weighted", "per_class", "confusion_matrix", "labels",
+                "num_images", "ece", "roc_auc_ovr"):  # fmt: skip
+        assert key in saved, key
+    # independent path: the facade's predict() on the test files of the manifest
+    rows = [r.split(",") for r in (run / "manifest.csv").read_text().splitlines()[1:]]
+    test = [(p, label) for p, label, split, _ in rows if split == "test"]
+    clf = imagerec.Classifier.load(run)
+    preds = clf.predict([p for p, _ in test], threshold=0)
+    y = [clf.labels.index(label) for _, label in test]
+    pred = [clf.labels.index(p.label) for p in preds]
+    rep = classification_report(y, pred, labels=[0, 1, 2], target_names=clf.labels, zero_division=0, output_dict=True)
+    assert saved["num_images"] == len(test)
+    assert saved["confusion_matrix"] == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    for name in clf.labels:
+        assert saved["per_class"][name]["f1"] == pytest.approx(rep[name]["f1-score"])
+    assert saved["macro"]["f1"] == pytest.approx(rep["macro avg"]["f1-score"])
+    assert len((run / "evaluation" / "predictions.csv").read_text().splitlines()) == len(test) + 1
+
+
+def test_pictures_are_valid_pngs_of_sensible_size(evaluated):
+    run, _ = evaluated
+    for name in PNGS:
+        path = run / "evaluation" / name
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width >= 300 and img.height >= 200, (name, img.size)
+            assert np.asarray(img.convert("L")).std() > 5, f"{name} looks blank"
+
+
+def test_report_is_self_contained_and_names_every_class(evaluated):
+    run, _ = evaluated
+    html = (run / "evaluation" / "report.html").read_text()
+    assert not re.search(r"https?://", html)
+    assert re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html) and all(
+        u.startswith("data:image/png;base64,") for u in re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html)
+    )
+    assert "<link" not in html and "<script" not in html
+    assert html.count("data:image/png;base64,") >= len(PNGS)
+    for name in ("blue", "green", "red"):
+        assert f"<td>{name}</td>" in html
+    assert "imagerec-cnn" in html and "image_size" in html  # the config table
+
+
+def test_gradcam_heatmap_is_normalised_and_explain_writes_a_png(evaluated, tmp_path):
+    from imagerec.evaluation import GradCAM, explain
+
+    run, _ = evaluated
+    clf = imagerec.Classifier.load(run)
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:] = (220, 30, 30)
+    heat = GradCAM(clf.model)(img[None])
+    assert heat.shape == (1, 32, 32) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    out = explain(clf, img, tmp_path / "heat.png")
+    assert out["label"] == "red" and out["layer"].startswith("conv2d")
+    with Image.open(tmp_path / "heat.png") as png:
+        assert png.format == "PNG" and png.width >= 200
+
+
+def test_gradcam_reaches_the_conv_layer_inside_a_backbone():
+    from imagerec.evaluation import GradCAM
+    from imagerec.models.registry import build_model
+
+    model = build_model("mobilenetv3small", 32, 3, 3)
+    cam = GradCAM(model)
+    heat = cam(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    assert cam.layer_name.startswith("backbone/") and heat.shape == (2, 32, 32)
+    assert np.isfinite(heat).all() and heat.max() <= 1.0
+
+
+def test_calibrate_writes_temperature_the_classifier_applies(evaluated, tmp_path):
+    from imagerec.evaluation import calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run)
+    rec = calibrate(run, target_accuracy=0.9)
+    saved = json.loads((run / "calibration.json").read_text())
+    for key in ("temperature", "threshold", "ece_before", "ece_after"):
+        assert key in saved
+    assert saved["nll_after"] <= saved["nll_before"] + 1e-9
+    clf = imagerec.Classifier.load(run)
+    assert clf.temperature == pytest.approx(rec["temperature"]) and clf.threshold == rec["threshold"]
+    assert imagerec.evaluate(run, write=False)["temperature"] == pytest.approx(rec["temperature"])
+
+
+def test_data_option_matches_labels_by_name_and_keeps_zero_support_classes(evaluated, tmp_path):
+    run, _ = evaluated
+    data = write_colour_dataset(tmp_path / "other", per_class=3, seed=7)
+    shutil.rmtree(data / "green")  # a class with zero support in the evaluated data
+    m = imagerec.evaluate(run, data=str(data), write=False)
+    assert m["num_images"] == 6 and m["per_class"]["green"]["support"] == 0 and m["roc_auc_ovr"] is None
+    (data / "purple").mkdir()
+    shutil.copy(data / "red" / "red_000.png", data / "purple" / "p.png")
+    with pytest.raises(DataError, match=r"\['purple'\]"):
+        imagerec.evaluate(run, data=str(data), write=False)
+
+
+def test_cli_evaluate_report_and_exit_codes(evaluated, tmp_path, capsys):
+    run, _ = evaluated
+    assert cli("evaluate", str(run), "--split", "val", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "run:val"
+    assert cli("report", str(run)) == 0
+    assert cli("evaluate", str(tmp_path / "missing")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["format_version"] = 99
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert cli("evaluate", str(old)) == 2
+    assert "another imagerec version" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    shutil.copytree(run, empty)
+    lines = (empty / "manifest.csv").read_text().splitlines()
+    (empty / "manifest.csv").write_text("\n".join(line for line in lines if ",test," not in line) + "\n")
+    assert cli("evaluate", str(empty)) == 2
+    err = capsys.readouterr().err
+    assert "'test' split" in err and "no images" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(RunError):
+        imagerec.evaluation.write_report(tmp_path / "missing")
