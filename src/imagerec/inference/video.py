@@ -172,7 +172,7 @@ class VideoStream:
         self.source_fps = 0.0
         self.frame_size: tuple[int, int] | None = None  # (width, height)
         self.summary: dict[str, Any] | None = None
-        self._frames: Any = _LatestSlot() if self.live else queue.Queue(maxsize=4 * config.batch_size)
+        self._frames: Any = _LatestSlot() if self.live else queue.Queue(maxsize=2 * config.batch_size)
         self._results: queue.Queue = queue.Queue(maxsize=8)
         self._stop = threading.Event()
         self._opened = threading.Event()

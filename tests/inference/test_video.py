@@ -1,0 +1,153 @@
+"""Classifier.stream / imagerec video on real clips written with OpenCV, a real MJPEG server and a silent server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from imagerec.inference.video import VideoConfig, stream
+from imagerec.inference.video_output import run_video
+from imagerec.inference.video_sources import VideoError
+from videofactory import held, mjpeg_server, read_frames, silent_server, write_clip
+
+pytest.importorskip("cv2")
+COLOUR_ORDER = ("red", "green", "blue", "red")
+
+
+@pytest.fixture(scope="module")
+def classifier(trained_run):
+    from imagerec import Classifier
+
+    return Classifier.load(trained_run)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """4 segments x 20 frames at 20 fps (64x48): red, green, blue, red."""
+    path = tmp_path_factory.mktemp("video") / "colours.mp4"
+    return write_clip(path, held(COLOUR_ORDER, 20), fps=20.0)
+
+
+def switches(labels):
+    return sum(a != b for a, b in zip(labels, labels[1:]))
+
+
+def test_per_frame_labels_are_right(classifier, clip):
+    truth = held(COLOUR_ORDER, 20)
+    frames = stream(classifier, clip, smooth=0.0, batch_size=8)
+    results = list(frames)
+    assert [r.frame for r in results] == list(range(80))
+    assert all(r.classified for r in results)
+    accuracy = np.mean([r.label == t for r, t in zip(results, truth)])
+    assert accuracy >= 0.95, [r.label for r in results]
+    assert results[25].time_s == pytest.approx(25 / 20.0)
+    assert len(results[0].top_k) == 3 and results[0].top_k[0][0] == results[0].label
+    summary = frames.summary
+    assert (summary["frames_read"], summary["frames_classified"], summary["frames_dropped"]) == (80, 80, 0)
+    assert [s["label"] for s in summary["segments"]] == list(COLOUR_ORDER)
+    assert summary["segments"][1]["start_s"] == pytest.approx(1.0, abs=0.11)
+    assert summary["segments"][-1]["end_s"] == pytest.approx(4.0, abs=0.01)
+    assert summary["processing_fps"] > 0 and summary["source_fps"] == pytest.approx(20.0)
+
+
+def test_smoothing_reduces_label_switches(classifier, tmp_path):
+    """A 'red' clip with 25% single-frame flashes of other colours: EMA smoothing rides over the flashes."""
+    rng = np.random.default_rng(7)
+    labels = ["red" if rng.random() > 0.25 else str(rng.choice(["green", "blue"])) for _ in range(60)]
+    noisy = write_clip(tmp_path / "noisy.mp4", labels, seed=2)
+    raw = [r.label for r in stream(classifier, noisy, smooth=0.0)]
+    smooth = [r.label for r in stream(classifier, noisy, smooth=0.8)]
+    assert switches(raw) >= 10
+    assert switches(smooth) <= switches(raw) // 4
+    assert smooth.count("red") >= 57
+
+
+def test_every_fps_threshold_roi(classifier, clip, tmp_path):
+    every = list(stream(classifier, clip, every=4, smooth=0.0))
+    assert len(every) == 80 and sum(r.classified for r in every) == 20
+    assert every[5].label == every[4].label and not every[5].classified  # carried over
+    by_fps = list(stream(classifier, clip, fps=5.0, keep_images=False))
+    assert sum(r.classified for r in by_fps) == 20 and by_fps[0].image is None
+    unknown = list(stream(classifier, clip, threshold=0.999999, smooth=0.0))
+    assert {r.label for r in unknown} == {"unknown"}
+    # a clip whose left half is blue and right half red: the ROI decides the label
+    import cv2
+
+    from videofactory import colour_frame
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "halves.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 48))
+    for _ in range(10):
+        writer.write(np.concatenate([colour_frame("blue", rng), colour_frame("red", rng)], axis=1))
+    writer.release()
+    assert {r.label for r in stream(classifier, path, roi=(0, 0, 64, 48))} == {"blue"}
+    assert {r.label for r in stream(classifier, path, roi=(64, 0, 64, 48))} == {"red"}
+    with pytest.raises(VideoError, match="does not fit in the 128x48 frame"):
+        list(stream(classifier, path, roi=(100, 0, 64, 48)))
+
+
+def test_outputs_annotated_video_and_jsonl(classifier, clip, tmp_path):
+    out, lines = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+    summary = run_video(classifier, str(clip), out=out, jsonl=lines, config=VideoConfig(every=2))
+    count, fps, size = read_frames(out)
+    assert (count, size) == (80, (64, 48)) and fps == pytest.approx(20.0)
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(0, 80, 2))
+    assert set(records[0]) == {"frame", "time_s", "label", "confidence", "top_k"}
+    assert summary["outputs"] == {"video": str(out), "jsonl": str(lines)}
+    assert not list(tmp_path.glob(".*partial*"))  # the temporary name was renamed away
+
+
+def test_mjpeg_stream_over_http(classifier):
+    with mjpeg_server("green", frames=45) as url:
+        frames = stream(classifier, url, reconnects=0, open_timeout_s=5, read_timeout_s=3, smooth=0.0)
+        results = list(frames)
+    summary = frames.summary
+    assert summary["live"] and summary["frames_read"] >= 30
+    assert summary["frames_read"] == len(results) + summary["frames_dropped"]
+    assert np.mean([r.label == "green" for r in results]) >= 0.95
+    assert summary["ended_by"].startswith("source lost")
+
+
+def test_live_source_keeps_only_the_newest_frame(classifier):
+    """A consumer slower than the stream: stale frames are dropped and counted, latency stays bounded."""
+    with mjpeg_server("blue", frames=60, fps=60) as url:
+        frames = stream(classifier, url, reconnects=0, read_timeout_s=3)
+        results = []
+        for result in frames:
+            results.append(result)
+            time.sleep(0.05)
+    assert frames.summary["frames_dropped"] > 0
+    assert frames.summary["frames_read"] == len(results) + frames.summary["frames_dropped"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+def test_stream_that_never_sends_times_out(classifier, scheme):
+    with silent_server() as port:
+        start = time.monotonic()
+        with pytest.raises(VideoError, match=f"127.0.0.1:{port}"):
+            list(stream(classifier, f"{scheme}://127.0.0.1:{port}/live", open_timeout_s=1, read_timeout_s=1))
+        assert time.monotonic() - start < 5.0
+
+
+def test_stop_ends_cleanly_with_a_summary(classifier, tmp_path):
+    long_clip = write_clip(tmp_path / "long.mp4", held(COLOUR_ORDER, 100))
+    frames = stream(classifier, long_clip, batch_size=4)
+    seen = 0
+    for _ in frames:
+        seen += 1
+        if seen == 5:
+            frames.stop("stopped by test")
+    assert 5 <= seen < 100
+    assert frames.summary["ended_by"] == "stopped by test"
+
+
+def test_bad_settings_fail_at_once(classifier, clip):
+    for kwargs, message in [({"smooth": 1.0}, "smooth must be in"), ({"every": 2, "fps": 3.0}, "not both"),
+                            ({"roi": (0, 0, 0, 5)}, "roi must be"), ({"evry": 2}, "did you mean 'every'")]:  # fmt: skip
+        with pytest.raises(VideoError, match=message):
+            stream(classifier, clip, **kwargs)
