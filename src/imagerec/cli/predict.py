@@ -152,9 +152,13 @@ class _Writer:
         from rich.markup import escape
         from rich.table import Table
 
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(160, max((len(r[0]) + len(r[3]) + 30 for r in self.rows), default=0)))
         table = Table()
-        for name in ("path", "label", "confidence", "top-k"):
+        table.add_column("path", no_wrap=True)
+        for name in ("label", "confidence", "top-k"):
             table.add_column(name)
         for path, label, conf, top in self.rows:
             table.add_row(escape(path), label if label.startswith("[red]") else escape(label), conf, escape(top))
-        Console().print(table)
+        console.print(table)
