@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_colour_dataset
 from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 
 import imagerec
+from conftest import write_colour_dataset
 from imagerec.cli import main
 from imagerec.errors import DataError, RunError
 
@@ -52,7 +52,9 @@ def test_metrics_json_equals_sklearn_on_the_classifiers_own_predictions(evaluate
     preds = clf.predict([p for p, _ in test], threshold=0)
     y = [clf.labels.index(label) for _, label in test]
     pred = [clf.labels.index(p.label) for p in preds]
-    rep = classification_report(y, pred, labels=[0, 1, 2], target_names=clf.labels, zero_division=0, output_dict=True)
+    rep = classification_report(
+        y, pred, labels=[0, 1, 2], target_names=clf.labels, zero_division=0, output_dict=True
+    )
     assert saved["num_images"] == len(test)
     assert saved["confusion_matrix"] == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
     for name in clf.labels:
@@ -77,7 +79,8 @@ def test_report_is_self_contained_and_names_every_class(evaluated):
     html = (run / "evaluation" / "report.html").read_text()
     assert not re.search(r"https?://", html)
     assert re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html) and all(
-        u.startswith("data:image/png;base64,") for u in re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html)
+        u.startswith("data:image/png;base64,")
+        for u in re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html)
     )
     assert "<link" not in html and "<script" not in html
     assert html.count("data:image/png;base64,") >= len(PNGS)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, make_image
 from PIL import Image
 
 import imagerec
+from conftest import COLOURS, make_image
 from imagerec.cli import main
 
 PLANTED = "val/blue/actually_red.png"

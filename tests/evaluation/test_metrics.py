@@ -27,7 +27,12 @@ def _assert_equal_to_sklearn(m, y, probs, labels, k):
     rep = classification_report(y, pred, labels=idx, target_names=labels, zero_division=0, output_dict=True)
     assert m["accuracy"] == pytest.approx(float((pred == y).mean()))
     for name in labels:
-        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+        for ours, theirs in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "f1-score"),
+            ("support", "support"),
+        ):
             assert m["per_class"][name][ours] == pytest.approx(rep[name][theirs]), (name, ours)
     for avg in ("macro", "weighted"):
         for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):

@@ -25,11 +25,24 @@ def _print_metrics(metrics: dict[str, Any], run: str) -> None:
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in metrics["per_class"].items():
         style = "red" if row["support"] and row["f1"] < 0.5 else None
-        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]), style=style)
+        table.add_row(
+            name,
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+            style=style,
+        )
     table.add_section()
     for avg in ("macro", "weighted"):
         m = metrics[avg]
-        table.add_row(f"{avg} avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(metrics["num_images"]))
+        table.add_row(
+            f"{avg} avg",
+            f"{m['precision']:.4f}",
+            f"{m['recall']:.4f}",
+            f"{m['f1']:.4f}",
+            str(metrics["num_images"]),
+        )
     console = _console()
     console.print(table)
     auc = metrics.get("roc_auc_ovr")
@@ -44,7 +57,9 @@ def _print_metrics(metrics: dict[str, Any], run: str) -> None:
 @app.command("evaluate")
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    data: str = typer.Option(None, "--data", help="Another dataset with the same class names (default: the run's split)."),
+    data: str = typer.Option(
+        None, "--data", help="Another dataset with the same class names (default: the run's split)."
+    ),
     split: str = typer.Option("test", "--split", help="test | val (| train): which part of the run's split."),
     top_k: int = typer.Option(5, "--top-k", help="k of the top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
@@ -77,14 +92,18 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
 def explain(
     run: Path = typer.Argument(..., help="Run directory."),
     image: Path = typer.Argument(..., help="Image to explain."),
-    out: Path = typer.Option(Path("gradcam.png"), "--out", "-o", help="PNG to write (input | Grad-CAM overlay)."),
+    out: Path = typer.Option(
+        Path("gradcam.png"), "--out", "-o", help="PNG to write (input | Grad-CAM overlay)."
+    ),
     class_name: str = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
 ) -> None:
     """Grad-CAM heatmap of what RUN's model looked at in IMAGE."""
     from imagerec.evaluation import explain as explain_image
 
     result = explain_image(run, image, out, class_name=class_name)
-    typer.echo(f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}")
+    typer.echo(
+        f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}"
+    )
 
 
 @app.command("compare")
@@ -102,7 +121,9 @@ def compare(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"runs compared on their {split} split (latency: keras runtime, batch of 8, median of 5)")
+    table = Table(
+        title=f"runs compared on their {split} split (latency: keras runtime, batch of 8, median of 5)"
+    )
     table.add_column("")
     for row in rows:
         table.add_column(row["run"], justify="right")
@@ -119,8 +140,12 @@ def compare(
 @app.command("calibrate")
 def calibrate(
     run: Path = typer.Argument(..., help="Run directory."),
-    target_accuracy: float = typer.Option(0.95, "--target-accuracy", help="Selective accuracy the 'unknown' threshold aims for."),
-    no_threshold: bool = typer.Option(False, "--no-threshold", help="Store the temperature only (never answer 'unknown')."),
+    target_accuracy: float = typer.Option(
+        0.95, "--target-accuracy", help="Selective accuracy the 'unknown' threshold aims for."
+    ),
+    no_threshold: bool = typer.Option(
+        False, "--no-threshold", help="Store the temperature only (never answer 'unknown')."
+    ),
     split: str = typer.Option("val", "--split", help="Held-out split to fit on."),
 ) -> None:
     """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
@@ -132,7 +157,9 @@ def calibrate(
         f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"
     )
     if rec["threshold"] is None and not no_threshold:
-        typer.echo(f"no confidence threshold reaches {target_accuracy:.0%} accuracy on {split}; no 'unknown' threshold stored")
+        typer.echo(
+            f"no confidence threshold reaches {target_accuracy:.0%} accuracy on {split}; no 'unknown' threshold stored"
+        )
     elif rec["threshold"] is not None:
         typer.echo(
             f"answers 'unknown' below confidence {rec['threshold']:.4f}: keeps {rec['coverage']:.1%} of {split} images "
@@ -144,17 +171,21 @@ def calibrate(
 @data_app.command("issues")
 def issues(
     run: Path = typer.Argument(..., help="Run directory."),
-    splits: str = typer.Option("train,val", "--splits", help="Comma-separated parts of the run's split to check."),
+    splits: str = typer.Option(
+        "train,val", "--splits", help="Comma-separated parts of the run's split to check."
+    ),
     limit: int = typer.Option(30, "--limit", help="Show at most this many images (0 = all)."),
-    max_p: float = typer.Option(0.5, "--max-p", help="Flag images whose given label has probability below this."),
+    max_p: float = typer.Option(
+        0.5, "--max-p", help="Flag images whose given label has probability below this."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     """Images of RUN whose given label the model most strongly disagrees with (possible label errors)."""
     from rich.table import Table
 
+    from imagerec.classifier import Classifier
     from imagerec.evaluation.issues import find_label_issues, write_issues
     from imagerec.evaluation.report import label_issue_gallery, write_report
-    from imagerec.classifier import Classifier
 
     clf = Classifier.load(run)
     rows = find_label_issues(clf, [s.strip() for s in splits.split(",") if s.strip()], limit or None, max_p)
@@ -170,6 +201,13 @@ def issues(
         table.add_column(col, justify="right" if col.startswith("p(") else "left", overflow="fold")
     for r in rows:
         split_note = r["split"] + ("" if r["out_of_sample"] else " (in-sample)")
-        table.add_row(r["path"], split_note, r["given"], r["predicted"], f"{r['p_given']:.3f}", f"{r['p_predicted']:.3f}")
+        table.add_row(
+            r["path"],
+            split_note,
+            r["given"],
+            r["predicted"],
+            f"{r['p_given']:.3f}",
+            f"{r['p_predicted']:.3f}",
+        )
     _console().print(table)
     typer.echo(f"wrote {clf.run_dir.evaluation / 'label_issues.json'}")

@@ -36,7 +36,9 @@ __all__ = [
 REPORT_ISSUES = 24
 
 
-def evaluate(run: str | os.PathLike, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True) -> dict[str, Any]:
+def evaluate(
+    run: str | os.PathLike, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+) -> dict[str, Any]:
     """Evaluate a run on its own held-out ``split`` (default ``test``) or on ``data`` with the same class names.
 
     Args:
@@ -60,7 +62,9 @@ def evaluate(run: str | os.PathLike, data: str | None = None, split: str = "test
     return evaluate_classifier(Classifier.load(run), data=data, split=split, top_k=top_k, write=write)
 
 
-def evaluate_classifier(clf, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True) -> dict[str, Any]:
+def evaluate_classifier(
+    clf, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+) -> dict[str, Any]:
     """:func:`evaluate` for an already loaded :class:`imagerec.Classifier` (``Classifier.evaluate`` calls it)."""
     import imagerec
     from imagerec.errors import DataError
@@ -90,16 +94,18 @@ def evaluate_classifier(clf, data: str | None = None, split: str = "test", top_k
     if clf.threshold is not None:
         kept = conf >= clf.threshold
         metrics["coverage"] = float(kept.mean())
-        metrics["accuracy_answered"] = float((probs.argmax(1) == evalset.y)[kept].mean()) if kept.any() else None
+        metrics["accuracy_answered"] = (
+            float((probs.argmax(1) == evalset.y)[kept].mean()) if kept.any() else None
+        )
     if write:
         _write_outputs(clf, evalset, probs, metrics)
     return metrics
 
 
 def _write_outputs(clf, evalset, probs: np.ndarray, metrics: dict[str, Any]) -> None:
+    from imagerec.errors import DataError
     from imagerec.evaluation import issues as issues_mod
     from imagerec.evaluation.report import label_issue_gallery, write_pictures, write_predictions
-    from imagerec.errors import DataError
     from imagerec.utils import atomic_write_json, read_json
 
     out = clf.run_dir.evaluation

@@ -40,7 +40,11 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
     probs = np.asarray(probs, dtype=np.float64)
     lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
-    res = minimize_scalar(lambda log_t: nll(softmax_temperature(probs, float(np.exp(log_t))), y), bounds=(lo, hi), method="bounded")
+    res = minimize_scalar(
+        lambda log_t: nll(softmax_temperature(probs, float(np.exp(log_t))), y),
+        bounds=(lo, hi),
+        method="bounded",
+    )
     return float(np.exp(res.x))
 
 
@@ -65,7 +69,9 @@ def suggest_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) 
     return threshold, float((conf >= threshold).mean())
 
 
-def calibrate(run, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY) -> dict[str, Any]:
+def calibrate(
+    run, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY
+) -> dict[str, Any]:
     """Fit temperature scaling on the run's ``split`` and write ``RUN/calibration.json``.
 
     Args:

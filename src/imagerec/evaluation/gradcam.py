@@ -37,14 +37,18 @@ class GradCAM:
         conv = _last_conv(model)
         if conv is not None or backbone is None:
             if conv is None:
-                raise ImagerecError(f"model {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model")
+                raise ImagerecError(
+                    f"model {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model"
+                )
             score = score_layer.output if score_layer is not None else model.output
             self.layer_name = conv.name
             self._parts = [keras.Model(model.inputs, [conv.output, score])]
             return
         inner = _last_conv(backbone)
         if inner is None:
-            raise ImagerecError(f"backbone of {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model")
+            raise ImagerecError(
+                f"backbone of {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model"
+            )
         node = backbone._inbound_nodes[0]  # where the outer model calls the backbone
         self.layer_name = f"backbone/{inner.name}"
         head_out = score_layer.output if score_layer is not None else model.output
@@ -117,6 +121,15 @@ def explain(run, image, out: str | Path, class_name: str | None = None) -> dict:
     cam = GradCAM(clf.model)
     heat = cam(x, np.array([target]))[0]
     pred = clf.labels[int(probs.argmax())]
-    captions = [f"input\npred: {pred} ({probs.max():.2f})", f"Grad-CAM: {clf.labels[target]}\n({cam.layer_name})"]
+    captions = [
+        f"input\npred: {pred} ({probs.max():.2f})",
+        f"Grad-CAM: {clf.labels[target]}\n({cam.layer_name})",
+    ]
     path = image_grid_png([x[0], x[0]], captions, out, heatmaps=[None, heat])
-    return {"label": pred, "confidence": float(probs.max()), "explained": clf.labels[target], "layer": cam.layer_name, "out": str(path)}
+    return {
+        "label": pred,
+        "confidence": float(probs.max()),
+        "explained": clf.labels[target],
+        "layer": cam.layer_name,
+        "out": str(path),
+    }

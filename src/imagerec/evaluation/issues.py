@@ -22,7 +22,12 @@ DEFAULT_SPLITS = ("train", "val")
 
 
 def rank_issues(
-    paths: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str], split: str, max_p_given: float = 0.5
+    paths: list[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    split: str,
+    max_p_given: float = 0.5,
 ) -> list[dict[str, Any]]:
     """Rows for the images whose predicted class differs from ``y`` and whose ``p(given) < max_p_given``."""
     pred = probs.argmax(axis=1)
@@ -44,7 +49,10 @@ def rank_issues(
 
 
 def find_label_issues(
-    run, splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS, limit: int | None = 50, max_p_given: float = 0.5
+    run,
+    splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
+    limit: int | None = 50,
+    max_p_given: float = 0.5,
 ) -> list[dict[str, Any]]:
     """The likeliest mislabelled images of ``splits`` of ``run``, most suspicious first.
 
@@ -76,7 +84,9 @@ def find_label_issues(
                 raise
             continue  # an empty part of a multi-split request is not an error
         checked += len(data.y)
-        probs = np.concatenate([clf.predict_proba(data.images[i : i + 256]) for i in range(0, len(data.y), 256)])
+        probs = np.concatenate(
+            [clf.predict_proba(data.images[i : i + 256]) for i in range(0, len(data.y), 256)]
+        )
         rows += rank_issues(data.paths, data.y, probs, clf.labels, split, max_p_given)
     if not checked:
         raise DataError(f"splits {list(splits)} of run {str(clf.run_dir.path)!r} hold no images")

@@ -43,7 +43,12 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     n = len(y_true)
     if n == 0:
         return 0.0
-    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(y_true, probs, bins)))
+    return float(
+        sum(
+            b["count"] / n * abs(b["accuracy"] - b["confidence"])
+            for b in reliability_bins(y_true, probs, bins)
+        )
+    )
 
 
 def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
@@ -68,11 +73,14 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     if num_classes == 2:
         return float(roc_auc_score(y_true, probs[:, 1]))
     probs = probs.astype(np.float64)
-    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 rounding would trip scikit-learn's sum-to-one check
+    # float32 rounding would trip scikit-learn's sum-to-one check
+    probs = probs / probs.sum(axis=1, keepdims=True)
     return float(roc_auc_score(y_true, probs, multi_class="ovr", labels=np.arange(num_classes)))
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int = 5) -> dict[str, Any]:
+def compute_metrics(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int = 5
+) -> dict[str, Any]:
     """The metrics.json content for integer labels ``y_true`` (N,) and probabilities ``probs`` (N, K).
 
     Args:
@@ -96,7 +104,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], to
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=index, zero_division=0)
     averages = {}
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=index, average=avg, zero_division=0)
+        ap, ar, af, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=index, average=avg, zero_division=0
+        )
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     k = max(1, min(top_k, len(labels)))
     return {

@@ -41,7 +41,10 @@ def confusion_matrix_png(cm: list[list[int]], labels: list[str], path: str | Pat
     k = len(labels)
     side = max(4.5, 0.55 * k + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
-    for ax, data, title, fmt in ((axes[0], cm_arr, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+    for ax, data, title, fmt in (
+        (axes[0], cm_arr, "counts", "d"),
+        (axes[1], norm, "row-normalised (recall)", ".2f"),
+    ):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(1, data.max()) if fmt == "d" else 1.0)
         ax.set_title(f"confusion matrix: {title}")
         ax.set_xlabel("predicted")
@@ -96,7 +99,13 @@ def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Pa
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix, style in (("", "-o"), ("val_", "-s")):
             if prefix + metric in history:
-                ax.plot(epochs, history[prefix + metric], style, ms=3, label=("val " if prefix else "train ") + metric)
+                ax.plot(
+                    epochs,
+                    history[prefix + metric],
+                    style,
+                    ms=3,
+                    label=("val " if prefix else "train ") + metric,
+                )
         if best is not None:
             ax.axvline(best, color="tab:red", ls="--", lw=1, label=f"best epoch {best}")
         ax.set_xlabel("epoch")
@@ -131,7 +140,9 @@ def f1_bars_png(per_class: dict[str, dict[str, float]], path: str | Path) -> Pat
 def reliability_png(bins: list[dict[str, float]], ece: float, path: str | Path, title: str = "") -> Path:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with the image count per bin."""
     plt = _plt()
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
     acc = [b["accuracy"] if b["count"] else 0 for b in bins]

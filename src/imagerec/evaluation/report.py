@@ -29,12 +29,32 @@ MAX_GALLERY = 18
 
 PICTURES = (
     ("confusion_matrix.png", "Confusion matrix", "Rows are the true class, columns the predicted one."),
-    ("per_class_f1.png", "Per-class F1", "Worst classes first; n is the number of evaluated images of the class."),
-    ("training_curves.png", "Training curves", "From history.csv; the dashed line marks the epoch of the saved model."),
+    (
+        "per_class_f1.png",
+        "Per-class F1",
+        "Worst classes first; n is the number of evaluated images of the class.",
+    ),
+    (
+        "training_curves.png",
+        "Training curves",
+        "From history.csv; the dashed line marks the epoch of the saved model.",
+    ),
     ("reliability.png", "Reliability diagram", "Bars below the diagonal: over-confident answers."),
-    ("most_wrong.png", "Most confidently wrong images", "The model's most confident mistakes, with true and predicted labels."),
-    ("gradcam_wrong.png", "Grad-CAM over those images", "Red: regions that drove the predicted (wrong) class."),
-    ("label_issues.png", "Possible label issues", "Images whose given label the model most strongly disagrees with."),
+    (
+        "most_wrong.png",
+        "Most confidently wrong images",
+        "The model's most confident mistakes, with true and predicted labels.",
+    ),
+    (
+        "gradcam_wrong.png",
+        "Grad-CAM over those images",
+        "Red: regions that drove the predicted (wrong) class.",
+    ),
+    (
+        "label_issues.png",
+        "Possible label issues",
+        "Images whose given label the model most strongly disagrees with.",
+    ),
 )
 
 
@@ -45,7 +65,9 @@ def most_wrong(y: np.ndarray, probs: np.ndarray, limit: int = MAX_WRONG) -> list
     return [int(i) for i in wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")][:limit]]
 
 
-def write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str]) -> None:
+def write_predictions(
+    path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str]
+) -> None:
     from imagerec.utils import atomic_write_text
 
     buf = io.StringIO()
@@ -68,17 +90,26 @@ def write_pictures(clf, data, probs: np.ndarray, metrics: dict[str, Any]) -> lis
     ]
     curves = plots.training_curves_png(plots.read_history(clf.run_dir.history), out / "training_curves.png")
     wrong = most_wrong(data.y, probs)
-    items = [{"true": labels[data.y[i]], "pred": labels[probs[i].argmax()], "confidence": float(probs[i].max())} for i in wrong]
+    items = [
+        {"true": labels[data.y[i]], "pred": labels[probs[i].argmax()], "confidence": float(probs[i].max())}
+        for i in wrong
+    ]
     for name in ("most_wrong.png", "gradcam_wrong.png"):
         (out / name).unlink(missing_ok=True)  # a stale picture from an earlier evaluation must not survive
-    grid = plots.image_grid_png([data.images[i] for i in wrong], plots.wrong_captions(items), out / "most_wrong.png")
+    grid = plots.image_grid_png(
+        [data.images[i] for i in wrong], plots.wrong_captions(items), out / "most_wrong.png"
+    )
     written += [p for p in (curves, grid) if p is not None]
     if wrong and clf.model is not None:
         from imagerec.evaluation.gradcam import GradCAM
 
         batch = data.images[wrong]
         heat = GradCAM(clf.model)(batch, probs[wrong].argmax(axis=1))
-        written.append(plots.image_grid_png(list(batch), plots.wrong_captions(items), out / "gradcam_wrong.png", heatmaps=list(heat)))
+        written.append(
+            plots.image_grid_png(
+                list(batch), plots.wrong_captions(items), out / "gradcam_wrong.png", heatmaps=list(heat)
+            )
+        )
     return written
 
 
@@ -94,7 +125,9 @@ def label_issue_gallery(clf, rows: list[dict[str, Any]]) -> Path | None:
             images.append(clf.preprocess(row["path"]))
         except (ImageRejected, OSError):
             continue
-        captions.append(f"given: {row['given']} ({row['p_given']:.2f})\nmodel: {row['predicted']} ({row['p_predicted']:.2f})")
+        captions.append(
+            f"given: {row['given']} ({row['p_given']:.2f})\nmodel: {row['predicted']} ({row['p_predicted']:.2f})"
+        )
     return plots.image_grid_png(images, captions, path)
 
 
@@ -104,7 +137,9 @@ def _data_uri(path: Path) -> str:
 
 def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -130,7 +165,9 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:.9em}td:f
 img{max-width:100%;border:1px solid #eee}.muted{color:#666;font-size:.9em}"""
 
 
-def render_html(metrics: dict[str, Any], config: dict[str, Any], run_dir, issues: list[dict[str, Any]] | None) -> str:
+def render_html(
+    metrics: dict[str, Any], config: dict[str, Any], run_dir, issues: list[dict[str, Any]] | None
+) -> str:
     """The report as one HTML string with every picture of ``run_dir/evaluation`` embedded."""
     esc = html.escape
     cards = [
@@ -149,12 +186,23 @@ def render_html(metrics: dict[str, Any], config: dict[str, Any], run_dir, issues
         f"<p class='muted'>model {esc(str(config.get('model', {}).get('name', '?')))}, evaluated on "
         f"{esc(str(metrics.get('source')))}, {len(metrics['labels'])} classes, temperature {metrics.get('temperature', 1.0):.3f}"
         f"{'' if metrics.get('threshold') is None else ', unknown below confidence ' + format(metrics['threshold'], '.3f')}</p>",
-        "<div class='cards'>" + "".join(f"<div class='card'>{esc(k)}<b>{esc(_fmt(v))}</b></div>" for k, v in cards) + "</div>",
+        "<div class='cards'>"
+        + "".join(f"<div class='card'>{esc(k)}<b>{esc(_fmt(v))}</b></div>" for k, v in cards)
+        + "</div>",
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],
             [[n, c["precision"], c["recall"], c["f1"], c["support"]] for n, c in metrics["per_class"].items()]
-            + [[f"{avg} avg", metrics[avg]["precision"], metrics[avg]["recall"], metrics[avg]["f1"], metrics["num_images"]] for avg in ("macro", "weighted")],
+            + [
+                [
+                    f"{avg} avg",
+                    metrics[avg]["precision"],
+                    metrics[avg]["recall"],
+                    metrics[avg]["f1"],
+                    metrics["num_images"],
+                ]
+                for avg in ("macro", "weighted")
+            ],
         ),
     ]
     calibration = run_dir.calibration
@@ -165,12 +213,17 @@ def render_html(metrics: dict[str, Any], config: dict[str, Any], run_dir, issues
     for name, title, caption in PICTURES:
         path = run_dir.evaluation / name
         if path.exists():
-            parts.append(f"<h2>{esc(title)}</h2><p class='muted'>{esc(caption)}</p><img alt='{esc(title)}' src='{_data_uri(path)}'>")
+            parts.append(
+                f"<h2>{esc(title)}</h2><p class='muted'>{esc(caption)}</p><img alt='{esc(title)}' src='{_data_uri(path)}'>"
+            )
     if issues:
         parts.append(
             _table(
                 ["path", "split", "given", "predicted", "p(given)", "out of sample"],
-                [[r["path"], r["split"], r["given"], r["predicted"], r["p_given"], r["out_of_sample"]] for r in issues[:50]],
+                [
+                    [r["path"], r["split"], r["given"], r["predicted"], r["p_given"], r["out_of_sample"]]
+                    for r in issues[:50]
+                ],
             )
         )
     parts += ["<h2>Run configuration</h2>", _table(["setting", "value"], _flatten({k: v for k, v in config.items() if k != "class_names"})),
@@ -191,7 +244,9 @@ def write_report(run) -> Path:
     run_dir = run if isinstance(run, RunDir) else RunDir(run).require()
     metrics_path = run_dir.evaluation / "metrics.json"
     if not metrics_path.exists():
-        raise RunError(f"run {str(run_dir.path)!r} has no evaluation yet; run 'imagerec evaluate {run_dir.path}' first")
+        raise RunError(
+            f"run {str(run_dir.path)!r} has no evaluation yet; run 'imagerec evaluate {run_dir.path}' first"
+        )
     metrics = read_json(metrics_path)
     issues_path = run_dir.evaluation / "label_issues.json"
     issues = read_json(issues_path) if issues_path.exists() else None
