@@ -9,6 +9,15 @@ import typer
 from imagerec.cli.app import app
 
 
+def _console():
+    """Rich console; when piped, wide enough that rows are not wrapped (scripts grep them)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:.2f} MB"
 
@@ -22,7 +31,6 @@ def export(
     parity_images: int = typer.Option(1000, "--parity-images", help="Test images compared with the Keras model."),
 ) -> None:
     """Export RUN, check parity with the Keras model on its test split, publish only when parity passes."""
-    from rich.console import Console
     from rich.table import Table
 
     from imagerec.classifier import Classifier
@@ -41,7 +49,7 @@ def export(
             _mb(r["size_bytes"]), r["input"]["dtype"], f"{p['top1_agreement']:.2%}", f"{p['max_abs_prob_diff']:.2g}",
             f"{p['num_images']} {p['split']}", r["path"],
         )  # fmt: skip
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command("benchmark")
@@ -75,5 +83,5 @@ def benchmark(
             f"{r['throughput_b8']:.0f}", f"{r['throughput_b64']:.0f}", _mb(r["size_bytes"]),
             f"{r['peak_rss_delta_mb']:.1f} MB", acc, "pass" if r["parity_passed"] else "FAIL",
         )  # fmt: skip
-    Console().print(table)
+    _console().print(table)
     typer.echo(f"* default runtime (fastest that passed parity): {result['default']}; wrote {run}/exports/benchmark.json")

@@ -231,4 +231,4 @@ def _publish(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["export_run", "export_records", "plan", "FORMATS", "ExportError"]
+__all__ = ["export_run", "export_records", "plan", "float32_model", "FORMATS", "ExportError"]

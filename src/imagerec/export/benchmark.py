@@ -112,7 +112,11 @@ def benchmark_run(
     batch64 = np.resize(images, (64, *images.shape[1:]))
     rows: dict[str, dict[str, Any]] = {}
     fns: dict[str, Callable] = {}
-    for name in _candidates(run_path, runtimes):
+    names = _candidates(run_path, runtimes)
+    for name in names:  # refuse a modified or incomplete export before measuring anything
+        if name != "keras":
+            verify_export(run_path / "exports" / name)
+    for name in names:
         log(f"loading {name}")
         with PeakRSS() as mem:
             if name == "keras":
