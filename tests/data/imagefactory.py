@@ -141,6 +141,8 @@ def write_messy(root: Path) -> dict:
         "classes": {"bird": 0, "cat": 11, "dog": 7},
         "invalid": sorted(str(p) for p in bad),
         "duplicates": [sorted([str(cat / "shared.png"), str(dog / "shared copy.png")])],
-        "near_duplicates": [sorted(str(dog / n) for n in ("near_src.png", "near_src_reencoded.jpg", "near_src_small.png"))],
+        "near_duplicates": [
+            sorted(str(dog / n) for n in ("near_src.png", "near_src_reencoded.jpg", "near_src_small.png"))
+        ],
         "ignored": len(ignored),
     }

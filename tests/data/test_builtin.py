@@ -36,7 +36,10 @@ def test_real_fashion_mnist_keeps_official_split_classes_and_pixels(fashion: Pat
     dest = fashion
     idx = {s: builtin._read_idx(builtin.FASHION_DIR / f"{p}-{k}-idx{d}-ubyte.gz")
            for s, p in (("train", "train"), ("test", "t10k")) for k, d in (("images", 3),) }  # fmt: skip
-    labels = {s: builtin._read_idx(builtin.FASHION_DIR / f"{p}-labels-idx1-ubyte.gz") for s, p in (("train", "train"), ("test", "t10k"))}
+    labels = {
+        s: builtin._read_idx(builtin.FASHION_DIR / f"{p}-labels-idx1-ubyte.gz")
+        for s, p in (("train", "train"), ("test", "t10k"))
+    }
     source = load_source(dest)
     assert source.kind == "splits"
     assert set(source.class_names) <= set(builtin.FASHION_CLASSES)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import imagefactory as f
 import pytest
-from conftest import run_cli_subprocess
 
+from conftest import run_cli_subprocess
 from imagerec.data.scan import scan_dataset
 
 
@@ -38,8 +38,16 @@ def _colour_tree(root: Path, counts: dict[str, int]) -> Path:
         (lambda p: (p / "empty").mkdir() or p / "empty", "inspect", "has no class folders"),
         (lambda p: _colour_tree(p / "one", {"only": 5}), "split", "a classifier needs at least 2"),
         (lambda p: _colour_tree(p / "zero", {"a": 5, "b": 0}), "split", "class 'b' has no valid images"),
-        (lambda p: f.write(p / "l.csv", b"file,class\nx.png,a\n"), "inspect", "expected at least 'path' and 'label'"),
-        (lambda p: f.write(p / "l.csv", b"path,label\n../../etc/passwd,a\n"), "inspect", "escapes the CSV's folder"),
+        (
+            lambda p: f.write(p / "l.csv", b"file,class\nx.png,a\n"),
+            "inspect",
+            "expected at least 'path' and 'label'",
+        ),
+        (
+            lambda p: f.write(p / "l.csv", b"path,label\n../../etc/passwd,a\n"),
+            "inspect",
+            "escapes the CSV's folder",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, cli, make, command: str, message: str):
@@ -79,7 +87,11 @@ def test_clean_moves_bad_files_keeps_paths_logs_and_deletes_nothing(messy, tmp_p
     assert len(log) == moved
     assert {e["from"] for e in log} == set(expected["invalid"]) | {expected["duplicates"][0][1]}
     after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    kept = {p.relative_to(quarantine): p.read_bytes() for p in quarantine.rglob("*") if p.is_file() and p.name != "quarantine.jsonl"}
+    kept = {
+        p.relative_to(quarantine): p.read_bytes()
+        for p in quarantine.rglob("*")
+        if p.is_file() and p.name != "quarantine.jsonl"
+    }
     assert {**after, **kept} == before  # every byte is still somewhere, under the same relative path
     assert not set(after) & set(kept)
     report = scan_dataset(root).to_dict()
@@ -100,13 +112,17 @@ def test_clean_twice_never_overwrites_the_quarantine(tmp_path: Path, cli):
 
 def test_clean_refuses_a_quarantine_inside_the_data(tmp_path: Path, cli):
     data = _colour_tree(tmp_path / "d", {"a": 2, "b": 2})
-    _assert_one_line_error(*cli("data", "clean", data, "--quarantine", data / "q"), "outside the dataset folder")
+    _assert_one_line_error(
+        *cli("data", "clean", data, "--quarantine", data / "q"), "outside the dataset folder"
+    )
 
 
 def test_builtin_command_and_its_errors(tmp_path: Path, cli):
     code, out, err = cli("data", "builtin", "digits", tmp_path / "digits", "--limit", "30")
     assert code == 0, err
     assert len(list((tmp_path / "digits").rglob("*.png"))) == 30
-    _assert_one_line_error(*cli("data", "builtin", "imagenet", tmp_path / "x"), "unknown built-in dataset 'imagenet'")
+    _assert_one_line_error(
+        *cli("data", "builtin", "imagenet", tmp_path / "x"), "unknown built-in dataset 'imagenet'"
+    )
     f.write(tmp_path / "full" / "mine.txt", b"user file")
     _assert_one_line_error(*cli("data", "builtin", "digits", tmp_path / "full"), "choose an empty folder")

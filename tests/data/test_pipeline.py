@@ -78,7 +78,9 @@ def test_streaming_and_cached_pipelines_give_the_same_batches(rows):
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_deterministic_training_order_follows_the_seed(rows, cache: str):
     spec = PipelineSpec(8, 1, batch_size=30, cache=cache, deterministic=True)
-    order = [_collect(make_dataset(rows, CLASSES, spec, training=True, seed=s))[1].tolist() for s in (1, 1, 2)]
+    order = [
+        _collect(make_dataset(rows, CLASSES, spec, training=True, seed=s))[1].tolist() for s in (1, 1, 2)
+    ]
     assert order[0] == order[1]
     assert order[0] != order[2]
     assert sorted(order[0]) == sorted(i % 3 for i in range(30))
@@ -99,7 +101,9 @@ def test_every_augmentation_preset_keeps_shape_and_range(rows, preset: str):
     assert out.shape == batch.shape and out.dtype == np.float32
     assert np.isfinite(out).all() and out.min() >= -1e-3 and out.max() <= 255 + 1e-3
     assert not np.array_equal(out, images.astype(np.float32))  # it does something
-    x, y = _collect(make_dataset(None, CLASSES, spec, training=True, augment=augment, arrays=(images, labels)))
+    x, y = _collect(
+        make_dataset(None, CLASSES, spec, training=True, augment=augment, arrays=(images, labels))
+    )
     assert x.shape == (30, 32, 32, 3) and sorted(y.tolist()) == sorted(labels.tolist())
 
 
@@ -111,7 +115,10 @@ def test_resolve_preset():
 
 def test_parallel_decode_matches_serial(tmp_path: Path):
     rng = np.random.default_rng(0)
-    paths = [str(f.write(tmp_path / f"{i}.png", f.encode(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)))) for i in range(520)]
+    paths = [
+        str(f.write(tmp_path / f"{i}.png", f.encode(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))))
+        for i in range(520)
+    ]
     spec = PipelineSpec(8, 3)
     assert np.array_equal(decode_all(paths, spec, workers=2), decode_all(paths, spec, workers=1))
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import imagefactory as f
 import numpy as np
 import pytest
-from conftest import run_cli_subprocess
 from PIL import Image
 
+from conftest import run_cli_subprocess
 from imagerec.data.scan import NEAR_TOLERANCE, check_file, scan_dataset
 from imagerec.data.sources import Sample
 
@@ -86,13 +86,17 @@ def test_near_duplicates_are_re_encodings_not_lookalikes(tmp_path: Path):
     src = f.picture(1, 128)
     f.write(tmp_path / "a" / "src.png", f.encode(src))
     f.write(tmp_path / "a" / "q60.jpg", f.encode(src, "JPEG", quality=60))
-    f.write(tmp_path / "a" / "half.png", f.encode(Image.fromarray(src).resize((64, 64), Image.Resampling.LANCZOS)))
+    f.write(
+        tmp_path / "a" / "half.png", f.encode(Image.fromarray(src).resize((64, 64), Image.Resampling.LANCZOS))
+    )
     # a different picture, and the same picture slightly brightened (a different photo, not a re-encode)
     f.write(tmp_path / "b" / "other.png", f.png(2, 128))
     brighter = np.clip(src.astype(int) + 12, 0, 255).astype(np.uint8)
     f.write(tmp_path / "b" / "brighter.png", f.encode(brighter))
     result = scan_dataset(tmp_path)
-    assert result.near_duplicates == [sorted(str(tmp_path / "a" / n) for n in ("half.png", "q60.jpg", "src.png"))]
+    assert result.near_duplicates == [
+        sorted(str(tmp_path / "a" / n) for n in ("half.png", "q60.jpg", "src.png"))
+    ]
     assert result.duplicates == []
 
 
@@ -109,7 +113,9 @@ def test_blank_images_of_one_colour_are_one_group_not_many(tmp_path: Path):
 def test_parallel_scan_matches_serial_scan(tmp_path: Path):
     rng = np.random.default_rng(0)
     for i in range(300):
-        f.write(tmp_path / f"k{i % 3}" / f"{i}.png", f.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+        f.write(
+            tmp_path / f"k{i % 3}" / f"{i}.png", f.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        )
     f.write(tmp_path / "k0" / "bad.png", b"")
     serial = scan_dataset(tmp_path, workers=1)
     parallel = scan_dataset(tmp_path, workers=2)

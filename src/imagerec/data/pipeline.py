@@ -1,7 +1,7 @@
 """The tf.data input pipeline, fed from the split manifest.
 
-Decoding uses :func:`imagerec.data.images.load_image` (the same function serving uses), in a pool of worker
-processes, once: the decoded ``uint8`` tensors are cached in memory (or in a ``.npy`` file on disk for
+Decoding uses :func:`imagerec.data.images.load_image` (the same function serving uses), in parallel
+(:func:`imagerec.data.parallel.worker_pool`), once: the decoded ``uint8`` tensors are cached in memory (or in a ``.npy`` file on disk for
 ``cache="disk"``, reused across runs) and every epoch after that is a shuffle, batch, augment and prefetch.
 ``cache="none"`` streams: each epoch decodes again (for datasets larger than memory).
 """
@@ -9,15 +9,14 @@ processes, once: the decoded ``uint8`` tensors are cached in memory (or in a ``.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imagerec.data.images import load_image
+from imagerec.data.parallel import default_workers, worker_pool
 from imagerec.data.split import ManifestRow
 
 MEMORY_LIMIT_BYTES = 4 << 30
@@ -41,19 +40,16 @@ def _decode_chunk(args: tuple[list[str], int, int, str]) -> np.ndarray:
     return out
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool that is safe to start after TensorFlow has started threads (spawn, not fork)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-
-
 def decode_all(paths: list[str], spec: PipelineSpec, workers: int | None = None) -> np.ndarray:
-    """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` with a process pool."""
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` in parallel (see :func:`imagerec.data.parallel.worker_pool`)."""
+    workers = workers or default_workers()
     if len(paths) < 512 or workers == 1:
         return _decode_chunk((paths, spec.image_size, spec.channels, spec.resize))
-    step = max(256, len(paths) // (workers * 8))
-    jobs = [(paths[i : i + step], spec.image_size, spec.channels, spec.resize) for i in range(0, len(paths), step)]
-    with process_pool(workers) as pool:
+    step = max(128, min(1024, len(paths) // (workers * 4)))
+    jobs = [
+        (paths[i : i + step], spec.image_size, spec.channels, spec.resize) for i in range(0, len(paths), step)
+    ]
+    with worker_pool(workers) as pool:
         return np.concatenate(list(pool.map(_decode_chunk, jobs)))
 
 
@@ -64,7 +60,9 @@ def cache_key(rows: list[ManifestRow], spec: PipelineSpec) -> str:
     return digest.hexdigest()[:24]
 
 
-def load_arrays(rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images and integer labels for ``rows`` (uses the on-disk cache when ``spec.cache == 'disk'``)."""
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[r.label] for r in rows], dtype=np.int32)
@@ -116,7 +114,9 @@ def make_dataset(
         ds = ds.batch(spec.batch_size, drop_remainder=False)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune, deterministic=True)
     if training and augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune, deterministic=spec.deterministic)
+        ds = ds.map(
+            lambda x, y: (augment(x), y), num_parallel_calls=autotune, deterministic=spec.deterministic
+        )
     options = tf.data.Options()
     options.deterministic = spec.deterministic or not training
     return ds.with_options(options).prefetch(autotune)
@@ -131,7 +131,9 @@ def _streaming_dataset(rows, class_names, spec: PipelineSpec, training: bool, se
     shape = (spec.image_size, spec.image_size, spec.channels)
 
     def _load(path):
-        return load_image(path.decode() if isinstance(path, bytes) else str(path), shape[:2], spec.channels, spec.resize)
+        return load_image(
+            path.decode() if isinstance(path, bytes) else str(path), shape[:2], spec.channels, spec.resize
+        )
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if training:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing as mp
 import os
-import sys
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from imagerec.data.images import open_image
+from imagerec.data.parallel import default_workers, worker_pool
 from imagerec.data.sources import DatasetSource, Sample, load_source
 from imagerec.errors import ImageRejected
 
@@ -162,16 +160,6 @@ def _check_many(samples: list[Sample]) -> list[ScannedImage | dict[str, str]]:
     return [check_file(s) for s in samples]
 
 
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork is fastest, but forking a process in which TensorFlow has started threads can deadlock: spawn then.
-    method = "spawn" if "tensorflow" in sys.modules else "fork"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
-
-
 def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = None) -> ScanResult:
     """Decode every image of ``data`` and report valid, invalid, ignored and duplicate files.
 
@@ -189,7 +177,7 @@ def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = 
     if workers > 1 and len(samples) >= 256:
         step = max(64, min(512, len(samples) // (workers * 4)))
         chunks = [samples[i : i + step] for i in range(0, len(samples), step)]
-        with _pool(workers) as pool:
+        with worker_pool(workers) as pool:
             results = [r for chunk in pool.map(_check_many, chunks) for r in chunk]
     else:
         results = _check_many(samples)
@@ -232,7 +220,9 @@ def _near_groups(images: list[ScannedImage], tolerance: float) -> list[list[str]
         return []
     # Identical thumbnails (exact copies, blank images) collapse into one node first: no quadratic pair lists.
     unique, node_of = np.unique(
-        np.frombuffer(b"".join(i.thumb for i in usable), np.uint8).reshape(len(usable), -1), axis=0, return_inverse=True
+        np.frombuffer(b"".join(i.thumb for i in usable), np.uint8).reshape(len(usable), -1),
+        axis=0,
+        return_inverse=True,
     )
     node_of = node_of.reshape(-1)
     thumbs = unique.astype(np.float32)
@@ -242,7 +232,9 @@ def _near_groups(images: list[ScannedImage], tolerance: float) -> list[list[str]
         # Exact prefilter: averaging is a contraction, and luma is 2/3 of the signature, so two signatures within
         # ``tolerance`` RMS have 4x4 luma within tolerance * sqrt(3/2) RMS. No true pair is dropped.
         side = THUMB_SIZE // 2
-        luma = thumbs[:, : THUMB_SIZE * THUMB_SIZE].reshape(n, side, 2, side, 2).mean(axis=(2, 4)).reshape(n, -1)
+        luma = (
+            thumbs[:, : THUMB_SIZE * THUMB_SIZE].reshape(n, side, 2, side, 2).mean(axis=(2, 4)).reshape(n, -1)
+        )
         radius = tolerance * np.sqrt(1.5) * np.sqrt(luma.shape[1]) + 1e-6
         pairs = cKDTree(luma).query_pairs(r=radius, output_type="ndarray")
         if len(pairs):
@@ -253,7 +245,9 @@ def _near_groups(images: list[ScannedImage], tolerance: float) -> list[list[str]
     members: dict[int, list[ScannedImage]] = defaultdict(list)
     for img, node in zip(usable, node_of, strict=True):
         members[int(component[node])].append(img)
-    groups = [sorted(i.path for i in group) for group in members.values() if len({i.sha256 for i in group}) > 1]
+    groups = [
+        sorted(i.path for i in group) for group in members.values() if len({i.sha256 for i in group}) > 1
+    ]
     return sorted(groups)
 
 

@@ -60,10 +60,14 @@ def load_source(data: str | os.PathLike) -> DatasetSource:
         return load_source(materialize(text.split(":", 1)[1]))
     path = Path(text).expanduser()
     if not path.exists():
-        raise DataError(f"dataset {text!r} does not exist; expected a folder of class folders, a CSV, or builtin:NAME")
+        raise DataError(
+            f"dataset {text!r} does not exist; expected a folder of class folders, a CSV, or builtin:NAME"
+        )
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise DataError(f"dataset {text!r} is a file but not a .csv; expected a folder or a CSV with path,label")
+            raise DataError(
+                f"dataset {text!r} is a file but not a .csv; expected a folder or a CSV with path,label"
+            )
         return _from_csv(path)
     split_dirs = {d.name.lower(): d for d in _visible_dirs(path) if d.name.lower() in SPLIT_ALIASES}
     if "train" in split_dirs and len(split_dirs) >= 2 or set(split_dirs) == {"train"}:
@@ -87,7 +91,9 @@ def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out:
             if full.is_symlink():
                 target = full.resolve()
                 if not target.is_relative_to(real_root):
-                    out.invalid.append({"path": str(full), "reason": "symlink points outside the dataset root"})
+                    out.invalid.append(
+                        {"path": str(full), "reason": "symlink points outside the dataset root"}
+                    )
                     continue
             out.samples.append(Sample(str(full), label, split))
 
@@ -126,7 +132,9 @@ def _from_csv(path: Path) -> DatasetSource:
             reader = csv.DictReader(fh)
             columns = [c.strip().lower() for c in (reader.fieldnames or [])]
             if "path" not in columns or "label" not in columns:
-                raise DataError(f"CSV {str(path)!r} has columns {columns}; expected at least 'path' and 'label'")
+                raise DataError(
+                    f"CSV {str(path)!r} has columns {columns}; expected at least 'path' and 'label'"
+                )
             rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except UnicodeDecodeError:
         raise DataError(f"CSV {str(path)!r} is not UTF-8 text") from None
@@ -137,7 +145,9 @@ def _from_csv(path: Path) -> DatasetSource:
             raise DataError(f"CSV {str(path)!r} line {line}: empty path or label")
         full = (base / rel).resolve()
         if os.path.isabs(rel) or not full.is_relative_to(base):
-            raise DataError(f"CSV {str(path)!r} line {line}: path {rel!r} escapes the CSV's folder {str(base)!r}")
+            raise DataError(
+                f"CSV {str(path)!r} line {line}: path {rel!r} escapes the CSV's folder {str(base)!r}"
+            )
         split = SPLIT_ALIASES.get(row.get("split", "").lower()) if row.get("split") else None
         out.samples.append(Sample(str(base / rel), label, split))
         labels.add(label)

@@ -92,7 +92,9 @@ def make_split(result: ScanResult, val: float = 0.1, test: float = 0.1, seed: in
     fixed = {img.split for img in result.images if img.split}
     rows: list[ManifestRow] = []
     pool = [img for img in result.images if img.split in (None, "train")]
-    rows += [ManifestRow(i.path, i.label, i.split, i.sha256) for i in result.images if i.split in ("val", "test")]
+    rows += [
+        ManifestRow(i.path, i.label, i.split, i.sha256) for i in result.images if i.split in ("val", "test")
+    ]
     carve = {name: frac for name, frac in (("test", test), ("val", val)) if name not in fixed and frac > 0}
     by_class: dict[str, list[list]] = defaultdict(list)
     for group in _linked_groups(pool, result.near_duplicates):
