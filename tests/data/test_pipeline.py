@@ -128,3 +128,27 @@ def test_choose_cache():
     assert choose_cache("auto", 1000, spec) == "memory"
     assert choose_cache("auto", 10_000_000, spec) == "none"
     assert choose_cache("disk", 10, spec) == "disk"
+
+
+@pytest.mark.slow  # a fresh process imports TensorFlow: 10-50 s on a shared 2-core machine
+def test_a_user_script_without_main_guard_can_decode_in_parallel_after_importing_tensorflow(tmp_path: Path):
+    """A spawn pool would re-run this script in every worker and crash; the pool must not need the guard."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    for i in range(520):
+        f.write(tmp_path / "d" / f"{i}.png", f.encode(rng.integers(0, 256, (6, 6), dtype=np.uint8)))
+    script = tmp_path / "train_me.py"
+    script.write_text(
+        "import glob, sys\n"
+        "import tensorflow\n"
+        "from imagerec.data.pipeline import PipelineSpec, decode_all\n"
+        "from imagerec.data.scan import scan_dataset\n"
+        f"paths = sorted(glob.glob({str(tmp_path / 'd' / '*.png')!r}))\n"
+        "print(decode_all(paths, PipelineSpec(4, 1), workers=2).shape)\n"
+        f"print(len(scan_dataset({str(tmp_path)!r}, workers=2).images))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(520,", "4,", "4,", "1)", "520"]
