@@ -96,15 +96,18 @@ def test_e27_too_many_invalid_files_fail_clearly(tmp_path):
 
 
 # E28 -----------------------------------------------------------------------------------------------------
-EPOCHS = 3
+EPOCHS = 6
 _CHILD = """
-import os, random, signal, sys
+import os, random, signal, sys, threading
 from pathlib import Path
 data, out, seed, mode = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = random.Random(seed)
-if mode in ("replace", "fsync"):
+import imagerec, tensorflow  # the kill clock starts once the libraries are loaded (start-up is not the point)
+if mode == "timer":  # kill -9 at a random instant of the run
+    threading.Timer(rng.uniform(0.2, 5.0), os.kill, (os.getpid(), signal.SIGKILL)).start()
+if mode in ("replace", "fsync"):  # kill -9 right before or right after the n-th rename / fsync of the run
     real = getattr(os, mode)
-    nth, after, calls = rng.randint(1, 12), rng.random() < 0.5, [0]
+    nth, after, calls = rng.randint(1, 24), rng.random() < 0.5, [0]
     def hook(*args, **kwargs):
         calls[0] += 1
         if calls[0] == nth and not after:
@@ -114,7 +117,6 @@ if mode in ("replace", "fsync"):
             os.kill(os.getpid(), signal.SIGKILL)
         return result
     setattr(os, mode, hook)
-import imagerec
 resume = (out / "config.json").exists()
 imagerec.train(data, out=out, epochs=int(sys.argv[5]), batch_size=8, seed=0, resume=resume, force=not resume,
                log=lambda *a: None)
@@ -143,7 +145,7 @@ def _check_run_invariants(run: Path) -> int:
     return int(meta["epoch"])
 
 
-def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int]]:
+def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int, int]]:
     data = write_colour_dataset(tmp_path / "data", per_class=8, size=16, seed=4)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -154,11 +156,6 @@ def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int]]:
         mode = "none" if final else rng.choice(["timer", "replace", "fsync"])
         args = [sys.executable, "-c", _CHILD, str(data), str(run), str(rng.randrange(1 << 30)), mode, str(EPOCHS)]
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if mode == "timer":
-            try:
-                proc.wait(timeout=rng.uniform(3.0, 14.0))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
         if final:
             assert proc.returncode == 0 and "FINISHED" in out, err[-3000:]
@@ -167,7 +164,7 @@ def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int]]:
         epoch = _check_run_invariants(run)
         assert epoch >= last_epoch, (history, epoch)  # never goes back to an older checkpoint
         last_epoch = epoch
-        history.append((mode, epoch))
+        history.append((mode, epoch, proc.returncode))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_completed"] == EPOCHS
     assert _check_run_invariants(run) == EPOCHS
@@ -179,7 +176,8 @@ def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int]]:
 
 def test_e28_kill_9_at_random_points_always_resumes(tmp_path):
     history = _kill_loop(tmp_path, cycles=5, seed=int(os.environ.get("IMAGEREC_KILL_SEED", 0)))
-    assert {mode for mode, _ in history[:-1]} & {"replace", "fsync"}, history  # some kills hit a write
+    assert {mode for mode, _, _ in history[:-1]} & {"replace", "fsync"}, history  # some kills hit a write
+    assert sum(rc == -signal.SIGKILL for _, _, rc in history) >= 3, history  # the kills really happened
 
 
 @pytest.mark.slow
