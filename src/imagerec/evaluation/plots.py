@@ -143,19 +143,28 @@ def reliability_png(bins: list[dict[str, float]], ece: float, path: str | Path, 
     fig, (ax, hist) = plt.subplots(
         2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
     )
-    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
-    acc = [b["accuracy"] if b["count"] else 0 for b in bins]
-    conf = [b["confidence"] if b["count"] else c for b, c in zip(bins, centers, strict=True)]
+    filled = [b for b in bins if b["count"]]  # empty bins draw nothing (no fake gap)
+    centers = [(b["lower"] + b["upper"]) / 2 for b in filled]
+    acc = [b["accuracy"] for b in filled]
+    conf = [b["confidence"] for b in filled]
     ax.bar(centers, acc, width=width * 0.95, color="tab:blue", edgecolor="black", label="accuracy")
-    ax.bar(centers, np.subtract(conf, acc), bottom=acc, width=width * 0.95, color="tab:red", alpha=0.3,
-           edgecolor="tab:red", label="gap to confidence")  # fmt: skip
+    ax.bar(
+        centers,
+        np.abs(np.subtract(conf, acc)),
+        bottom=np.minimum(conf, acc),
+        width=width * 0.95,
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        label="gap to mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability diagram{' ' + title if title else ''}: ECE = {ece:.4f}")
     ax.legend(loc="upper left")
-    hist.bar(centers, [b["count"] for b in bins], width=width * 0.95, color="gray")
+    hist.bar(centers, [b["count"] for b in filled], width=width * 0.95, color="gray")
     hist.set_yscale("symlog")
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("images")
