@@ -128,3 +128,13 @@ def test_source_files_are_untouched_by_a_scan(messy):
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     scan_dataset(root)
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_csv_row_naming_a_missing_file_is_invalid_not_fatal(tmp_path: Path):
+    f.write(tmp_path / "a.png", f.png(1))
+    f.write(tmp_path / "b.png", f.png(2))
+    (tmp_path / "labels.csv").write_text("path,label\na.png,x\nb.png,y\ngone.png,y\n")
+    report = scan_dataset(tmp_path / "labels.csv").to_dict()
+    assert report["num_images"] == 2 and report["classes"] == {"x": 1, "y": 1}
+    assert [i["path"] for i in report["invalid"]] == [str(tmp_path / "gone.png")]
+    assert report["invalid"][0]["reason"].startswith("unreadable:")

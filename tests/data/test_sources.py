@@ -56,6 +56,20 @@ def test_split_folders_are_respected(tmp_path: Path, val_name: str):
     assert splits == {("train", "train"), (val_name, "val"), ("test", "test")}
 
 
+def test_loose_files_beside_split_and_class_folders_are_ignored_and_counted(tmp_path: Path):
+    files = {
+        "train/a/1.png": f.png(1),
+        "train/b/2.png": f.png(2),
+        "test/a/3.png": f.png(3),
+        "test/b/4.png": f.png(4),
+    }
+    root = _tree(
+        tmp_path / "d", {**files, "README.md": b"x", "train/labels.txt": b"x", "test/.DS_Store": b"x"}
+    )
+    source = load_source(root)
+    assert source.kind == "splits" and len(source.samples) == 4 and source.ignored == 3
+
+
 def test_split_folders_without_val(tmp_path: Path):
     files = {
         f"{split}/{c}/{i}.png": f.png(100 * (split == "test") + 10 * (c == "b") + i)

@@ -79,6 +79,11 @@ def _visible_dirs(path: Path) -> list[Path]:
     return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _loose_files(folder: Path) -> int:
+    """Files lying next to the class folders (README, labels.txt...): not samples, counted as ignored."""
+    return sum(1 for f in folder.iterdir() if f.is_file())
+
+
 def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out: DatasetSource) -> None:
     real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
@@ -101,7 +106,7 @@ def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out:
 def _from_class_folders(path: Path) -> DatasetSource:
     out = DatasetSource(root=path, kind="folder", samples=[], class_names=[])
     classes = _visible_dirs(path)
-    out.ignored += sum(1 for f in path.iterdir() if f.is_file())
+    out.ignored += _loose_files(path)
     if not classes:
         raise DataError(f"dataset folder {str(path)!r} has no class folders; expected DATA/<class>/<image>")
     for class_dir in classes:
@@ -112,8 +117,10 @@ def _from_class_folders(path: Path) -> DatasetSource:
 
 def _from_split_folders(path: Path, split_dirs: dict[str, Path]) -> DatasetSource:
     out = DatasetSource(root=path, kind="splits", samples=[], class_names=[])
+    out.ignored += _loose_files(path)
     names: set[str] = set()
     for alias, split_dir in sorted(split_dirs.items()):
+        out.ignored += _loose_files(split_dir)
         split = SPLIT_ALIASES[alias]
         for class_dir in _visible_dirs(split_dir):
             names.add(class_dir.name)
