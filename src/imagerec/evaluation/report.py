@@ -126,7 +126,7 @@ def label_issue_gallery(clf, rows: list[dict[str, Any]]) -> Path | None:
         except (ImageRejected, OSError):
             continue
         captions.append(
-            f"given: {row['given']} ({row['p_given']:.2f})\nmodel: {row['predicted']} ({row['p_predicted']:.2f})"
+            f"given: {row['given']} (p={row['p_given']:.2g})\nmodel: {row['predicted']} ({row['p_predicted']:.2f})"
         )
     return plots.image_grid_png(images, captions, path)
 
