@@ -101,9 +101,9 @@ class ScanResult:
 
 THUMB_SIZE = 8
 THUMB_BYTES = THUMB_SIZE * THUMB_SIZE + 2 * (THUMB_SIZE // 2) ** 2
-#: Two images whose thumbnails differ by at most this RMS (0..255 scale) are the same picture. JPEG quality 60
-#: moves the thumbnail of a 32 px colour picture by <= 1.9 and of a 28 px Fashion-MNIST image by <= 2.2; among
-#: 10,000 Fashion-MNIST images only 3 pairs of different files are this close.
+#: Two images whose signatures differ by at most this RMS (0..255 scale) are the same picture. JPEG quality 60
+#: moves the signature of a 32 px colour picture by <= 1.9 and of a 28 px Fashion-MNIST image by <= 2.6; among
+#: 10,000 Fashion-MNIST images only 3 pairs of different files are this close (docs/data.md).
 NEAR_TOLERANCE = 4.0
 
 
@@ -124,7 +124,7 @@ def thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
 
 
 def dhash(img: Image.Image, size: int = 8) -> str:
-    """64-bit difference hash of the decoded pixels, as 16 hex digits."""
+    """64-bit difference hash of the decoded pixels, as 16 hex digits (reported; too coarse to group by)."""
     small = np.asarray(img.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):0{size * size // 4}x}"
@@ -165,7 +165,8 @@ def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = 
 
     Args:
         data: a dataset path, CSV, ``builtin:NAME`` or an already loaded :class:`DatasetSource`.
-        workers: decode processes (default: the CPU count, at most 8).
+        workers: parallel decoders (default: the CPU count, at most 8); see
+            :func:`imagerec.data.parallel.worker_pool`.
 
     Example:
         >>> result = scan_dataset("photos/")
