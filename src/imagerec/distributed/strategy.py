@@ -117,7 +117,32 @@ def _multiworker_strategy():
                 axis = None
             return super().reduce(reduce_op, value, axis)
 
+    _configure_coordination(read_tf_config())
     return StructuredReduceMWMS()
+
+
+def _configure_coordination(tf_config: dict[str, Any] | None) -> None:
+    """Bound the two waits MWMS leaves open: for every worker to join, and for a silent peer to be declared dead.
+
+    TensorFlow configures its coordination service itself unless one is configured already; we configure the same
+    service with explicit timeouts (``IMAGEREC_CLUSTER_TIMEOUT_S``, default 300 s, for joining;
+    ``IMAGEREC_HEARTBEAT_TIMEOUT_S``, default 30 s, for a dead peer).
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    if not tf_config or context.context().coordination_service is not None:
+        return
+    cluster = tf_config["cluster"]
+    leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
+    jobs = [coordination_config_pb2.CoordinatedJob(name=j, num_tasks=len(cluster[j])) for j in ("chief", "worker") if j in cluster]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=leader,
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=int(float(os.environ.get("IMAGEREC_CLUSTER_TIMEOUT_S", "300")) * 1000),
+        heartbeat_timeout_in_ms=int(float(os.environ.get("IMAGEREC_HEARTBEAT_TIMEOUT_S", "30")) * 1000),
+    )
 
 
 def get_strategy(name: str = "auto"):
