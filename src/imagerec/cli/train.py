@@ -32,10 +32,17 @@ def train(
     deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Op determinism (slower)."),
     resume: bool = typer.Option(False, "--resume", help="Continue (or extend with a larger --epochs) a run."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Train workers (TensorflowTrainer); see docs/scaling.md."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Ray Train workers (with --ray)."),
 ) -> None:
     """Train a classifier and write a run directory (model, labels, config, split, history, metrics, logs)."""
     from imagerec.training.trainer import train as train_run
 
+    if ray or ray_address:
+        from imagerec.distributed.ray import train_with_ray
+
+        train_run = lambda data, out, **kw: train_with_ray(data, out, num_workers=num_workers, address=ray_address, **kw)  # noqa: E731
     train_run(
         data, out, resume=resume, force=force,
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
