@@ -60,6 +60,10 @@ def predict(
     output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
     runtime: str = typer.Option("keras", help="keras | tflite | onnx | savedmodel"),
+    ray: bool = typer.Option(False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."),
+    out: Path = typer.Option(None, "--out", help="With --ray: results.parquet or results.jsonl."),
+    num_workers: int = typer.Option(2, "--num-workers", help="With --ray: model actors."),
 ) -> None:
     """Classify images; unreadable files are reported one by one and the exit code is 1 if any failed."""
     from imagerec.classifier import Classifier
@@ -68,6 +72,9 @@ def predict(
         raise ImagerecError(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
     if top_k < 1 or batch_size < 1:
         raise ImagerecError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
+    if ray or ray_address or out is not None:
+        _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, ray_address, runtime)
+        return
     files, missing = expand_paths(paths)
     if not files and not missing:
         raise ImagerecError(f"no image files found in {', '.join(paths)}; expected image files, folders or globs")
@@ -89,6 +96,18 @@ def predict(
     writer.close()
     if failed:
         typer.echo(f"imagerec: {failed} of {len(files) + len(missing)} input(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+def _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, address, runtime) -> None:
+    from imagerec.distributed.ray import predict_with_ray
+
+    if out is None:
+        raise ImagerecError("--ray writes its results to a file: add --out results.parquet (or results.jsonl)")
+    s = predict_with_ray(run, paths, out, num_workers=num_workers, batch_size=batch_size, top_k=top_k, address=address, runtime=runtime)
+    typer.echo(f"classified {s['images']} image(s), {s['failed']} failed, in {s['seconds']:.1f}s "
+               f"({s['images_per_second']:.1f} images/s) with Ray Data; results: {s['out']}", err=True)  # fmt: skip
+    if s["failed"]:
         raise typer.Exit(1)
 
 
