@@ -225,21 +225,29 @@ def worker_callbacks(info: dict[str, Any], log) -> list:
 
 
 @contextlib.contextmanager
-def worker_run(out: str | os.PathLike, resume: bool, prepare) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+def worker_run(out: str | os.PathLike, resume: bool, prepare, force: bool = False) -> Iterator[tuple[Path, dict[str, Any] | None]]:
     """Yield ``(run_path, previous_config)`` for this process.
 
     The chief (and a single process) gets ``out`` itself, checked by ``prepare(resume)``. Any other worker gets a
     private temporary directory, removed on exit; on resume it holds a copy of the chief's checkpoint and split.
+    In a cluster, a run that already has a checkpoint is resumed unless ``force`` (a restarted cluster rejoins,
+    as Keras ``BackupAndRestore`` does); a failed peer becomes one readable :class:`ImagerecError`.
     """
     from imagerec.errors import RunError
     from imagerec.training.run_dir import RunDir
 
-    if is_chief():
-        yield Path(out), prepare()
-        return
+    tf_config = read_tf_config()
+    cluster = num_workers(tf_config) > 1
     shared = RunDir(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f"imagerec-{task_name().replace(':', '')}-"))
+    if cluster and not resume and not force and (shared.backup / "latest").exists() and shared.config.exists():
+        print(f"imagerec: task {task_name(tf_config)}: {out} has a checkpoint; rejoining it (--force starts over)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        resume = True
+    tmp = None if is_chief(tf_config) else Path(tempfile.mkdtemp(prefix=f"imagerec-{task_name().replace(':', '')}-"))
     try:
+        if tmp is None:
+            yield Path(out), prepare(resume)
+            return
         previous = None
         if resume:
             if not shared.config.exists():
@@ -250,5 +258,19 @@ def worker_run(out: str | os.PathLike, resume: bool, prepare) -> Iterator[tuple[
             if shared.backup.exists():
                 shutil.copytree(shared.backup, tmp / shared.backup.name)
         yield tmp, previous
+    except Exception as exc:
+        if cluster and type(exc).__module__.startswith("tensorflow"):
+            raise ImagerecError(_cluster_failure(exc, out)) from None
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cluster_failure(exc: Exception, out) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if "unhealthy" in ln or "heartbeat" in ln or "crashed" in ln), lines[0] if lines else "")
+    dead = next((ln for ln in lines if ln.startswith("/job:")), "")
+    return (f"multi-worker training stopped on task {task_name()}: a peer failed or left ({type(exc).__name__}: "
+            f"{reason[:200]}{' ' + dead if dead else ''}); the last complete epoch is in {out}/backup; restart every "
+            "worker with the same command to rejoin from it")  # fmt: skip

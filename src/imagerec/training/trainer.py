@@ -203,7 +203,7 @@ def train(
     from imagerec.distributed.strategy import worker_run
 
     # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
-    with worker_run(out, resume, lambda: _prepare_run(RunDir(out), resume, force)) as (path, previous):
+    with worker_run(out, resume, lambda resume: _prepare_run(RunDir(out), resume, force), force) as (path, previous):
         run = RunDir(path)
         if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
             config = RunConfig.from_dict(previous["config"])
