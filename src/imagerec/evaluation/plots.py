@@ -129,6 +129,7 @@ def f1_bars_png(per_class: dict[str, dict[str, float]], path: str | Path) -> Pat
     ax.set_yticks(range(len(items)), names)
     for i, v in enumerate(values):
         ax.text(min(v + 0.01, 0.93), i, f"{v:.3f}", va="center", fontsize=8)
+    ax.invert_yaxis()  # worst class on top
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1")
     ax.set_title("per-class F1 (worst first)")
