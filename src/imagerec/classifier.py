@@ -155,8 +155,8 @@ class Classifier:
 
         return evaluate_classifier(self, data=data, split=split, top_k=top_k)
 
-    def stream(self, source: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """Classify a video file, camera index or stream URL; yields one result per processed frame."""
+    def stream(self, source: Any, **kwargs: Any) -> Iterator[Any]:
+        """Classify a video file, camera index or stream URL; an iterator of ``FrameResult`` (see ``inference.video``)."""
         from imagerec.inference.video import stream
 
         return stream(self, source, **kwargs)
