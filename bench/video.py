@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from imagerec import Classifier  # noqa: E402
 from imagerec.inference.video import VideoConfig  # noqa: E402
-from imagerec.inference.video_output import draw, run_video  # noqa: E402
+from imagerec.inference.video_output import run_video  # noqa: E402
 
 SIZE = (320, 240)
 HOLD = 15
@@ -50,7 +50,11 @@ def build_clip(path: Path, n_images: int) -> list[str | None]:
         truth += [FASHION_CLASSES[int(lab)]] * HOLD
     for name in ("astronaut", "coffee", "chelsea", "rocket", "camera"):
         photo = getattr(skdata, name)()
-        photo = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR) if photo.ndim == 2 else cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+        photo = (
+            cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR)
+            if photo.ndim == 2
+            else cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+        )
         frame = cv2.resize(photo, SIZE, interpolation=cv2.INTER_AREA)
         for _ in range(HOLD):
             writer.write(frame)
@@ -73,7 +77,9 @@ def naive(clf: Classifier, clip: Path, out: Path | None, max_frames: int) -> tup
         x = clf.preprocess(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))[None]
         probs = clf.model.predict(x, verbose=0)[0]
         label = clf.labels[int(np.argmax(probs))]
-        cv2.putText(frame, f"{label} {probs.max():.0%}", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
+        cv2.putText(
+            frame, f"{label} {probs.max():.0%}", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1
+        )
         if writer is not None:
             writer.write(frame)
         n += 1
@@ -87,7 +93,13 @@ def naive(clf: Classifier, clip: Path, out: Path | None, max_frames: int) -> tup
 def ours(clf: Classifier, clip: Path, out: Path | None, labels: list[str]) -> tuple[float, int]:
     """``imagerec video`` (run_video: the CLI's code path after the model is loaded)."""
     start = time.perf_counter()
-    summary = run_video(clf, str(clip), out=out, config=VideoConfig(smooth=0.0, batch_size=32), on_frame=lambda r: labels.append(r.label))
+    summary = run_video(
+        clf,
+        str(clip),
+        out=out,
+        config=VideoConfig(smooth=0.0, batch_size=32),
+        on_frame=lambda r: labels.append(r.label),
+    )
     return summary["frames_read"] / (time.perf_counter() - start), summary["frames_read"]
 
 
@@ -116,7 +128,9 @@ def main() -> None:
         rows.append((write, o, n, fps_ours, fps_naive))
     scored = [(p, t) for p, t in zip(labels, truth, strict=False) if t is not None]
     accuracy = sum(p == t for p, t in scored) / max(1, len(scored))
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout
+    cpu = subprocess.run(
+        ["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True
+    ).stdout
     print(f"# imagerec video vs naive loop — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
           f"{cpu.split(':')[-1].strip() or platform.processor()}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"clip: {len(truth)} frames {SIZE[0]}x{SIZE[1]} @ {FPS:g} fps ({args.images} Fashion-MNIST images + 5 photos, "
@@ -126,7 +140,9 @@ def main() -> None:
     for write, o, n, all_o, all_n in rows:
         runs = f"{', '.join(f'{v:.0f}' for v in all_o)} / {', '.join(f'{v:.1f}' for v in all_n)}"
         print(f"| {'yes' if write else 'no'} | {o:.0f} | {n:.1f} | {o / n:.1f}x | {runs} |")
-    print(f"\nper-frame accuracy on the Fashion-MNIST frames (no smoothing): {accuracy:.3f} ({len(scored)} frames)")
+    print(
+        f"\nper-frame accuracy on the Fashion-MNIST frames (no smoothing): {accuracy:.3f} ({len(scored)} frames)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from videofactory import held, mjpeg_server, read_frames, silent_server, write_clip
 
 from imagerec.inference.video import VideoConfig, stream
 from imagerec.inference.video_output import run_video
 from imagerec.inference.video_sources import VideoError
-from videofactory import held, mjpeg_server, read_frames, silent_server, write_clip
 
 pytest.importorskip("cv2")
 COLOUR_ORDER = ("red", "green", "blue", "red")
@@ -32,7 +32,7 @@ def clip(tmp_path_factory):
 
 
 def switches(labels):
-    return sum(a != b for a, b in zip(labels, labels[1:]))
+    return sum(a != b for a, b in zip(labels, labels[1:], strict=False))
 
 
 def test_per_frame_labels_are_right(classifier, clip):
@@ -41,7 +41,7 @@ def test_per_frame_labels_are_right(classifier, clip):
     results = list(frames)
     assert [r.frame for r in results] == list(range(80))
     assert all(r.classified for r in results)
-    accuracy = np.mean([r.label == t for r, t in zip(results, truth)])
+    accuracy = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
     assert accuracy >= 0.95, [r.label for r in results]
     assert results[25].time_s == pytest.approx(25 / 20.0)
     assert len(results[0].top_k) == 3 and results[0].top_k[0][0] == results[0].label
@@ -75,7 +75,6 @@ def test_every_fps_threshold_roi(classifier, clip, tmp_path):
     assert {r.label for r in unknown} == {"unknown"}
     # a clip whose left half is blue and right half red: the ROI decides the label
     import cv2
-
     from videofactory import colour_frame
 
     rng = np.random.default_rng(1)
@@ -111,6 +110,15 @@ def test_mjpeg_stream_over_http(classifier):
     assert summary["frames_read"] == len(results) + summary["frames_dropped"]
     assert np.mean([r.label == "green" for r in results]) >= 0.95
     assert summary["ended_by"].startswith("source lost")
+
+
+def test_stream_that_drops_is_reopened_with_back_off(classifier):
+    """The server closes after 15 frames each time: the stream reconnects twice (0.5 s, 1 s back-off), then ends."""
+    with mjpeg_server("red", frames=15) as url:
+        frames = stream(classifier, url, reconnects=2, read_timeout_s=3, keep_images=False)
+        results = list(frames)
+    assert frames.summary["reconnects"] == 2 and frames.summary["ended_by"].startswith("source lost after 2")
+    assert frames.summary["frames_read"] >= 40 and {r.label for r in results} == {"red"}
 
 
 def test_live_source_keeps_only_the_newest_frame(classifier):

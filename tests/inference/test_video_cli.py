@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
+from videofactory import held, read_frames, silent_server, write_clip
 
 from imagerec.cli import main
-from videofactory import held, read_frames, silent_server, write_clip
 
 pytest.importorskip("cv2")
 
@@ -27,7 +27,19 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_writes_outputs_and_prints_summary(trained_run, tmp_path, capsys):
     clip = write_clip(tmp_path / "c.mp4", held(("blue", "red"), 15), fps=15.0)
     out, lines = tmp_path / "a.mp4", tmp_path / "f.jsonl"
-    code, stdout, _ = run_cli(capsys, str(trained_run), "--source", str(clip), "--out", str(out), "--jsonl", str(lines), "--json", "--smooth", "0")
+    code, stdout, _ = run_cli(
+        capsys,
+        str(trained_run),
+        "--source",
+        str(clip),
+        "--out",
+        str(out),
+        "--jsonl",
+        str(lines),
+        "--json",
+        "--smooth",
+        "0",
+    )
     assert code == 0
     summary = json.loads(stdout)
     assert summary["frames_read"] == 30 and [s["label"] for s in summary["segments"]] == ["blue", "red"]

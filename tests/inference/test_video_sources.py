@@ -6,7 +6,12 @@ import socket
 
 import pytest
 
-from imagerec.inference.video_sources import VideoError, check_cli_source, parse_source, validate_remote_source
+from imagerec.inference.video_sources import (
+    VideoError,
+    check_cli_source,
+    parse_source,
+    validate_remote_source,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +58,9 @@ def test_cli_file_checks(tmp_path):
     with pytest.raises(VideoError, match="not a regular file"):
         check_cli_source(str(tmp_path))
     assert check_cli_source("0").kind == "camera"
-    assert check_cli_source("rtsp://127.0.0.1:8554/cam").kind == "stream"  # the operator may name local streams
+    assert (
+        check_cli_source("rtsp://127.0.0.1:8554/cam").kind == "stream"
+    )  # the operator may name local streams
 
 
 @pytest.mark.parametrize(
@@ -72,7 +79,10 @@ def test_validate_remote_source_refuses(url, why):
 
 def test_validate_remote_source_accepts_public_hosts():
     assert validate_remote_source("rtsp://8.8.8.8:554/cam") == "rtsp://8.8.8.8:554/cam"
-    assert validate_remote_source("https://[2001:4860:4860::8888]/mjpeg") == "https://[2001:4860:4860::8888]/mjpeg"
+    assert (
+        validate_remote_source("https://[2001:4860:4860::8888]/mjpeg")
+        == "https://[2001:4860:4860::8888]/mjpeg"
+    )
 
 
 def test_validate_remote_source_checks_every_resolved_address():

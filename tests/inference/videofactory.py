@@ -23,7 +23,9 @@ def colour_frame(colour: str, rng: np.random.Generator, size: tuple[int, int] = 
     return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR)
 
 
-def write_clip(path: Path, labels: Sequence[str], fps: float = 30.0, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+def write_clip(
+    path: Path, labels: Sequence[str], fps: float = 30.0, size: tuple[int, int] = (64, 48), seed: int = 0
+) -> Path:
     """An MP4 (mp4v) with one frame per entry of ``labels``; returns ``path``."""
     import cv2
 

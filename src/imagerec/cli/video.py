@@ -25,21 +25,35 @@ def _roi(text: str | None) -> tuple[int, int, int, int] | None:
 @app.command("video")
 def video(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    source: str = typer.Option(..., "--source", "-s", help="Video file, camera index (0) or stream URL (rtsp://, http:// MJPEG)."),
+    source: str = typer.Option(
+        ..., "--source", "-s", help="Video file, camera index (0) or stream URL (rtsp://, http:// MJPEG)."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Annotated video to write (.mp4, .mov, .mkv, .avi)."),
-    jsonl: Path = typer.Option(None, "--jsonl", help="JSON lines, one per classified frame: frame, time_s, label, confidence, top_k."),
-    every: int = typer.Option(None, "--every", help="Classify every N-th frame (others carry the last label)."),
+    jsonl: Path = typer.Option(
+        None, "--jsonl", help="JSON lines, one per classified frame: frame, time_s, label, confidence, top_k."
+    ),
+    every: int = typer.Option(
+        None, "--every", help="Classify every N-th frame (others carry the last label)."
+    ),
     fps: float = typer.Option(None, "--fps", help="Classify at most F frames per second of video."),
     smooth: float = typer.Option(None, "--smooth", help="EMA smoothing in [0, 1): 0 = off (default 0.6)."),
     roi: str = typer.Option(None, "--roi", help="Region classified, x,y,w,h in pixels."),
-    threshold: float = typer.Option(None, "--threshold", help="Answer 'unknown' below this confidence (0 = off)."),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Answer 'unknown' below this confidence (0 = off)."
+    ),
     top_k: int = typer.Option(None, "--top-k", help="(label, score) pairs per frame (default 3)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Most frames per model call (default 16)."),
     runtime: str = typer.Option("keras", "--runtime", help="keras | tflite | onnx (exports must exist)."),
     show: bool = typer.Option(False, "--show", help="Show a window (needs a GUI build of OpenCV)."),
-    allow_any_source: bool = typer.Option(False, "--allow-any-source", help="Also open FFmpeg pseudo-protocols and playlists."),
-    open_timeout_s: float = typer.Option(None, "--open-timeout-s", help="Seconds to open the source (default 10)."),
-    read_timeout_s: float = typer.Option(None, "--read-timeout-s", help="Seconds without a frame before giving up (default 10)."),
+    allow_any_source: bool = typer.Option(
+        False, "--allow-any-source", help="Also open FFmpeg pseudo-protocols and playlists."
+    ),
+    open_timeout_s: float = typer.Option(
+        None, "--open-timeout-s", help="Seconds to open the source (default 10)."
+    ),
+    read_timeout_s: float = typer.Option(
+        None, "--read-timeout-s", help="Seconds without a frame before giving up (default 10)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Classify frames of a video file, camera or stream; write an annotated video and JSON lines; print a summary."""
@@ -57,5 +71,7 @@ def video(
         if path is not None:
             check_output(path)
     classifier = Classifier.load(run, runtime=runtime)
-    summary = run_video(classifier, source, out=out, jsonl=jsonl, show=show, allow_any_source=allow_any_source, config=config)
+    summary = run_video(
+        classifier, source, out=out, jsonl=jsonl, show=show, allow_any_source=allow_any_source, config=config
+    )
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -94,8 +94,12 @@ class VideoConfig:
         for key in overrides:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
-                raise VideoError(f"unknown video setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        return dataclasses.replace(base or cls(), **{k: v for k, v in overrides.items() if v is not None}).validate()
+                raise VideoError(
+                    f"unknown video setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                )
+        return dataclasses.replace(
+            base or cls(), **{k: v for k, v in overrides.items() if v is not None}
+        ).validate()
 
 
 @dataclass
@@ -191,8 +195,12 @@ class VideoStream:
         if not self._started:
             self._started = True
             self._t0 = self._heartbeat = time.monotonic()
-            threading.Thread(target=self._guard(self._read_loop, self._frames), name="imagerec-video-reader", daemon=True).start()
-            threading.Thread(target=self._guard(self._work_loop, self._results), name="imagerec-video-worker", daemon=True).start()
+            threading.Thread(
+                target=self._guard(self._read_loop, self._frames), name="imagerec-video-reader", daemon=True
+            ).start()
+            threading.Thread(
+                target=self._guard(self._work_loop, self._results), name="imagerec-video-worker", daemon=True
+            ).start()
         return self
 
     def stop(self, reason: str = "stopped") -> None:
@@ -256,7 +264,11 @@ class VideoStream:
         cfg, attempt, index = self.config, 0, 0
         next_t = 0.0
         while not self._stop.is_set():
-            cap = open_capture(self.source, cfg.open_timeout_s, cfg.read_timeout_s) if index == 0 else self._reopen()
+            cap = (
+                open_capture(self.source, cfg.open_timeout_s, cfg.read_timeout_s)
+                if index == 0
+                else self._reopen()
+            )
             if cap is None:
                 break
             self._heartbeat = time.monotonic()
@@ -287,7 +299,11 @@ class VideoStream:
             cap.release()
             if index == 0:
                 limit = cfg.read_timeout_s
-                what = "a video file with no decodable frames" if self.source.kind == "file" else f"no frame within {limit:g} s"
+                what = (
+                    "a video file with no decodable frames"
+                    if self.source.kind == "file"
+                    else f"no frame within {limit:g} s"
+                )
                 raise VideoError(f"video source {self.source}: {what}")
             if not self.live or self._stop.is_set():
                 break
@@ -331,7 +347,10 @@ class VideoStream:
             chosen = [f for f in frames if f.classify]
             probs = iter(())
             if chosen:
-                arrays = [self.classifier.preprocess(cv2.cvtColor(self._crop(f.image), cv2.COLOR_BGR2RGB)) for f in chosen]
+                arrays = [
+                    self.classifier.preprocess(cv2.cvtColor(self._crop(f.image), cv2.COLOR_BGR2RGB))
+                    for f in chosen
+                ]
                 probs = iter(self.classifier.predict_proba(np.stack(arrays)))
             for f in frames:
                 self._put(self._results, (f, next(probs) if f.classify else None))
@@ -343,17 +362,23 @@ class VideoStream:
         x, y, w, h = self.config.roi
         height, width = image.shape[:2]
         if x + w > width or y + h > height:
-            raise VideoError(f"roi {x},{y},{w},{h} does not fit in the {width}x{height} frame; expected x+w <= {width}, y+h <= {height}")
+            raise VideoError(
+                f"roi {x},{y},{w},{h} does not fit in the {width}x{height} frame; expected x+w <= {width}, y+h <= {height}"
+            )
         return image[y : y + h, x : x + w]
 
     # caller's thread -------------------------------------------------------------------------------------
     def _watchdog(self) -> None:
         cfg = self.config
-        limit = (cfg.read_timeout_s if self._opened.is_set() else cfg.open_timeout_s + cfg.read_timeout_s) + _WATCHDOG_GRACE_S
+        limit = (
+            cfg.read_timeout_s if self._opened.is_set() else cfg.open_timeout_s + cfg.read_timeout_s
+        ) + _WATCHDOG_GRACE_S
         if time.monotonic() - self._heartbeat > limit:
             self._stop.set()
             self._finish()
-            raise VideoError(f"video source {self.source}: no frame within {limit:g} s (the stream stalled); check it or raise --read-timeout-s")
+            raise VideoError(
+                f"video source {self.source}: no frame within {limit:g} s (the stream stalled); check it or raise --read-timeout-s"
+            )
 
     def _emit(self, frame: _Frame, probs: np.ndarray | None) -> FrameResult:
         now = time.monotonic()
@@ -361,7 +386,11 @@ class VideoStream:
         self._recent.append(now)
         if len(self._recent) > 30:
             self._recent.pop(0)
-        rate = (len(self._recent) - 1) / (now - self._recent[0]) if len(self._recent) > 1 and now > self._recent[0] else 0.0
+        rate = (
+            (len(self._recent) - 1) / (now - self._recent[0])
+            if len(self._recent) > 1 and now > self._recent[0]
+            else 0.0
+        )
         if probs is not None:
             self._counts["classified"] += 1
             smoothed = self.smoother.update(probs)

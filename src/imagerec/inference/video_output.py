@@ -29,7 +29,9 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = Non
     """Fail early (before any frame is read) when ``path`` cannot be written."""
     out = Path(path)
     if suffixes and out.suffix.lower() not in suffixes:
-        raise VideoError(f"output {out}: unsupported extension {out.suffix or '(none)'!r}; expected one of {', '.join(suffixes)}")
+        raise VideoError(
+            f"output {out}: unsupported extension {out.suffix or '(none)'!r}; expected one of {', '.join(suffixes)}"
+        )
     if out.is_dir():
         raise VideoError(f"output {out} is a directory; expected a file name")
     parent = out.parent if str(out.parent) else Path(".")
@@ -40,7 +42,9 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = Non
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise VideoError(f"output {out}: cannot write in {parent} ({exc.strerror or exc}); choose a writable path") from None
+        raise VideoError(
+            f"output {out}: cannot write in {parent} ({exc.strerror or exc}); choose a writable path"
+        ) from None
     return out
 
 
@@ -89,7 +93,16 @@ def draw(image: np.ndarray, result: FrameResult, roi: tuple[int, int, int, int] 
     line_h = int(22 * scale) + 4
     cv2.rectangle(image, (0, 0), (min(width, int(230 * scale) + 8), line_h * len(lines) + 4), (0, 0, 0), -1)
     for i, text in enumerate(lines):
-        cv2.putText(image, text, (4, line_h * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            text,
+            (4, line_h * (i + 1) - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.6 * scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     if roi is not None:
         x, y, w, h = roi
         cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), (0, 255, 255), thick)
@@ -122,7 +135,9 @@ def check_show() -> None:
     try:
         cv2.namedWindow("imagerec", cv2.WINDOW_NORMAL)
     except cv2.error:
-        raise VideoError("--show needs OpenCV with GUI support and a display (pip install opencv-python); this build is headless") from None
+        raise VideoError(
+            "--show needs OpenCV with GUI support and a display (pip install opencv-python); this build is headless"
+        ) from None
 
 
 def run_video(
@@ -180,7 +195,11 @@ def run_video(
         if show and cv2 is not None:
             cv2.destroyAllWindows()
     summary = dict(video.summary or {})
-    summary["outputs"] = {k: str(v) for k, v in (("video", out_path), ("jsonl", jsonl_path)) if v is not None and (k != "video" or ok)}
+    summary["outputs"] = {
+        k: str(v)
+        for k, v in (("video", out_path), ("jsonl", jsonl_path))
+        if v is not None and (k != "video" or ok)
+    }
     return summary
 
 

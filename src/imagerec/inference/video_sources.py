@@ -99,16 +99,22 @@ def check_cli_source(source: Any, allow_any: bool = False) -> Source:
         return parsed
     path = Path(text)
     if not path.exists():
-        raise VideoError(f"source {text!r}: no such file; expected a video file, a camera index or a stream URL")
+        raise VideoError(
+            f"source {text!r}: no such file; expected a video file, a camera index or a stream URL"
+        )
     if not path.is_file():
-        raise VideoError(f"source {text!r}: not a regular file (a directory or device); expected a video file")
+        raise VideoError(
+            f"source {text!r}: not a regular file (a directory or device); expected a video file"
+        )
     if path.stat().st_size == 0:
         raise VideoError(f"source {text!r}: empty file (0 bytes); expected a video file")
     if not allow_any:
         with path.open("rb") as fh:
             head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
         if path.suffix.lower() in PLAYLIST_SUFFIXES or head.startswith(_PLAYLIST_MAGIC):
-            raise VideoError(f"source {text!r}: a playlist, which can make FFmpeg read other local files; refused ({hint})")
+            raise VideoError(
+                f"source {text!r}: a playlist, which can make FFmpeg read other local files; refused ({hint})"
+            )
     return parsed
 
 
@@ -133,16 +139,24 @@ def validate_remote_source(url: str, resolve=socket.getaddrinfo) -> str:
         VideoError: ... link-local ...
     """
     if not isinstance(url, str) or len(url) > 2048 or any(c in url for c in "\r\n\t\x00 "):
-        raise VideoError("stream URL must be one string of at most 2048 characters without spaces or control characters")
+        raise VideoError(
+            "stream URL must be one string of at most 2048 characters without spaces or control characters"
+        )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in REMOTE_SCHEMES:
-        raise VideoError(f"stream URL scheme {scheme or '(none)'!r} refused; expected one of http, https, rtsp")
+        raise VideoError(
+            f"stream URL scheme {scheme or '(none)'!r} refused; expected one of http, https, rtsp"
+        )
     host = parts.hostname
     if not host:
-        raise VideoError(f"stream URL {url[:80]!r} has no host; expected e.g. rtsp://camera.example.com/stream")
+        raise VideoError(
+            f"stream URL {url[:80]!r} has no host; expected e.g. rtsp://camera.example.com/stream"
+        )
     if parts.path.lower().endswith(PLAYLIST_SUFFIXES):
-        raise VideoError("stream URL names a playlist, which can point FFmpeg at other hosts or files; refused")
+        raise VideoError(
+            "stream URL names a playlist, which can point FFmpeg at other hosts or files; refused"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -150,7 +164,9 @@ def validate_remote_source(url: str, resolve=socket.getaddrinfo) -> str:
     try:
         infos = resolve(host, port or 0, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
-        raise VideoError(f"stream host {host!r} does not resolve ({exc}); expected a public host name or address") from None
+        raise VideoError(
+            f"stream host {host!r} does not resolve ({exc}); expected a public host name or address"
+        ) from None
     addresses = {info[4][0] for info in infos}
     if not addresses:
         raise VideoError(f"stream host {host!r} resolves to no address")
@@ -198,7 +214,9 @@ def open_capture(source: Source, open_timeout_s: float, read_timeout_s: float):
         with _ENV_LOCK:
             previous = os.environ.get(_FFMPEG_OPTIONS)
             if previous is None and source.kind == "stream":
-                os.environ[_FFMPEG_OPTIONS] = "protocol_whitelist;http,https,tcp,tls,rtp,rtsp,rtsps,rtmp,rtmps,udp,srt,crypto,httpproxy"
+                os.environ[_FFMPEG_OPTIONS] = (
+                    "protocol_whitelist;http,https,tcp,tls,rtp,rtsp,rtsps,rtmp,rtmps,udp,srt,crypto,httpproxy"
+                )
             try:
                 cap = cv2.VideoCapture(str(source.target), cv2.CAP_FFMPEG, params)
             finally:
@@ -221,7 +239,9 @@ def import_cv2():
     try:
         import cv2
     except ImportError:  # pragma: no cover - depends on the install
-        raise VideoError("video needs OpenCV: pip install 'imagerec[video]' (opencv-python-headless)") from None
+        raise VideoError(
+            "video needs OpenCV: pip install 'imagerec[video]' (opencv-python-headless)"
+        ) from None
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except AttributeError:  # pragma: no cover
