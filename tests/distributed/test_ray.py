@@ -1,0 +1,107 @@
+"""Ray: unreachable clusters fail fast; Ray Train (2 workers) and Ray Data batch prediction on a local instance."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'imagerec[distributed]')")
+
+from conftest import write_colour_dataset  # noqa: E402
+
+from imagerec.cli import main  # noqa: E402
+from imagerec.errors import ImagerecError  # noqa: E402
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_unreachable_ray_address_fails_fast():
+    from imagerec.distributed.ray import init_ray
+
+    t0 = time.monotonic()
+    with pytest.raises(ImagerecError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:\d+' within 2s"):
+        init_ray(f"127.0.0.1:{_closed_port()}", timeout=2)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(ImagerecError, match="is not host:port"):
+        init_ray("no-port-here", timeout=2)
+
+
+def test_cli_ray_errors_are_one_line(tmp_path, capsys, colour_data):
+    code, _, err = _cli(["train", str(colour_data), "--out", str(tmp_path / "r"), "--ray", "--ray-address", f"127.0.0.1:{_closed_port()}"], capsys)
+    assert code == 2 and err.count("imagerec: error:") == 1 and "cannot reach the Ray cluster" in err
+    code, _, err = _cli(["predict", str(tmp_path / "r"), str(colour_data), "--ray"], capsys)
+    assert code == 2 and "add --out results.parquet" in err and "Traceback" not in err
+    code, _, err = _cli(["predict", str(tmp_path / "r"), str(colour_data), "--ray", "--out", str(tmp_path / "x.csv")], capsys)
+    assert code == 2 and "must end in .parquet or .jsonl" in err
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from imagerec.distributed.ray import init_ray
+
+    ray = init_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ray_train_then_ray_data_predict_matches_single_process(tmp_path, local_ray, capsys):
+    from imagerec.classifier import Classifier
+    from imagerec.distributed.ray import predict_with_ray, train_with_ray
+
+    data = write_colour_dataset(tmp_path / "data", per_class=12, seed=5)
+    run = train_with_ray(data, tmp_path / "run", num_workers=2, epochs=3, batch_size=8, seed=0, augment="none")
+    strategy = run.config["strategy"]
+    assert strategy["name"] == "multiworker" and strategy["workers"] == 2 and strategy["global_batch_size"] == 16
+    assert (run.path / "model.keras").exists() and run.metrics["epochs_completed"] == 3
+
+    (data / "red" / "broken.png").write_bytes(b"not an image")
+    parquet = tmp_path / "results.parquet"
+    summary = predict_with_ray(run.path, [str(data)], parquet, num_workers=2, batch_size=8, top_k=3)
+    assert summary["images"] == 37 and summary["failed"] == 1
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(parquet).to_pylist()
+    paths = sorted(p for p in data.rglob("*.png"))
+    assert [r["path"] for r in rows] == [str(p.resolve()) for p in paths]  # input order kept
+    expected = Classifier.load(run.path).predict([str(p) for p in paths], top_k=3, errors="return")
+    for row, want in zip(rows, expected, strict=True):
+        if hasattr(want, "code"):
+            assert row["label"] is None and row["error_code"] == want.code
+            continue
+        assert row["label"] == want.label and row["error_code"] is None
+        assert row["confidence"] == pytest.approx(want.confidence, abs=1e-5)
+        assert [t["label"] for t in row["top_k"]] == [lab for lab, _ in want.top_k]
+        assert [t["score"] for t in row["top_k"]] == pytest.approx([s for _, s in want.top_k], abs=1e-5)
+
+    jsonl = tmp_path / "results.jsonl"  # the CLI path writes the rows `imagerec predict --format json` prints
+    code, _, err = _cli(["predict", str(run.path), str(data), "--ray", "--out", str(jsonl), "--num-workers", "2", "--top-k", "3"], capsys)
+    assert code == 1 and "1 failed" in err  # one unreadable file -> exit 1, like `imagerec predict`
+    code, out, _ = _cli(["predict", str(run.path), str(data), "--format", "json", "--top-k", "3"], capsys)
+    plain = {Path(r["path"]).resolve(): r for r in map(json.loads, out.splitlines())}
+    ray_rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(ray_rows) == len(plain) == 37
+    for r in ray_rows:
+        p = plain[Path(r["path"])]
+        if "error" in r:
+            assert r["error"]["code"] == p["error"]["code"]
+            continue
+        assert r["label"] == p["label"] and r["confidence"] == pytest.approx(p["confidence"], abs=2e-6)
+        assert [t["label"] for t in r["top_k"]] == [t["label"] for t in p["top_k"]]
