@@ -35,6 +35,7 @@ class ModelConfig:
     weights: str = "none"  # none | imagenet | PATH to .weights.h5 (backbones)
     dropout: float = 0.2
     fine_tune_layers: int = 30  # top backbone layers unfrozen in phase two (0 = head only)
+    bn_momentum: float | None = None  # None = from the steps per epoch (0.9 for small data, 0.99 otherwise)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | auto
     early_stopping: int = 0  # patience in epochs; 0 = off
     seed: int = 42
-    mixed_precision: str = "off"  # off | bf16 | auto
+    mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | off | bf16
     strategy: str = "auto"  # auto | default | mirrored | multiworker
     deterministic: bool = False
 

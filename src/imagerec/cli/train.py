@@ -21,12 +21,12 @@ def train(
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: str = typer.Option(None, help="adamw | sgd"),
     schedule: str = typer.Option(None, help="cosine | onecycle | constant"),
-    augment: str = typer.Option(None, help="auto | none | light | flip | default | strong"),
+    augment: str = typer.Option(None, help="auto | none | light | flip | hflip | default | strong"),
     label_smoothing: float = typer.Option(None, "--label-smoothing"),
     class_weights: str = typer.Option(None, "--class-weights", help="none | auto"),
     early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs (0 = off)."),
     weights: str = typer.Option(None, help="Backbones: imagenet | none | PATH.weights.h5"),
-    mixed_precision: str = typer.Option(None, "--mixed-precision", help="off | bf16"),
+    mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto (bf16 on AVX512-BF16/AMX CPUs and GPUs) | off | bf16"),
     strategy: str = typer.Option(None, help="auto | default | mirrored | multiworker"),
     seed: int = typer.Option(None),
     deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Op determinism (slower)."),
@@ -81,3 +81,28 @@ def demo(
     run = train_run("builtin:fashion-mnist", out, force=True, epochs=epochs)
     acc = run.metrics["test"]["accuracy"]
     typer.echo(f"test accuracy {acc:.4f} on {run.metrics['test']['num_images']} official test images; run: {run.path}")
+
+
+@app.command("lr-find")
+def lr_find(
+    data: str = typer.Argument(..., help="Folder, split folder, CSV, or builtin:NAME."),
+    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to save the loss-vs-LR plot (PNG)."),
+    model: str = typer.Option(None, help="Registry name (default: the train default)."),
+    image_size: int = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    steps: int = typer.Option(100, help="Steps of the range test."),
+    start_lr: float = typer.Option(1e-7, "--start-lr"),
+    end_lr: float = typer.Option(10.0, "--end-lr"),
+    seed: int = typer.Option(None),
+) -> None:
+    """Learning-rate range test (as fastai's lr_find): plot loss vs LR and suggest a learning rate."""
+    from imagerec.training.lr_find import lr_find as run_lr_find
+
+    result = run_lr_find(
+        data, plot=plot, steps=steps, start_lr=start_lr, end_lr=end_lr,
+        model=model, image_size=image_size, batch_size=batch_size, seed=seed, log=lambda m: typer.echo(m, err=True),
+    )  # fmt: skip
+    typer.echo(
+        f"suggested learning rate {result.steepest:.2e} (steepest descent); min loss / 10: {result.min_loss_over_10:.2e}; "
+        f"plot: {result.plot}\nuse it with: imagerec train {data} --out RUN --lr {result.steepest:.2e}"
+    )

@@ -12,6 +12,7 @@ AUGMENT_PRESETS: dict[str, str] = {
     "none": "no augmentation",
     "light": "small translation and zoom (safe for digits and text: no flip)",
     "flip": "horizontal flip + small translation (objects, clothes)",
+    "hflip": "horizontal flip only (cheapest; short schedules on large datasets)",
     "default": "horizontal flip, translation, rotation, zoom, contrast",
     "strong": "default + brightness + random erasing",
 }
@@ -60,7 +61,7 @@ def build_augment(preset: str, seed: int | None = None) -> Callable | None:
     if preset == "none":
         return None
     stack: list = []
-    if preset in ("flip", "default", "strong"):
+    if preset in ("flip", "hflip", "default", "strong"):
         stack.append(layers.RandomFlip("horizontal", seed=seed))
     if preset == "light":
         stack += [

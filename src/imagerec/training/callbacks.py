@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from imagerec.errors import ImagerecError
 from imagerec.training.run_dir import save_model_file
 from imagerec.utils import atomic_write_json, read_json
 
@@ -117,11 +118,36 @@ class AtomicBestModel(keras.callbacks.Callback):
             save_model_file(self.model, self.path)
 
 
-class NaNGuard(keras.callbacks.TerminateOnNaN):
-    """Stop on a non-finite loss with a readable error (the last good model and backup are kept)."""
+class TrainingDiverged(ImagerecError):
+    """The loss became NaN or infinite; the last good model and the resumable backup are kept."""
 
-    def __init__(self):
+    code = "training_diverged"
+
+
+class NaNGuard(keras.callbacks.TerminateOnNaN):
+    """Stop on a non-finite loss with one readable error line (the last good model and backup are kept).
+
+    Raising (``raise_error=True`` semantics) skips every later callback of the batch and the epoch, so neither
+    the best-model file nor the backup is ever written from NaN weights.
+    """
+
+    def __init__(self, learning_rate: float | None = None):
         super().__init__(raise_error=True)
+        self.learning_rate = learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            lr = f" with peak learning rate {self.learning_rate:g}" if self.learning_rate else ""
+            raise TrainingDiverged(
+                f"training diverged: the loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}{lr}; "
+                "nothing was saved from that point (the last good model and backup are kept); "
+                "retry with a lower --lr (see 'imagerec lr-find') or check the data for broken images"
+            )
 
 
 class ProgressCallback(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make
 from imagerec.data.scan import scan_dataset
 from imagerec.data.sources import load_source
 from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for, write_manifest
-from imagerec.errors import ImagerecError
+from imagerec.errors import ImagerecError, RunError
 from imagerec.training import auto
 from imagerec.training.run_dir import FORMAT_VERSION, RunDir
 from imagerec.training.trainer import (
@@ -23,6 +23,13 @@ from imagerec.training.trainer import (
     set_precision,
     steps_for,
 )
+
+
+class TrainingInterrupted(RunError):
+    """Ctrl-C: the last complete epoch is saved and ``--resume`` continues from it."""
+
+    exit_code = 130
+    code = "interrupted"
 
 
 def _one_hot(ds, num_classes: int):
@@ -150,7 +157,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     callbacks = [
         backup,
         AtomicBestModel(run.model, monitor=monitor, backup=backup),
-        NaNGuard(),
+        NaNGuard(t.learning_rate),
         keras.callbacks.CSVLogger(str(run.history), append=bool(previous)),
         keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
         ProgressCallback(t.epochs, steps, run.log),
@@ -166,17 +173,14 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         if backbone is not None:
             backbone.trainable = False
         compile_model(model, config, steps, phase_one, lr)
-    done = _latest_epoch(backup)
-    if done < phase_one:
-        model.fit(train_ds, validation_data=val_ds, epochs=phase_one, callbacks=callbacks, class_weight=weights, verbose=0)
-    if backbone is not None and phase_one < t.epochs:
-        with strategy.scope():
-            _unfreeze_top(backbone, config.model.fine_tune_layers)
-            compile_model(model, config, steps, t.epochs - phase_one, lr / 10)
-        model.fit(
-            train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=max(phase_one, _latest_epoch(backup)),
-            callbacks=callbacks, class_weight=weights, verbose=0,
-        )  # fmt: skip
+    try:
+        _fit_phases(model, config, backbone, (phase_one, steps, lr), (train_ds, val_ds), callbacks, weights, backup, strategy)
+    except KeyboardInterrupt:
+        done = _latest_epoch(backup)
+        raise TrainingInterrupted(
+            f"training interrupted during epoch {done + 1}; epoch {done} is saved in {str(run.path)!r}; "
+            f"continue with: imagerec train {data} --out {run.path} --resume"
+        ) from None
     fit_seconds = time.perf_counter() - fit_t0
     if not run.model.exists():
         run.save_model(model)
@@ -196,6 +200,23 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         f"test accuracy {metrics['test'].get('accuracy', float('nan')):.4f}; run saved in {run.path}"
     )
     return Run(run.path, config_record, metrics)
+
+
+def _fit_phases(model, config, backbone, plan, datasets, callbacks, weights, backup, strategy):
+    """Phase one (all layers, or the head over a frozen backbone); phase two: fine-tune the backbone's top."""
+    t = config.train
+    phase_one, steps, lr = plan
+    train_ds, val_ds = datasets
+    if _latest_epoch(backup) < phase_one:
+        model.fit(train_ds, validation_data=val_ds, epochs=phase_one, callbacks=callbacks, class_weight=weights, verbose=0)
+    if backbone is not None and phase_one < t.epochs:
+        with strategy.scope():
+            _unfreeze_top(backbone, config.model.fine_tune_layers)
+            compile_model(model, config, steps, t.epochs - phase_one, lr / 10)
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=max(phase_one, _latest_epoch(backup)),
+            callbacks=callbacks, class_weight=weights, verbose=0,
+        )  # fmt: skip
 
 
 def _latest_epoch(backup) -> int:

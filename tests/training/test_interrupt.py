@@ -1,0 +1,86 @@
+"""A real ``imagerec train`` process killed mid-epoch (SIGKILL) or interrupted (Ctrl-C) resumes with ``--resume``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_colour_dataset
+
+EPOCHS = 4
+
+
+def start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--model", "tutorial-cnn",
+           "--epochs", str(EPOCHS), "--batch-size", "2", "--augment", "default", *extra]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 120) -> None:
+    """Wait until the backup holds ``epoch`` complete epochs (then the next one is under way)."""
+    latest = out / "backup" / "latest"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if latest.exists() and latest.read_text().strip() == f"ckpt-{epoch:04d}":
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no epoch completed in time")
+
+
+@pytest.fixture
+def big_colour_data(tmp_path: Path) -> Path:
+    # 3 x 60 images at batch 2: an epoch is ~70 steps, long enough to land a signal inside it.
+    return write_colour_dataset(tmp_path / "colours", per_class=60, seed=3)
+
+
+def test_sigkill_mid_epoch_then_resume(big_colour_data, tmp_path):
+    out = tmp_path / "run"
+    proc = start_training(big_colour_data, out)
+    wait_for_epoch(proc, out, 1)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = json.loads((out / "backup" / (out / "backup" / "latest").read_text().strip() / "meta.json").read_text())
+    assert 1 <= done["epoch"] < EPOCHS, "the kill must land before the run finished"
+    assert not (out / "metrics.json").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name and p.is_file() and p.stat().st_size == 0]
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "imagerec", "train", str(big_colour_data), "--out", str(out), "--resume"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == EPOCHS
+    assert metrics["test"]["accuracy"] >= 0.6
+    with open(out / "history.csv") as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    assert epochs[-1] == EPOCHS - 1 and epochs[0] == 0
+    assert f"epoch {done['epoch'] + 1}/{EPOCHS}" in resumed.stderr
+    assert "epoch 1/" not in resumed.stderr  # completed epochs are not trained again
+
+
+def test_ctrl_c_saves_a_resumable_state_and_exits_cleanly(big_colour_data, tmp_path):
+    out = tmp_path / "run"
+    proc = start_training(big_colour_data, out)
+    wait_for_epoch(proc, out, 1)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("imagerec: error: training interrupted during epoch")
+    assert f"--out {out} --resume" in last and "Traceback" not in err
+    assert (out / "backup" / "latest").exists() and (out / "model.keras").exists()

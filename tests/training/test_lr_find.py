@@ -1,0 +1,40 @@
+"""The learning-rate range test (``imagerec lr-find``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from imagerec.cli import main
+from imagerec.errors import ImagerecError
+from imagerec.training.lr_find import lr_find, suggest
+
+
+def test_suggest_on_a_known_curve():
+    lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
+    # flat, then a steep drop around 1e-3, minimum near 1e-2, then a blow-up
+    losses = [2.3 - 2.0 / (1 + math.exp(-(math.log10(lr) + 3) * 4)) + max(0, math.log10(lr) + 2) ** 2 for lr in lrs]
+    steepest, min10 = suggest(lrs, losses)
+    assert 3e-4 < steepest < 3e-3
+    best = lrs[losses.index(min(losses))]
+    assert min10 == pytest.approx(best / 10)
+    with pytest.raises(ImagerecError, match="at least 5"):
+        suggest(lrs[:3], losses[:3])
+
+
+def test_lr_find_api_and_plot(colour_data, tmp_path):
+    result = lr_find(colour_data, plot=tmp_path / "lr.png", steps=40, model="tutorial-cnn", batch_size=8, log=lambda *_: None)
+    assert 5 <= len(result.losses) <= 40 and len(result.losses) == len(result.learning_rates)
+    assert all(math.isfinite(v) for v in result.losses)
+    assert result.learning_rates == sorted(result.learning_rates)
+    assert 1e-7 <= result.suggestion <= 10 and 1e-8 <= result.min_loss_over_10 <= 1
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_find_cli(colour_data, tmp_path, capsys):
+    plot = tmp_path / "find.png"
+    main(["lr-find", str(colour_data), "--plot", str(plot), "--steps", "30", "--model", "tutorial-cnn", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "suggested learning rate" in out and f"--lr " in out
+    assert plot.exists()

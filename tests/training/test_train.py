@@ -1,0 +1,170 @@
+"""``imagerec train`` / ``imagerec.train``: run directory, overwrite rules, resume rules, bad inputs, determinism."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import COLOURS, make_image, write_colour_dataset
+
+import imagerec
+from imagerec.cli import main
+from imagerec.errors import DataError, ImagerecError, RunError
+from imagerec.training.run_dir import RunDir
+
+QUIET = {"log": lambda *_: None}
+TINY = {"model": "tutorial-cnn", "batch_size": 8, "seed": 0}
+
+
+def cli(args, capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def weights_digest(run_path) -> str:
+    model = RunDir(run_path).load_model()
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+def test_run_directory_contents(trained_run):
+    run = RunDir(trained_run).require("manifest.csv", "history.csv", "metrics.json")
+    config = run.read_config()
+    for key in ("config", "class_names", "image_size", "channels", "resize", "seed", "versions", "data_fingerprint"):
+        assert key in config, key
+    assert config["class_names"] == ["blue", "green", "red"]
+    assert config["image_size"] == 32 and config["channels"] == 3
+    assert {"tensorflow", "keras", "numpy", "imagerec"} <= set(config["versions"])
+    assert config["config"]["train"]["epochs"] == 10 and config["config"]["augment"]["preset"] != "auto"
+    metrics = json.loads(run.metrics.read_text())
+    assert metrics["epochs_completed"] == 10 and 0.0 <= metrics["val"]["accuracy"] <= 1.0
+    with open(run.history) as fh:
+        assert len(list(csv.DictReader(fh))) == 10
+    with open(run.manifest) as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"path", "label", "split", "sha256"}
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert (trained_run / "logs").is_dir() and (trained_run / "train.log").exists()
+    assert run.load_model().output_shape == (None, 3)
+    assert not list(trained_run.glob("*.tmp*"))
+
+
+def test_refuses_to_overwrite_then_force(colour_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", colour_data, "--out", out, "--epochs", "1", "--model", "tutorial-cnn"]
+    assert cli(args, capsys)[0] == 0
+    before = (out / "model.keras").read_bytes()
+    code, _, err = cli(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "already exists; pass --resume to continue it or --force" in err
+    assert (out / "model.keras").read_bytes() == before
+    assert cli([*args, "--force"], capsys)[0] == 0
+
+
+def test_unknown_model_is_one_line_and_writes_nothing(colour_data, tmp_path, capsys):
+    code, _, err = cli(["train", colour_data, "--out", tmp_path / "run", "--model", "resnet5"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown model 'resnet5'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fewer_than_two_classes(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", per_class=6)
+    for name in ("green", "blue"):
+        for f in (data / name).iterdir():
+            f.unlink()
+        (data / name).rmdir()
+    with pytest.raises(DataError, match="a classifier needs at least 2"):
+        imagerec.train(data, out=tmp_path / "run", **TINY, **QUIET)
+
+
+def test_image_size_too_small_for_backbone(colour_data, tmp_path):
+    with pytest.raises(ImagerecError, match="needs an image size of at least 32, got 16"):
+        imagerec.train(colour_data, out=tmp_path / "run", model="mobilenetv3small", image_size=16, **QUIET)
+
+
+def test_resume_must_match_image_size_and_extend(colour_data, tmp_path):
+    out = tmp_path / "run"
+    imagerec.train(colour_data, out=out, epochs=2, **TINY, **QUIET)
+    with pytest.raises(RunError, match=r"cannot resume: data.image_size is 24 but the checkpoint was trained with 32"):
+        imagerec.train(colour_data, out=out, resume=True, image_size=24, **QUIET)
+    lines = []
+    run = imagerec.train(colour_data, out=out, resume=True, epochs=4, log=lines.append)
+    assert run.metrics["epochs_completed"] == 4
+    assert any("train.epochs: 2 -> 4" in line for line in lines)
+    with open(out / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2, 3]
+    assert "train.epochs: 2 -> 4" in json.dumps(RunDir(out).read_config()["resumed_changes"])
+
+
+def test_resume_without_a_run_is_refused(colour_data, tmp_path, capsys):
+    code, _, err = cli(["train", colour_data, "--out", tmp_path / "none", "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_nan_loss_is_one_line_and_keeps_the_last_good_model(colour_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["train", colour_data, "--out", out, "--epochs", "1", "--model", "tutorial-cnn"], capsys)[0] == 0
+    good = (out / "model.keras").read_bytes()
+    backup = (out / "backup" / "latest").read_text()
+    code, _, err = cli(
+        ["train", colour_data, "--out", out, "--resume", "--epochs", "4", "--lr", "1e12", "--optimizer", "sgd"], capsys
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "training diverged: the loss became" in err and "lower --lr" in err
+    assert (out / "model.keras").read_bytes() == good
+    assert (out / "backup" / "latest").read_text() == backup
+    RunDir(out).load_model()  # still loads (hash manifest matches)
+
+
+def test_class_weights_auto(tmp_path):
+    from imagerec.training.fit import _class_weights
+
+    weights = _class_weights(np.array([0] * 8 + [1] * 2 + [2] * 2), 3, "auto")
+    assert weights[1] == pytest.approx(2.0) and weights[0] == pytest.approx(0.5)
+    assert _class_weights(np.array([0, 1]), 2, "none") is None
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for name, n in (("red", 30), ("green", 8), ("blue", 8)):
+        (data / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(make_image(COLOURS[name], rng)).save(data / name / f"{i}.png")
+    run = imagerec.train(data, out=tmp_path / "run", epochs=1, class_weights="auto", **TINY, **QUIET)
+    assert run.config["config"]["train"]["class_weights"] == "auto"
+    with pytest.raises(ImagerecError, match="unknown class_weights 'balanced'; choose none or auto"):
+        imagerec.train(data, out=tmp_path / "run2", epochs=1, class_weights="balanced", **TINY, **QUIET)
+
+
+def test_seeded_determinism(colour_data, tmp_path):
+    args = {"epochs": 2, "deterministic": True, **TINY, **QUIET}
+    a = imagerec.train(colour_data, out=tmp_path / "a", **args)
+    b = imagerec.train(colour_data, out=tmp_path / "b", **args)
+    c = imagerec.train(colour_data, out=tmp_path / "c", **{**args, "seed": 1})
+    assert weights_digest(a.path) == weights_digest(b.path)
+    assert weights_digest(a.path) != weights_digest(c.path)
+    assert a.config["data_fingerprint"] == b.config["data_fingerprint"]
+
+
+def test_unknown_option_suggests():
+    with pytest.raises(ImagerecError, match=r"unknown training option 'epoch'; did you mean 'epochs'\?"):
+        imagerec.train("x", out="y", epoch=3)
+
+
+def test_models_command_lists_params_and_flops(capsys):
+    code, out, _ = cli(["models", "--image-size", "32"], capsys)
+    assert code == 0
+    for name in ("tutorial-cnn", "imagerec-cnn", "mobilenetv3small", "resnet50v2"):
+        assert name in out
+    assert "MFLOPs" in out
