@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,7 @@ def test_camera_mode_shows_a_running_label(page, classifier, tmp_path: Path):
     page.click("#camera-toggle")
     expect(page.locator("#camera-toggle")).to_have_attribute("aria-pressed", "true")
     status = page.locator("#camera-result")
-    expect(status).to_have_attribute("data-label", classifier.labels[0], timeout=1) if False else None
-    page.wait_for_function("document.getElementById('camera-result').dataset.label !== undefined", timeout=30_000)
+    expect(status).to_have_attribute("data-label", re.compile(r".+"), timeout=30_000)
     label = status.get_attribute("data-label")
     assert label in classifier.labels
     assert "%" in status.inner_text()

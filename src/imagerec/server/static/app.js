@@ -92,6 +92,8 @@ async function classifyFile(file) {
     body.append(renderBars(result.top_k));
   } catch (err) {
     li.className = "result error";
+    img.remove();
+    URL.revokeObjectURL(img.src);
     status.textContent = "Error";
     const message = document.createElement("div");
     message.className = "message";
