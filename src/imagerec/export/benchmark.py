@@ -74,6 +74,34 @@ def _time_calls(fn: Callable, x: np.ndarray, seconds: float, min_calls: int = 3)
     return times
 
 
+def measure(
+    fns: dict[str, Callable], images: np.ndarray, rounds: int = 5, seconds: float = 0.3, log: Callable | None = None
+) -> dict[str, dict[str, float]]:
+    """Latency p50/p99 (ms, one image) and throughput (images/s at batch 1/8/64) of each callable.
+
+    Interleaved: every round times every callable in turn; throughput is the median over rounds of
+    ``batch / median call time``, latency percentiles pool the single-image calls of all rounds.
+    """
+    samples: dict[str, dict[str, list[float]]] = {n: {"lat": [], **{f"b{b}": [] for b in BATCH_SIZES}} for n in fns}
+    batches = {b: np.resize(images, (b, *images.shape[1:])) for b in BATCH_SIZES}
+    for r in range(rounds):
+        if log:
+            log(f"round {r + 1}/{rounds}")
+        for name, fn in fns.items():
+            samples[name]["lat"].extend(_time_calls(fn, images[:1], seconds))
+            for b, x in batches.items():
+                samples[name][f"b{b}"].append(b / float(np.median(_time_calls(fn, x, seconds / len(BATCH_SIZES)))))
+    out = {}
+    for name, s in samples.items():
+        lat = np.asarray(s["lat"]) * 1000
+        out[name] = {
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 4),
+            "latency_p99_ms": round(float(np.percentile(lat, 99)), 4),
+            **{f"throughput_b{b}": round(float(np.median(s[f"b{b}"])), 1) for b in BATCH_SIZES},
+        }
+    return out
+
+
 def _candidates(run_path: Path, only: list[str] | None) -> list[str]:
     exports = run_path / "exports"
     names = ["keras"] + (sorted(p.name for p in exports.iterdir() if is_export_dir(p)) if exports.is_dir() else [])
@@ -134,22 +162,9 @@ def benchmark_run(
             "peak_rss_delta_mb": round(mem.delta / 2**20, 1),
             "accuracy": accuracy(probs, labels) if probs is not None else None,
             "parity_passed": passed,
-            "_lat": [],
-            **{f"_b{b}": [] for b in BATCH_SIZES},
         }
-    for r in range(rounds):
-        log(f"round {r + 1}/{rounds}")
-        for name, fn in fns.items():
-            rows[name]["_lat"].extend(_time_calls(fn, images[:1], seconds))
-            for b in BATCH_SIZES:
-                x = np.resize(images, (b, *images.shape[1:]))
-                rows[name][f"_b{b}"].append(b / float(np.median(_time_calls(fn, x, seconds / len(BATCH_SIZES)))))
-    for row in rows.values():
-        lat = np.asarray(row.pop("_lat")) * 1000
-        row["latency_p50_ms"] = round(float(np.percentile(lat, 50)), 4)
-        row["latency_p99_ms"] = round(float(np.percentile(lat, 99)), 4)
-        for b in BATCH_SIZES:
-            row[f"throughput_b{b}"] = round(float(np.median(row.pop(f"_b{b}"))), 1)
+    for name, figures in measure(fns, images, rounds, seconds, log).items():
+        rows[name].update(figures)
     table = sorted(rows.values(), key=lambda r: r["latency_p50_ms"])
     passing = [r for r in table if r["parity_passed"]]
     fastest = passing[0]["runtime"] if passing else "keras"

@@ -1,0 +1,172 @@
+"""Runtimes side by side: Keras vs SavedModel vs LiteRT (float32/float16/dynamic/int8) vs ONNX Runtime.
+
+Two tables:
+
+1. **Fashion-MNIST** (the default ``imagerec-cnn`` run, 28x28 grey): ``imagerec export RUN --format all`` (each
+   export parity-checked on 1000 test images), then ``imagerec benchmark`` (latency, throughput, size, peak memory,
+   accuracy on the 10k official test images) -- the figures behind "int8 loses <= 1 point".
+2. **MobileNetV3Small at 224x224x3** (``weights=none``, 10 classes: speed only), converted with the same code
+   (``imagerec.export.tflite.convert``, ``onnx.export_artifact``) and timed with the same interleaved
+   :func:`imagerec.export.benchmark.measure` -- the figures behind "int8 LiteRT >= 2x faster than float32".
+
+Every runtime is timed in interleaved rounds (each round measures each runtime in turn), so that the other
+processes sharing the machine slow all runtimes alike; figures are medians.
+
+    python bench/runtimes.py --fm-run /tmp/fm-run          # reuse a run (copied; the original is not touched)
+    python bench/runtimes.py                                # trains one first if /tmp/fm-run does not exist:
+        imagerec data builtin fashion-mnist /tmp/fm && imagerec train /tmp/fm --out /tmp/fm-run --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RUN_FILES = ("model.keras", "model.keras.sha256.json", "labels.json", "config.json", "manifest.csv", "metrics.json",
+             "calibration.json")  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fashion_mnist(fm_run: Path, work: Path, rounds: int) -> dict:
+    from imagerec import Classifier
+    from imagerec.export import export_records
+    from imagerec.export.benchmark import benchmark_run
+
+    if not (fm_run / "model.keras").exists():
+        log(f"no run at {fm_run}: training one (2 epochs)")
+        subprocess.run(["imagerec", "data", "builtin", "fashion-mnist", "/tmp/fm"], check=True)
+        subprocess.run(["imagerec", "train", "/tmp/fm", "--out", str(fm_run), "--epochs", "2"], check=True)
+    run = work / "fm-run"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (fm_run / name).exists():
+            shutil.copy2(fm_run / name, run / name)
+    log("exporting Fashion-MNIST run to every format")
+    t0 = time.perf_counter()
+    _, records = export_records(Classifier.load(run, runtime="keras"), "all")
+    export_s = time.perf_counter() - t0
+    log("benchmarking Fashion-MNIST runtimes")
+    result = benchmark_run(run, rounds=rounds, accuracy_images=10_000, log=log)
+    result["export_seconds"] = round(export_s, 1)
+    result["parity"] = {r["path"].rsplit("/", 1)[-1]: r["parity"] for r in records}
+    return result
+
+
+def mobilenet(work: Path, rounds: int) -> dict:
+    import keras
+    import numpy as np
+
+    from imagerec.export import onnx as onnx_export
+    from imagerec.export import tflite
+    from imagerec.export.benchmark import PeakRSS, measure
+    from imagerec.inference.predictor import KerasRuntime
+    from imagerec.models.registry import build_model
+
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
+    model = build_model("mobilenetv3small", 224, 3, 10)
+    spec = {"image_size": 224, "channels": 3, "resize": "stretch", "labels": [f"c{i}" for i in range(10)]}
+    rng = np.random.default_rng(0)
+    # smooth random images (low-frequency noise upsampled) as calibration and timing input
+    images = np.clip(np.kron(rng.normal(128, 60, (32, 28, 28, 3)), np.ones((1, 8, 8, 1))), 0, 255).astype(np.uint8)
+    folder = work / "mobilenetv3small"
+    folder.mkdir(parents=True, exist_ok=True)
+    fns, sizes, memory = {}, {}, {}
+    with PeakRSS() as mem:
+        fns["keras"] = KerasRuntime(model, 224, 3)
+        fns["keras"](images[:8])
+    memory["keras"], sizes["keras"] = mem.delta, sum(w.size * 4 for w in model.get_weights())
+    for q in ("none", "float16", "dynamic", "int8"):
+        name = "tflite" if q == "none" else f"tflite-{q}"
+        log(f"converting MobileNetV3Small -> {name}")
+        path = folder / f"{name}.tflite"
+        path.write_bytes(tflite.convert(model, spec, q, images))
+        with PeakRSS() as mem:
+            fns[name] = tflite.Runtime(path)
+            fns[name](images[:8])
+        memory[name], sizes[name] = mem.delta, path.stat().st_size
+    log("converting MobileNetV3Small -> onnx")
+    onnx_export.export_artifact(model, spec, "none", folder / "model.onnx")
+    with PeakRSS() as mem:
+        fns["onnx"] = onnx_export.Runtime(folder / "model.onnx")
+        fns["onnx"](images[:8])
+    memory["onnx"], sizes["onnx"] = mem.delta, (folder / "model.onnx").stat().st_size
+    ref = fns["tflite"](images)
+    rows = []
+    log("timing MobileNetV3Small runtimes")
+    for name, figures in measure(fns, images, rounds=rounds, seconds=1.0, log=log).items():
+        probs = fns[name](images)
+        rows.append({
+            "runtime": name, **figures, "size_bytes": int(sizes[name]),
+            "peak_rss_delta_mb": round(memory[name] / 2**20, 1),
+            "top1_agreement_vs_float32": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 3),
+        })  # fmt: skip
+    return {"model": "MobileNetV3Small 224x224x3, weights=none, 10 classes", "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"])}
+
+
+def markdown(title: str, rows: list[dict], extra: tuple[str, ...]) -> str:
+    head = ["runtime", "p50 ms", "p99 ms", "img/s b1", "img/s b8", "img/s b64", "size MB", "peak RSS Δ MB", *extra]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["runtime"], f"{r['latency_p50_ms']:.3f}", f"{r['latency_p99_ms']:.3f}", f"{r['throughput_b1']:.0f}",
+                 f"{r['throughput_b8']:.0f}", f"{r['throughput_b64']:.0f}", f"{r['size_bytes'] / 2**20:.2f}",
+                 f"{r['peak_rss_delta_mb']:.1f}"]  # fmt: skip
+        for key in extra:
+            value = r.get(key)
+            cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fm-run", type=Path, default=Path("/tmp/fm-run"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imagerec-bench-runtimes")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=("fashion-mnist", "mobilenet"), default=None)
+    parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    args = parser.parse_args()
+    out: dict = {"machine": os.uname().machine, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.only in (None, "fashion-mnist"):
+        fm = fashion_mnist(args.fm_run, args.work, args.rounds)
+        out["fashion_mnist"] = fm
+        rows = {r["runtime"]: r for r in fm["runtimes"]}
+        fastest = min(r["latency_p50_ms"] for r in fm["runtimes"])
+        out["fm_summary"] = {
+            "int8_accuracy_loss_points": round(100 * (rows["keras"]["accuracy"] - rows["tflite-int8"]["accuracy"]), 2),
+            "default_runtime": fm["default"],
+            "default_vs_fastest_p50": round(rows[fm["default"]]["latency_p50_ms"] / fastest, 2),
+            "keras_vs_fastest_p50": round(rows["keras"]["latency_p50_ms"] / fastest, 2),
+        }
+        print(markdown(f"Fashion-MNIST imagerec-cnn ({fm['num_accuracy_images']} test images)", fm["runtimes"], ("accuracy",)))
+        print(json.dumps(out["fm_summary"]))
+    if args.only in (None, "mobilenet"):
+        mn = mobilenet(args.work, args.rounds)
+        out["mobilenet"] = mn
+        rows = {r["runtime"]: r for r in mn["runtimes"]}
+        out["mobilenet_summary"] = {
+            "int8_vs_float32_p50_speedup": round(rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2),
+            "int8_vs_float32_b8_speedup": round(rows["tflite-int8"]["throughput_b8"] / rows["tflite"]["throughput_b8"], 2),
+            "int8_vs_float32_b64_speedup": round(rows["tflite-int8"]["throughput_b64"] / rows["tflite"]["throughput_b64"], 2),
+        }
+        print(markdown(mn["model"], mn["runtimes"], ("top1_agreement_vs_float32",)))
+        print(json.dumps(out["mobilenet_summary"]))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
