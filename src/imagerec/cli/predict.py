@@ -59,7 +59,7 @@ def predict(
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many (label, score) pairs per image."),
     output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
-    runtime: str = typer.Option("keras", help="keras | tflite | onnx | savedmodel"),
+    runtime: str = typer.Option("auto", help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel"),
     ray: bool = typer.Option(False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."),
     out: Path = typer.Option(None, "--out", help="With --ray: results.parquet or results.jsonl."),

@@ -26,7 +26,7 @@ def serve(
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Request deadline (504 beyond)."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); off by default."),
     cors_allow_credentials: bool = typer.Option(False, "--cors-allow-credentials", help="Let allowed origins send credentials."),
-    runtime: str = typer.Option("keras", help=RUNTIME_HELP),
+    runtime: str = typer.Option("auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve RUN over HTTP: web page at /, POST /v1/predict, KServe v2 at /v2, /healthz, /readyz, /metrics."""
