@@ -41,6 +41,7 @@ def test_every_export_written_with_record_and_parity(exported):
     for name, record in records.items():
         folder = run / "exports" / name
         on_disk = json.loads((folder / "export.json").read_text())
+        assert on_disk["sha256"] == record["sha256"] and record["path"] == str(folder)
         assert on_disk["sha256"] == tree_sha256(folder / on_disk["artifact"])
         assert json.loads((folder / "labels.json").read_text()) == on_disk["labels"] == ["blue", "green", "red"]
         assert on_disk["parity"]["passed"] and on_disk["parity"]["split"] == "test"
