@@ -81,7 +81,9 @@ def mobilenet(work: Path, rounds: int) -> dict:
     spec = {"image_size": 224, "channels": 3, "resize": "stretch", "labels": [f"c{i}" for i in range(10)]}
     rng = np.random.default_rng(0)
     # smooth random images (low-frequency noise upsampled) as calibration and timing input
-    images = np.clip(np.kron(rng.normal(128, 60, (32, 28, 28, 3)), np.ones((1, 8, 8, 1))), 0, 255).astype(np.uint8)
+    images = np.clip(np.kron(rng.normal(128, 60, (32, 28, 28, 3)), np.ones((1, 8, 8, 1))), 0, 255).astype(
+        np.uint8
+    )
     folder = work / "mobilenetv3small"
     folder.mkdir(parents=True, exist_ok=True)
     fns, sizes, memory = {}, {}, {}
@@ -114,11 +116,24 @@ def mobilenet(work: Path, rounds: int) -> dict:
             "peak_rss_delta_mb": round(memory[name] / 2**20, 1),
             "top1_agreement_vs_float32": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 3),
         })  # fmt: skip
-    return {"model": "MobileNetV3Small 224x224x3, weights=none, 10 classes", "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"])}
+    return {
+        "model": "MobileNetV3Small 224x224x3, weights=none, 10 classes",
+        "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"]),
+    }
 
 
 def markdown(title: str, rows: list[dict], extra: tuple[str, ...]) -> str:
-    head = ["runtime", "p50 ms", "p99 ms", "img/s b1", "img/s b8", "img/s b64", "size MB", "peak RSS Δ MB", *extra]
+    head = [
+        "runtime",
+        "p50 ms",
+        "p99 ms",
+        "img/s b1",
+        "img/s b8",
+        "img/s b64",
+        "size MB",
+        "peak RSS Δ MB",
+        *extra,
+    ]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["runtime"], f"{r['latency_p50_ms']:.3f}", f"{r['latency_p99_ms']:.3f}", f"{r['throughput_b1']:.0f}",
@@ -139,28 +154,46 @@ def main() -> None:
     parser.add_argument("--only", choices=("fashion-mnist", "mobilenet"), default=None)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()
-    out: dict = {"machine": os.uname().machine, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    out: dict = {
+        "machine": os.uname().machine,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     if args.only in (None, "fashion-mnist"):
         fm = fashion_mnist(args.fm_run, args.work, args.rounds)
         out["fashion_mnist"] = fm
         rows = {r["runtime"]: r for r in fm["runtimes"]}
         fastest = min(r["latency_p50_ms"] for r in fm["runtimes"])
         out["fm_summary"] = {
-            "int8_accuracy_loss_points": round(100 * (rows["keras"]["accuracy"] - rows["tflite-int8"]["accuracy"]), 2),
+            "int8_accuracy_loss_points": round(
+                100 * (rows["keras"]["accuracy"] - rows["tflite-int8"]["accuracy"]), 2
+            ),
             "default_runtime": fm["default"],
             "default_vs_fastest_p50": round(rows[fm["default"]]["latency_p50_ms"] / fastest, 2),
             "keras_vs_fastest_p50": round(rows["keras"]["latency_p50_ms"] / fastest, 2),
         }
-        print(markdown(f"Fashion-MNIST imagerec-cnn ({fm['num_accuracy_images']} test images)", fm["runtimes"], ("accuracy",)))
+        print(
+            markdown(
+                f"Fashion-MNIST imagerec-cnn ({fm['num_accuracy_images']} test images)",
+                fm["runtimes"],
+                ("accuracy",),
+            )
+        )
         print(json.dumps(out["fm_summary"]))
     if args.only in (None, "mobilenet"):
         mn = mobilenet(args.work, args.rounds)
         out["mobilenet"] = mn
         rows = {r["runtime"]: r for r in mn["runtimes"]}
         out["mobilenet_summary"] = {
-            "int8_vs_float32_p50_speedup": round(rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2),
-            "int8_vs_float32_b8_speedup": round(rows["tflite-int8"]["throughput_b8"] / rows["tflite"]["throughput_b8"], 2),
-            "int8_vs_float32_b64_speedup": round(rows["tflite-int8"]["throughput_b64"] / rows["tflite"]["throughput_b64"], 2),
+            "int8_vs_float32_p50_speedup": round(
+                rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2
+            ),
+            "int8_vs_float32_b8_speedup": round(
+                rows["tflite-int8"]["throughput_b8"] / rows["tflite"]["throughput_b8"], 2
+            ),
+            "int8_vs_float32_b64_speedup": round(
+                rows["tflite-int8"]["throughput_b64"] / rows["tflite"]["throughput_b64"], 2
+            ),
         }
         print(markdown(mn["model"], mn["runtimes"], ("top1_agreement_vs_float32",)))
         print(json.dumps(out["mobilenet_summary"]))

@@ -8,7 +8,10 @@ from imagerec import Classifier
 
 
 def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
-    assert cli(["export", str(run_copy), "--format", "tflite", "--quantize", "dynamic", "--parity-images", "8"]) == 0
+    assert (
+        cli(["export", str(run_copy), "--format", "tflite", "--quantize", "dynamic", "--parity-images", "8"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "tflite dynamic" in out and "100.00%" in out
     record = json.loads((run_copy / "exports" / "tflite-dynamic" / "export.json").read_text())

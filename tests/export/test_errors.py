@@ -36,8 +36,12 @@ def test_export_run_that_does_not_exist(tmp_path, capsys):
 
 
 def test_unknown_format_and_quantization(trained_run, capsys):
-    _one_line_error(capsys, ["export", str(trained_run), "--format", "caffe"], "unknown export format 'caffe'", "tflite")
-    _one_line_error(capsys, ["export", str(trained_run), "--format", "onnx", "--quantize", "int8"], "does not support")
+    _one_line_error(
+        capsys, ["export", str(trained_run), "--format", "caffe"], "unknown export format 'caffe'", "tflite"
+    )
+    _one_line_error(
+        capsys, ["export", str(trained_run), "--format", "onnx", "--quantize", "int8"], "does not support"
+    )
     _one_line_error(capsys, ["export", str(trained_run), "--quantize", "int4"], "unknown quantization 'int4'")
 
 
@@ -53,13 +57,22 @@ def _rewrite_manifest(run: Path, keep) -> None:
 
 def test_int8_without_training_rows(run_copy, capsys):
     _rewrite_manifest(run_copy, lambda r: None if r["split"] == "train" else r)
-    _one_line_error(capsys, ["export", str(run_copy), "--quantize", "int8"], "int8 quantization needs training images")
+    _one_line_error(
+        capsys, ["export", str(run_copy), "--quantize", "int8"], "int8 quantization needs training images"
+    )
     assert not (run_copy / "exports" / "tflite-int8").exists()
 
 
 def test_int8_with_training_files_moved(run_copy, tmp_path, capsys):
-    _rewrite_manifest(run_copy, lambda r: {**r, "path": str(tmp_path / "moved" / Path(r["path"]).name)} if r["split"] == "train" else r)
-    _one_line_error(capsys, ["export", str(run_copy), "--quantize", "int8"], "no train row", "--quantize dynamic")
+    _rewrite_manifest(
+        run_copy,
+        lambda r: (
+            {**r, "path": str(tmp_path / "moved" / Path(r["path"]).name)} if r["split"] == "train" else r
+        ),
+    )
+    _one_line_error(
+        capsys, ["export", str(run_copy), "--quantize", "int8"], "no train row", "--quantize dynamic"
+    )
 
 
 def test_no_test_images_to_check_parity(run_copy, capsys):
@@ -94,7 +107,11 @@ def test_artifact_with_missing_labels(onnx_export, capsys):
     (onnx_export / "labels.json").unlink()
     with pytest.raises(ImagerecError, match="labels.json is missing"):
         Classifier.load(onnx_export / "model.onnx")
-    _one_line_error(capsys, ["benchmark", str(onnx_export.parent.parent), "--runtime", "onnx", "--rounds", "1"], "labels.json is missing")
+    _one_line_error(
+        capsys,
+        ["benchmark", str(onnx_export.parent.parent), "--runtime", "onnx", "--rounds", "1"],
+        "labels.json is missing",
+    )
 
 
 def test_artifact_whose_hash_does_not_match(onnx_export, capsys):
@@ -104,7 +121,11 @@ def test_artifact_whose_hash_does_not_match(onnx_export, capsys):
         Classifier.load(onnx_export / "model.onnx")
     with pytest.raises(ImagerecError, match="sha256 mismatch"):
         Classifier.load(onnx_export.parent.parent, runtime="onnx")
-    _one_line_error(capsys, ["benchmark", str(onnx_export.parent.parent), "--runtime", "onnx", "--rounds", "1"], "sha256 mismatch")
+    _one_line_error(
+        capsys,
+        ["benchmark", str(onnx_export.parent.parent), "--runtime", "onnx", "--rounds", "1"],
+        "sha256 mismatch",
+    )
 
 
 def test_export_json_missing_or_labels_edited(onnx_export):

@@ -43,7 +43,9 @@ def test_every_export_written_with_record_and_parity(exported):
         on_disk = json.loads((folder / "export.json").read_text())
         assert on_disk["sha256"] == record["sha256"] and record["path"] == str(folder)
         assert on_disk["sha256"] == tree_sha256(folder / on_disk["artifact"])
-        assert json.loads((folder / "labels.json").read_text()) == on_disk["labels"] == ["blue", "green", "red"]
+        assert (
+            json.loads((folder / "labels.json").read_text()) == on_disk["labels"] == ["blue", "green", "red"]
+        )
         assert on_disk["parity"]["passed"] and on_disk["parity"]["split"] == "test"
         assert on_disk["parity"]["top1_agreement"] >= on_disk["parity"]["threshold"]
         assert on_disk["input"]["shape"] == [None, 32, 32, 3]
@@ -87,7 +89,9 @@ def test_savedmodel_bytes_signature_resizes_and_decodes_jpeg(exported):
     assert out["probabilities"].shape == (1, 3)
     want = clf.predict(buf.getvalue())[0]
     assert out["labels"].numpy()[0].decode() == want.label
-    assert abs(float(out["probabilities"].numpy().max()) - want.confidence) < 0.05  # JPEG/resize rounding only
+    assert (
+        abs(float(out["probabilities"].numpy().max()) - want.confidence) < 0.05
+    )  # JPEG/resize rounding only
 
 
 @pytest.mark.parametrize("name", ["tflite", "tflite-float16", "tflite-dynamic", "tflite-int8"])
@@ -118,7 +122,9 @@ def test_onnx_with_onnxruntime(exported):
 
     run, _ = exported
     _, _, images, keras_probs = _test_split(run)
-    session = ort.InferenceSession(str(run / "exports" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(run / "exports" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     assert session.get_inputs()[0].name == "image"
     assert json.loads(session.get_modelmeta().custom_metadata_map["labels"]) == ["blue", "green", "red"]
     probs = session.run(None, {"image": images.astype(np.float32)})[0]

@@ -26,9 +26,15 @@ def _mb(n: int) -> str:
 def export(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
     format: str = typer.Option("tflite", "--format", "-f", help="savedmodel | tflite | onnx | all"),  # noqa: A002
-    quantize: str = typer.Option(None, "--quantize", "-q", help="none | float16 | dynamic | int8 (int8/float16/dynamic: tflite)"),
-    out: Path = typer.Option(None, "--out", "-o", help="Export directory (default RUN/exports/<format>[-<quantize>])."),
-    parity_images: int = typer.Option(1000, "--parity-images", help="Test images compared with the Keras model."),
+    quantize: str = typer.Option(
+        None, "--quantize", "-q", help="none | float16 | dynamic | int8 (int8/float16/dynamic: tflite)"
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Export directory (default RUN/exports/<format>[-<quantize>])."
+    ),
+    parity_images: int = typer.Option(
+        1000, "--parity-images", help="Test images compared with the Keras model."
+    ),
 ) -> None:
     """Export RUN, check parity with the Keras model on its test split, publish only when parity passes."""
     from rich.table import Table
@@ -71,8 +77,21 @@ def benchmark(
     if export_all:
         export_records(Classifier.load(run, runtime="keras"), "all")
     result = benchmark_run(run, runtimes=runtime or None, rounds=rounds, log=lambda m: console.log(m))
-    table = Table(title=f"runtimes of {run} ({result['threads']} threads, {result['num_accuracy_images']} {result['split']} images)")
-    cols = ("runtime", "p50 ms", "p99 ms", "img/s b1", "img/s b8", "img/s b64", "size", "peak RSS Δ", "accuracy", "parity")
+    table = Table(
+        title=f"runtimes of {run} ({result['threads']} threads, {result['num_accuracy_images']} {result['split']} images)"
+    )
+    cols = (
+        "runtime",
+        "p50 ms",
+        "p99 ms",
+        "img/s b1",
+        "img/s b8",
+        "img/s b64",
+        "size",
+        "peak RSS Δ",
+        "accuracy",
+        "parity",
+    )
     for col in cols:
         table.add_column(col)
     for r in result["runtimes"]:
@@ -84,4 +103,6 @@ def benchmark(
             f"{r['peak_rss_delta_mb']:.1f} MB", acc, "pass" if r["parity_passed"] else "FAIL",
         )  # fmt: skip
     _console().print(table)
-    typer.echo(f"* default runtime (fastest that passed parity): {result['default']}; wrote {run}/exports/benchmark.json")
+    typer.echo(
+        f"* default runtime (fastest that passed parity): {result['default']}; wrote {run}/exports/benchmark.json"
+    )

@@ -38,9 +38,9 @@ def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A
     if format == "all":
         if quantize in (None, "", "all"):
             return [(f.name, q) for f in FORMATS.values() for q in f.quantizations]
-        return [(f.name, check_quantization(f, quantize)) for f in FORMATS.values() if quantize in f.quantizations] or [
-            ("tflite", check_quantization(FORMATS["tflite"], quantize))
-        ]
+        return [
+            (f.name, check_quantization(f, quantize)) for f in FORMATS.values() if quantize in f.quantizations
+        ] or [("tflite", check_quantization(FORMATS["tflite"], quantize))]
     fmt = get_format(format)
     return [(fmt.name, check_quantization(fmt, quantize or "none"))]
 
@@ -77,11 +77,17 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
     pairs = plan(format, quantize)
     run_dir = RunDir(classifier.run_dir.path)
     if not run_dir.model.exists():
-        raise ExportError(f"{str(run_dir.path)!r} is not a run directory (no model.keras); export from the run")
+        raise ExportError(
+            f"{str(run_dir.path)!r} is not a run directory (no model.keras); export from the run"
+        )
     run_dir.require()
     from imagerec.export.parity import batched, evaluation_images
 
-    model = classifier.model if classifier.runtime == "keras" and classifier.model is not None else run_dir.load_model()
+    model = (
+        classifier.model
+        if classifier.runtime == "keras" and classifier.model is not None
+        else run_dir.load_model()
+    )
     images, _, split = evaluation_images(classifier, parity_images)
     if not len(images):
         raise ExportError(
@@ -100,7 +106,9 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
     return (parent if format == "all" else Path(records[0]["path"])), records
 
 
-def _export_one(classifier, model, fmt_name: str, quantize: str, dest: Path, check, representative_images: int):
+def _export_one(
+    classifier, model, fmt_name: str, quantize: str, dest: Path, check, representative_images: int
+):
     from imagerec.export.parity import batched, parity, split_images
 
     fmt = FORMATS[fmt_name]
@@ -128,7 +136,9 @@ def _export_one(classifier, model, fmt_name: str, quantize: str, dest: Path, che
         artifact = tmp / fmt.artifact
         module = fmt.load_module()
         module.export_artifact(model, spec, quantize, artifact, representative)
-        runtime = module.Runtime(artifact, None, {"image_size": spec["image_size"], "channels": spec["channels"]})
+        runtime = module.Runtime(
+            artifact, None, {"image_size": spec["image_size"], "channels": spec["channels"]}
+        )
         result = parity(reference, batched(runtime, images), quantize, split)
         record = _record(classifier, fmt_name, quantize, artifact, spec, result)
         if not result["passed"]:
@@ -157,7 +167,12 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
         "artifact": artifact.name,
         "sha256": tree_sha256(artifact),
         "size_bytes": _size(artifact),
-        "input": {"name": "image", "shape": [None, size, size, channels], "dtype": in_dtype, "range": "0..255"},
+        "input": {
+            "name": "image",
+            "shape": [None, size, size, channels],
+            "dtype": in_dtype,
+            "range": "0..255",
+        },
         "output": {"name": "probabilities", "shape": [None, len(spec["labels"])], "dtype": "float32"},
         "preprocessing": {
             "decode": "imagerec.data.images.load_image (Pillow; EXIF applied, alpha on white, first frame)",
@@ -187,7 +202,9 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
 
 def _float32_config(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if obj.get("class_name") == "DTypePolicy" and str(obj.get("config", {}).get("name", "")).startswith("mixed_"):
+        if obj.get("class_name") == "DTypePolicy" and str(obj.get("config", {}).get("name", "")).startswith(
+            "mixed_"
+        ):
             return {**obj, "config": {**obj["config"], "name": "float32"}}
         return {k: _float32_config(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -212,7 +229,11 @@ def float32_model(model):
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def _copy_sidecars(run_dir, dest: Path) -> None:

@@ -75,14 +75,20 @@ def _time_calls(fn: Callable, x: np.ndarray, seconds: float, min_calls: int = 3)
 
 
 def measure(
-    fns: dict[str, Callable], images: np.ndarray, rounds: int = 5, seconds: float = 0.3, log: Callable | None = None
+    fns: dict[str, Callable],
+    images: np.ndarray,
+    rounds: int = 5,
+    seconds: float = 0.3,
+    log: Callable | None = None,
 ) -> dict[str, dict[str, float]]:
     """Latency p50/p99 (ms, one image) and throughput (images/s at batch 1/8/64) of each callable.
 
     Interleaved: every round times every callable in turn; throughput is the median over rounds of
     ``batch / median call time``, latency percentiles pool the single-image calls of all rounds.
     """
-    samples: dict[str, dict[str, list[float]]] = {n: {"lat": [], **{f"b{b}": [] for b in BATCH_SIZES}} for n in fns}
+    samples: dict[str, dict[str, list[float]]] = {
+        n: {"lat": [], **{f"b{b}": [] for b in BATCH_SIZES}} for n in fns
+    }
     batches = {b: np.resize(images, (b, *images.shape[1:])) for b in BATCH_SIZES}
     for r in range(rounds):
         if log:
@@ -90,7 +96,9 @@ def measure(
         for name, fn in fns.items():
             samples[name]["lat"].extend(_time_calls(fn, images[:1], seconds))
             for b, x in batches.items():
-                samples[name][f"b{b}"].append(b / float(np.median(_time_calls(fn, x, seconds / len(BATCH_SIZES)))))
+                samples[name][f"b{b}"].append(
+                    b / float(np.median(_time_calls(fn, x, seconds / len(BATCH_SIZES))))
+                )
     out = {}
     for name, s in samples.items():
         lat = np.asarray(s["lat"]) * 1000
@@ -104,7 +112,9 @@ def measure(
 
 def _candidates(run_path: Path, only: list[str] | None) -> list[str]:
     exports = run_path / "exports"
-    names = ["keras"] + (sorted(p.name for p in exports.iterdir() if is_export_dir(p)) if exports.is_dir() else [])
+    names = ["keras"] + (
+        sorted(p.name for p in exports.iterdir() if is_export_dir(p)) if exports.is_dir() else []
+    )
     return [n for n in names if not only or n in only]
 
 
@@ -136,7 +146,9 @@ def benchmark_run(
     images, labels, split = evaluation_images(keras_clf, accuracy_images)
     if not len(images):
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (64, keras_clf.image_size, keras_clf.image_size, keras_clf.channels), np.uint8)
+        images = rng.integers(
+            0, 256, (64, keras_clf.image_size, keras_clf.image_size, keras_clf.channels), np.uint8
+        )
     batch64 = np.resize(images, (64, *images.shape[1:]))
     rows: dict[str, dict[str, Any]] = {}
     fns: dict[str, Callable] = {}
@@ -185,6 +197,10 @@ def benchmark_run(
     atomic_write_json(run_path / "exports" / "benchmark.json", result)
     atomic_write_json(
         run_path / "exports" / RUNTIME_RECORD,
-        {"runtime": fastest, "why": "fastest single-image p50 that passed parity", "benchmark": "benchmark.json"},
+        {
+            "runtime": fastest,
+            "why": "fastest single-image p50 that passed parity",
+            "benchmark": "benchmark.json",
+        },
     )
     return result

@@ -132,7 +132,9 @@ def verify_export(export_dir: Path) -> dict[str, Any]:
         fmt = get_format(record["format"])
         expected = record["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ExportError(f"{str(record_path)!r}: unreadable export record; re-export with 'imagerec export'") from None
+        raise ExportError(
+            f"{str(record_path)!r}: unreadable export record; re-export with 'imagerec export'"
+        ) from None
     for name in ("labels.json", "config.json"):
         if not (export_dir / name).is_file():
             raise ExportError(
@@ -190,7 +192,9 @@ def is_artifact_path(path: str | Path) -> bool:
 
 def _check_runtime_name(runtime: str) -> None:
     base, _, quant = runtime.partition("-")
-    if runtime in ("auto", "keras") or (base in FORMATS and (not quant or quant in FORMATS[base].quantizations)):
+    if runtime in ("auto", "keras") or (
+        base in FORMATS and (not quant or quant in FORMATS[base].quantizations)
+    ):
         return
     raise ExportError(
         f"unknown runtime {runtime!r}; expected auto, keras, {', '.join(FORMATS)} or an export name such as "
@@ -229,12 +233,20 @@ def open_export_runtime(path: str | Path, runtime: str = "auto", run_dir=None):
     record = verify_export(export_dir)
     name = export_name(record["format"], record.get("quantization", "none"))
     if runtime not in ("auto", record["format"], name, export_dir.name):
-        raise ExportError(f"{str(path)!r} is a {name} export; it cannot run with runtime {runtime!r} (use {name})")
+        raise ExportError(
+            f"{str(path)!r} is a {name} export; it cannot run with runtime {runtime!r} (use {name})"
+        )
     sidecar = RunDir(export_dir)
     if sidecar.read_labels() != record.get("labels"):
-        raise ExportError(f"{str(export_dir)!r}: labels.json does not match the labels in export.json; re-export")
+        raise ExportError(
+            f"{str(export_dir)!r}: labels.json does not match the labels in export.json; re-export"
+        )
     config = sidecar.read_config()
-    info = {"image_size": int(config["image_size"]), "channels": int(config["channels"]), "run_dir": export_dir}
+    info = {
+        "image_size": int(config["image_size"]),
+        "channels": int(config["channels"]),
+        "run_dir": export_dir,
+    }
     fmt = FORMATS[record["format"]]
     runtime_fn = fmt.load_module().Runtime(export_dir / fmt.artifact, record, info)
     return (run_dir or sidecar), name, runtime_fn, record["sha256"][:12]

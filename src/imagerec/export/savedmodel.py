@@ -39,7 +39,10 @@ def _tf_resize(img, size: int, policy: str):
         new_w = tf.maximum(1, tf.cast(tf.round(w * scale), tf.int32))
         img = tf.image.resize(img, [new_h, new_w], method="bilinear", antialias=True)
         top, left = (size - new_h) // 2, (size - new_w) // 2
-        img = tf.pad(img - BACKGROUND, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]]) + BACKGROUND
+        img = (
+            tf.pad(img - BACKGROUND, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]])
+            + BACKGROUND
+        )
         return tf.clip_by_value(tf.round(img), 0.0, 255.0)
     img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
     return tf.clip_by_value(tf.round(img), 0.0, 255.0)
@@ -64,7 +67,9 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
         return _tf_resize(img, size, policy)
 
     def from_bytes(images):
-        pixels = tf.map_fn(decode_one, images, fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+        pixels = tf.map_fn(
+            decode_one, images, fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32)
+        )
         return outputs(pixels)
 
     archive = keras.export.ExportArchive()
@@ -73,7 +78,9 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
         "serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")]
     )
     archive.add_endpoint(
-        "serving_pixels", outputs, input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="pixels")]
+        "serving_pixels",
+        outputs,
+        input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="pixels")],
     )
     archive.write_out(str(path), verbose=False)
 

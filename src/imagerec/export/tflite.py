@@ -93,7 +93,11 @@ class Runtime:
         if len(batch) != state["n"]:
             it.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
             it.allocate_tensors()
-            state["in"], state["out"], state["n"] = it.get_input_details()[0], it.get_output_details()[0], len(batch)
+            state["in"], state["out"], state["n"] = (
+                it.get_input_details()[0],
+                it.get_output_details()[0],
+                len(batch),
+            )
             inp, out = state["in"], state["out"]
         it.set_tensor(inp["index"], quantize_input(batch, inp))
         it.invoke()
