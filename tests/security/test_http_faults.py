@@ -67,17 +67,17 @@ def test_c20_full_queue_answers_503_at_once_with_retry_after(trained):
         release.clear()
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(_post, server.url, image) for _ in range(12)]
-            time.sleep(2.0)
-            done = [f.result() for f in futures if f.done()]
+            time.sleep(3.0)  # the model is stalled: whatever has finished by now was turned away
+            early = [f.result() for f in futures if f.done()]
             release.set()
-            results = done + [f.result() for f in futures if f not in done]
-    rejected = [(r, t) for r, t in results if r.status_code == 503]
-    accepted = [(r, t) for r, t in results if r.status_code == 200]
-    assert rejected and accepted, [r.status_code for r, _ in results]
-    assert len(rejected) + len(accepted) == 12
-    for response, seconds in rejected:
+            results = [f.result() for f in futures]
+    assert early, "no request was turned away while the queue was full"
+    for response, seconds in early:
+        assert response.status_code == 503, response.text
         assert response.headers.get("retry-after") and response.json()["error"]["code"] == "overloaded"
-        assert seconds < 1.5, seconds  # immediate, not a timeout
+        assert seconds < 3.0  # at once, not at the 20 s deadline
+    statuses = [r.status_code for r, _ in results]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses  # the accepted ones are served
 
 
 @pytest.mark.xfail(strict=True, reason="no per-key rate limit (429 + Retry-After) in imagerec serve yet")
