@@ -42,6 +42,11 @@ def _make_backbone(row: Backbone, image_size: int, weights: str):
     if row.preprocessing == "included":
         kwargs["include_preprocessing"] = True
     if weights == "imagenet":
+        import socket
+
+        # A bounded download: offline, a DNS failure is instant, but a black-holed route would hang urllib forever.
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(float(os.environ.get("IMAGEREC_DOWNLOAD_TIMEOUT", "20")))
         try:
             return app(weights="imagenet", **kwargs)
         except Exception as exc:  # noqa: BLE001 - offline download failures come in many types
@@ -49,6 +54,8 @@ def _make_backbone(row: Backbone, image_size: int, weights: str):
                 f"cannot download ImageNet weights for {row.name} ({type(exc).__name__}); offline? "
                 "pass a local file: --weights PATH/TO/backbone.weights.h5"
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
     model = app(weights=None, **kwargs)
     if weights not in ("none", "", None):
         if not os.path.isfile(weights) or not str(weights).endswith(".weights.h5"):
