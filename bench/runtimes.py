@@ -5,7 +5,7 @@ Two tables:
 1. **Fashion-MNIST** (the default ``imagerec-cnn`` run, 28x28 grey): ``imagerec export RUN --format all`` (each
    export parity-checked on 1000 test images), then ``imagerec benchmark`` (latency, throughput, size, peak memory,
    accuracy on the 10k official test images) -- the figures behind "int8 loses <= 1 point".
-2. **MobileNetV3Small at 224x224x3** (``weights=none``, 10 classes: speed only), converted with the same code
+2. **MobileNetV3Small (and imagerec-cnn, relu-only) at 224x224x3** (``weights=none``, 10 classes: speed only), converted with the same code
    (``imagerec.export.tflite.convert``, ``onnx.export_artifact``) and timed with the same interleaved
    :func:`imagerec.export.benchmark.measure` -- the figures behind "int8 LiteRT >= 2x faster than float32".
 
@@ -65,7 +65,7 @@ def fashion_mnist(fm_run: Path, work: Path, rounds: int) -> dict:
     return result
 
 
-def mobilenet(work: Path, rounds: int) -> dict:
+def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -> dict:
     import keras
     import numpy as np
 
@@ -77,14 +77,14 @@ def mobilenet(work: Path, rounds: int) -> dict:
 
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
-    model = build_model("mobilenetv3small", 224, 3, 10)
+    model = build_model(model_name, 224, 3, 10)
     spec = {"image_size": 224, "channels": 3, "resize": "stretch", "labels": [f"c{i}" for i in range(10)]}
     rng = np.random.default_rng(0)
     # smooth random images (low-frequency noise upsampled) as calibration and timing input
     images = np.clip(np.kron(rng.normal(128, 60, (32, 28, 28, 3)), np.ones((1, 8, 8, 1))), 0, 255).astype(
         np.uint8
     )
-    folder = work / "mobilenetv3small"
+    folder = work / model_name
     folder.mkdir(parents=True, exist_ok=True)
     fns, sizes, memory = {}, {}, {}
     with PeakRSS() as mem:
@@ -93,14 +93,14 @@ def mobilenet(work: Path, rounds: int) -> dict:
     memory["keras"], sizes["keras"] = mem.delta, sum(w.size * 4 for w in model.get_weights())
     for q in ("none", "float16", "dynamic", "int8"):
         name = "tflite" if q == "none" else f"tflite-{q}"
-        log(f"converting MobileNetV3Small -> {name}")
+        log(f"converting {model_name} -> {name}")
         path = folder / f"{name}.tflite"
         path.write_bytes(tflite.convert(model, spec, q, images))
         with PeakRSS() as mem:
             fns[name] = tflite.Runtime(path)
             fns[name](images[:8])
         memory[name], sizes[name] = mem.delta, path.stat().st_size
-    log("converting MobileNetV3Small -> onnx")
+    log(f"converting {model_name} -> onnx")
     onnx_export.export_artifact(model, spec, "none", folder / "model.onnx")
     with PeakRSS() as mem:
         fns["onnx"] = onnx_export.Runtime(folder / "model.onnx")
@@ -108,7 +108,7 @@ def mobilenet(work: Path, rounds: int) -> dict:
     memory["onnx"], sizes["onnx"] = mem.delta, (folder / "model.onnx").stat().st_size
     ref = fns["tflite"](images)
     rows = []
-    log("timing MobileNetV3Small runtimes")
+    log(f"timing {model_name} runtimes")
     for name, figures in measure(fns, images, rounds=rounds, seconds=1.0, log=log).items():
         probs = fns[name](images)
         rows.append({
@@ -117,7 +117,7 @@ def mobilenet(work: Path, rounds: int) -> dict:
             "top1_agreement_vs_float32": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 3),
         })  # fmt: skip
     return {
-        "model": "MobileNetV3Small 224x224x3, weights=none, 10 classes",
+        "model": f"{model_name} 224x224x3, weights=none, 10 classes",
         "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"]),
     }
 
@@ -151,7 +151,12 @@ def main() -> None:
     parser.add_argument("--fm-run", type=Path, default=Path("/tmp/fm-run"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imagerec-bench-runtimes")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("fashion-mnist", "mobilenet"), default=None)
+    parser.add_argument("--only", choices=("fashion-mnist", "speed"), default=None)
+    parser.add_argument(
+        "--speed-models",
+        default="mobilenetv3small,imagerec-cnn",
+        help="Registry models timed at 224x224x3 (comma-separated).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()
     out: dict = {
@@ -180,23 +185,24 @@ def main() -> None:
             )
         )
         print(json.dumps(out["fm_summary"]))
-    if args.only in (None, "mobilenet"):
-        mn = mobilenet(args.work, args.rounds)
-        out["mobilenet"] = mn
-        rows = {r["runtime"]: r for r in mn["runtimes"]}
-        out["mobilenet_summary"] = {
-            "int8_vs_float32_p50_speedup": round(
-                rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2
-            ),
-            "int8_vs_float32_b8_speedup": round(
-                rows["tflite-int8"]["throughput_b8"] / rows["tflite"]["throughput_b8"], 2
-            ),
-            "int8_vs_float32_b64_speedup": round(
-                rows["tflite-int8"]["throughput_b64"] / rows["tflite"]["throughput_b64"], 2
-            ),
-        }
-        print(markdown(mn["model"], mn["runtimes"], ("top1_agreement_vs_float32",)))
-        print(json.dumps(out["mobilenet_summary"]))
+    if args.only in (None, "speed"):
+        for model_name in args.speed_models.split(","):
+            table = speed_table(args.work, args.rounds, model_name)
+            rows = {r["runtime"]: r for r in table["runtimes"]}
+            table["summary"] = {
+                "int8_vs_float32_p50_speedup": round(
+                    rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2
+                ),
+                **{
+                    f"int8_vs_float32_b{b}_speedup": round(
+                        rows["tflite-int8"][f"throughput_b{b}"] / rows["tflite"][f"throughput_b{b}"], 2
+                    )
+                    for b in (1, 8, 64)
+                },
+            }
+            out[model_name] = table
+            print(markdown(table["model"], table["runtimes"], ("top1_agreement_vs_float32",)))
+            print(json.dumps(table["summary"]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
