@@ -161,13 +161,16 @@ def save_model_file(model, path: Path) -> str:
         # Crash-safe pair: the manifest names the new hash *and* the one being replaced before the model file
         # moves, so a kill -9 between the two renames leaves a model that still verifies (old or new).
         manifest = Path(str(path) + HASH_SUFFIX)
+        record = {"file": path.name, "sha256": digest}
         previous = _manifest_hash(manifest) if path.exists() else None
         if previous and previous != digest:
-            atomic_write_json(manifest, {"file": path.name, "sha256": digest, "replacing": previous})
+            record["replacing"] = previous
+        atomic_write_json(manifest, record)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_json(manifest, {"file": path.name, "sha256": digest})
+    if "replacing" in record:
+        atomic_write_json(manifest, {"file": path.name, "sha256": digest})
     return digest
 
 
