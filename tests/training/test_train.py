@@ -162,7 +162,8 @@ def test_unknown_option_suggests():
         imagerec.train("x", out="y", epoch=3)
 
 
-def test_models_command_lists_params_and_flops(capsys):
+def test_models_command_lists_params_and_flops(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = cli(["models", "--image-size", "32"], capsys)
     assert code == 0
     for name in ("tutorial-cnn", "imagerec-cnn", "mobilenetv3small", "resnet50v2"):

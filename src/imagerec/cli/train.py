@@ -62,7 +62,7 @@ def models(image_size: int = typer.Option(32, "--image-size"), channels: int = t
 
     table = Table(title=f"models at {image_size}x{image_size}x{channels}")
     for col in ("name", "kind", "params", "MFLOPs/image", "input range", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "description")
     for spec in list_models():
         size = max(image_size, spec.min_size)
         m = build_model(spec.name, size, channels, 10)
