@@ -1,0 +1,31 @@
+"""Defaults that adapt to the data (``training/auto.py``)."""
+
+from __future__ import annotations
+
+from imagerec.training import auto
+
+
+def test_batch_epochs_and_bn_momentum_follow_the_dataset_size():
+    assert auto.choose_batch_size(54_000) == 256 and auto.choose_batch_size(5_000) == 64
+    assert auto.choose_batch_size(40) == 10 and auto.choose_batch_size(3) == 8
+    assert auto.choose_epochs(54_000, "scratch") == 12 and auto.choose_epochs(500, "scratch") == 30
+    assert auto.choose_epochs(500, "backbone") == 10
+    assert auto.choose_bn_momentum(500, 32) == 0.9 and auto.choose_bn_momentum(54_000, 256) == 0.99
+
+
+def test_augmentation_follows_size_data_and_schedule():
+    assert auto.choose_augment(28, 1, 54_000, 12) == "hflip"
+    assert auto.choose_augment(28, 1, 54_000, 40) == "flip"  # long schedules need translation
+    assert auto.choose_augment(28, 1, 2_000, 20) == "flip"
+    assert auto.choose_augment(128, 3, 54_000, 12) == "default"
+
+
+def test_resolve_fills_every_choice_and_records_it(colour_data):
+    from imagerec.config import RunConfig
+    from imagerec.data.scan import scan_dataset
+
+    resolved = auto.resolve(RunConfig(), scan_dataset(colour_data), n_train=28)
+    assert resolved.data.image_size == 32 and resolved.data.channels == 3
+    assert resolved.train.batch_size == 8 and resolved.train.epochs == 30
+    assert resolved.model.bn_momentum == 0.9 and resolved.augment.preset == "flip"
+    assert None not in (resolved.train.learning_rate, resolved.train.batch_size)
