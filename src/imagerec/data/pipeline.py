@@ -114,8 +114,15 @@ def make_dataset(
         ds = ds.batch(spec.batch_size, drop_remainder=False)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune, deterministic=True)
     if training and augment is not None:
-        ds = ds.map(
-            lambda x, y: (augment(x), y), num_parallel_calls=autotune, deterministic=spec.deterministic
+        # One stateless key per batch from a seeded stream: the same seed repeats every augmented epoch even though
+        # batches are augmented in parallel (stateful random ops would not), and each epoch draws new keys.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
+            2, drop_remainder=True
+        )
+        ds = tf.data.Dataset.zip((ds, keys)).map(
+            lambda xy, key: (augment(xy[0], key=key), xy[1]),
+            num_parallel_calls=autotune,
+            deterministic=spec.deterministic,
         )
     options = tf.data.Options()
     options.deterministic = spec.deterministic or not training
