@@ -143,7 +143,8 @@ def test_data_option_matches_labels_by_name_and_keeps_zero_support_classes(evalu
 
 
 def test_cli_evaluate_report_and_exit_codes(evaluated, tmp_path, capsys):
-    run, _ = evaluated
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run)
     assert cli("evaluate", str(run), "--split", "val", "--json") == 0
     assert json.loads(capsys.readouterr().out)["source"] == "run:val"
     assert cli("report", str(run)) == 0
@@ -165,3 +166,19 @@ def test_cli_evaluate_report_and_exit_codes(evaluated, tmp_path, capsys):
     assert "'test' split" in err and "no images" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(RunError):
         imagerec.evaluation.write_report(tmp_path / "missing")
+
+
+def test_cli_explain_and_calibrate(evaluated, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run)
+    image = next((run / "manifest.csv").read_text().splitlines()[1:].__iter__()).split(",")[0]
+    assert cli("explain", str(run), image, "--out", str(tmp_path / "h.png")) == 0
+    assert "Grad-CAM of" in capsys.readouterr().out and (tmp_path / "h.png").stat().st_size > 1000
+    (tmp_path / "not.png").write_text("hello")
+    assert cli("explain", str(run), str(tmp_path / "not.png")) == 2
+    assert cli("explain", str(run), image, "--class", "purple") == 2
+    assert "not one of the run's classes" in capsys.readouterr().err
+    assert cli("calibrate", str(run), "--no-threshold") == 0
+    assert "ECE" in capsys.readouterr().out
+    assert json.loads((run / "calibration.json").read_text())["threshold"] is None
+    assert cli("calibrate", str(run), "--target-accuracy", "1.5") == 2
