@@ -10,7 +10,6 @@ client (prebuilt requests, like wrk) so that the client's own CPU cost stays sma
 It prints one JSON line per server and a Markdown table; ``--profile`` adds in-process timings of each stage.
 """
 
-from __future__ import annotations
 
 import argparse
 import asyncio

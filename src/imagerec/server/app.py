@@ -31,6 +31,7 @@ from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
 from imagerec.server.metrics import ServerMetrics
 
 STATIC = Path(__file__).with_name("static")
+SMALL_UPLOAD = 256 * 1024  # bytes; smaller uploads are decoded in the batcher's worker thread
 _SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
@@ -96,6 +97,7 @@ class Service:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             on_batch=self.metrics.batch_size.observe,
+            prepare=classifier.preprocess,
         )
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imagerec-decode")
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
@@ -104,7 +106,7 @@ class Service:
 
     async def start(self) -> None:
         await self.batcher.start()
-        await self.batcher.submit_many([np.zeros(self.input_shape, np.uint8)])  # warm-up: trace the model once
+        await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
         self.ready = True
 
     async def stop(self) -> None:
@@ -112,24 +114,40 @@ class Service:
         await self.batcher.stop()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def decode(self, data: bytes, name: str | None = None) -> np.ndarray:
-        """``Classifier.preprocess`` in the decode pool (off the event loop)."""
+    async def decode(self, data: bytes, name: str | None = None) -> np.ndarray | bytes:
+        """Small uploads go to the batcher as bytes and are decoded in its worker thread, inside their batch (one
+        thread hop per batch, not per request); larger ones are decoded in the decode pool first. Both run
+        ``Classifier.preprocess`` off the event loop."""
+        if len(data) <= SMALL_UPLOAD:
+            return data
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.decode_pool, self.clf.preprocess, data)
         except ImageRejected as exc:
-            label = f"{name}: " if name else ""
-            message = str(exc).replace("<bytes>: ", "", 1)
-            raise HTTPError(exc.status, exc.code, label + message) from None
+            raise _rejected(exc, name) from None
 
-    async def infer(self, images: list[np.ndarray]) -> np.ndarray:
-        """Probabilities ``(N, K)`` of preprocessed images, through the dynamic batcher."""
+    async def infer(self, images: list[np.ndarray | bytes], names: list[str | None] | None = None) -> np.ndarray:
+        """Probabilities ``(N, K)`` of images (arrays or small encoded files), through the dynamic batcher."""
+        futures = []
         try:
-            rows = await self.batcher.submit_many(images)
+            for image in images:
+                futures.append(self.batcher.submit(image))
         except QueueFull as exc:
+            for future in futures:
+                future.cancel()
             raise HTTPError(503, "overloaded", f"server busy: {exc}; retry after 1 s", {"Retry-After": "1"}) from None
         finally:
             self.metrics.queue_depth.set(self.batcher.depth)
+        try:
+            rows = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            for future in futures:
+                future.cancel()  # a no-op on finished ones; drops the rest when the client is gone
+        for index, row in enumerate(rows):
+            if isinstance(row, ImageRejected):
+                raise _rejected(row, (names or [None] * len(rows))[index])
+            if isinstance(row, BaseException):
+                raise row
         return np.stack(rows)
 
     def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
@@ -152,6 +170,11 @@ class Service:
 
     def model_info(self) -> dict[str, Any]:
         return {"name": self.clf.name, "version": self.clf.version}
+
+
+def _rejected(exc: ImageRejected, name: str | None) -> HTTPError:
+    label = f"{name}: " if name else ""
+    return HTTPError(exc.status, exc.code, label + str(exc).replace("<bytes>: ", "", 1))
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None):

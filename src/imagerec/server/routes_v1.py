@@ -67,7 +67,7 @@ def register(api, service) -> None:
                 name = upload.filename or "file"
                 raise HTTPError(400, "empty", f"{name}: empty file (0 bytes)")
         images = await asyncio.gather(*(service.decode(u.data, u.filename) for u in uploads))
-        probs = await service.infer(list(images))
+        probs = await service.infer(list(images), [u.filename for u in uploads])
         preds = service.results(probs, top_k, [None] * len(uploads))
         out: list[dict[str, Any]] = []
         for upload, pred, row in zip(uploads, preds, probs, strict=True):

@@ -213,7 +213,7 @@ def register(api, service) -> None:
             if tuple(data.shape[1:]) != service.input_shape:
                 raise _bad(f"pixels shape {list(data.shape)} does not match the model input [N, {size}, {size}, {channels}]")
             images = list(data)
-        probs = await service.infer(images)
+        probs = await service.infer(images, [f"image {i}" for i in range(len(images))])
         preds = service.results(probs, 1, [None] * len(images))
         outputs = [
             {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()},
