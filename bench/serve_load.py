@@ -144,19 +144,19 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 18
     raise RuntimeError("server did not become ready")
 
 
-def start_server(kind: str, run: str, port: int, workers: int) -> subprocess.Popen:
+def start_server(kind: str, run: str, port: int, workers: int, runtime: str = "keras") -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT / "src"))
     if kind == "naive":
         cmd = [sys.executable, __file__, "--naive-server", str(port), "--run", run]
     else:
         imagerec = Path(sys.executable).with_name("imagerec")
-        cmd = [str(imagerec), "serve", run, "--port", str(port), "--workers", str(workers)]
+        cmd = [str(imagerec), "serve", run, "--port", str(port), "--workers", str(workers), "--runtime", runtime]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def measure(kind: str, args, requests_for) -> dict:
+def measure(kind: str, args, requests_for, runtime: str = "keras") -> dict:
     port = free_port()
-    proc = start_server(kind, args.run, port, args.workers)
+    proc = start_server(kind, args.run, port, args.workers, runtime)
     try:
         wait_ready(port, "/readyz" if kind == "imagerec" else "/docs", proc)
         path = "/v1/predict" if kind == "imagerec" else "/predict"
@@ -167,7 +167,7 @@ def measure(kind: str, args, requests_for) -> dict:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    label = kind if kind == "naive" else f"imagerec serve (workers={args.workers})"
+    label = "naive FastAPI + model.predict" if kind == "naive" else f"imagerec serve --runtime {runtime} --workers {args.workers}"
     return {"server": label, **result}
 
 
@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", choices=["naive", "imagerec"], default=None)
+    parser.add_argument("--runtimes", default="keras", help="comma-separated runtimes for imagerec serve (keras,tflite)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,12 +226,16 @@ def main() -> None:
         return [build_request(path, data, port) for data in files]
 
     results = []
-    for kind in ("naive", "imagerec"):
-        if args.only in (None, kind):
-            results.append(measure(kind, args, requests_for))
+    if args.only in (None, "naive"):
+        results.append(measure("naive", args, requests_for))
+        print(json.dumps(results[-1]), flush=True)
+    if args.only in (None, "imagerec"):
+        for runtime in args.runtimes.split(","):
+            results.append(measure("imagerec", args, requests_for, runtime))
             print(json.dumps(results[-1]), flush=True)
-    if len(results) == 2 and results[0]["rps"]:
-        print(f"throughput ratio imagerec/naive: {results[1]['rps'] / results[0]['rps']:.1f}x")
+    if args.only is None and results[0]["rps"]:
+        for r in results[1:]:
+            print(f"throughput ratio {r['server']} / naive: {r['rps'] / results[0]['rps']:.1f}x")
     print("\n| server | req/s | p50 ms | p95 ms | p99 ms | errors | 5xx |\n|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['server']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['5xx']} |")

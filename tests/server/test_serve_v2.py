@@ -78,3 +78,23 @@ def test_infer_bad_image_in_bytes_is_4xx(client):
     request["inputs"][0]["data"] = ["plain text, not an image"]
     response = client.post(f"/v2/models/{name}/infer", json=request)
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_format"
+
+
+def test_tritonclient_http_works_unchanged(server, colour_pngs):
+    httpclient = __import__("pytest").importorskip("tritonclient.http", reason="needs tritonclient[http]")
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    meta_name = __import__("httpx").get(f"{server.url}/v1/model").json()["name"]
+    assert client.is_model_ready(meta_name)
+    assert client.get_model_metadata(meta_name)["name"] == meta_name
+    for binary in (True, False):
+        images = np.array([colour_pngs["green"], colour_pngs["red"]], dtype=object)
+        if not binary:  # JSON strings: base64 text, as a JSON-only client would send
+            images = np.array([base64.b64encode(x) for x in images], dtype=object)
+        inp = httpclient.InferInput("image", [2], "BYTES")
+        inp.set_data_from_numpy(images, binary_data=binary)
+        outputs = [httpclient.InferRequestedOutput("probabilities"), httpclient.InferRequestedOutput("labels")]
+        result = client.infer(meta_name, [inp], outputs=outputs)
+        assert result.as_numpy("probabilities").shape == (2, 3)
+        assert [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("labels")] == ["green", "red"]
+    client.close()
