@@ -1,18 +1,22 @@
 """The one decode function of imagerec: training, prediction, serving and video all go through it.
 
-Rules (documented in the README, tested in ``tests/data/test_images.py``):
+Rules (documented in docs/security.md, tested in ``tests/data/test_images.py`` and ``tests/security/``):
 
-* Formats are decided by magic bytes, never by file name or Content-Type: JPEG, PNG, BMP, GIF, WebP, TIFF.
-* Header dimensions are checked against a pixel ceiling *before* any pixel is decoded (decompression bombs).
-* Animated images: the first frame only.
-* EXIF orientation is applied.
+* Formats are decided by magic bytes, never by file name or Content-Type: JPEG, PNG, BMP, GIF, WebP, TIFF, each
+  opened with ``Image.open(..., formats=[that one])``.
+* Bounded before any pixel is decoded: the encoded size (``IMAGEREC_MAX_FILE_BYTES``, 100 MB), then width x height
+  from our own header parse (PNG, GIF, BMP, JPEG SOF) and again from Pillow's (every format) against
+  ``IMAGEREC_MAX_PIXELS`` (40 MP). Pillow's own ``MAX_IMAGE_PIXELS`` guard is re-armed on every call.
+* PNG chunk CRCs are verified (Pillow skips IDAT's); truncated files are refused (``LOAD_TRUNCATED_IMAGES`` off).
+* Animated images: the first frame only (nothing seeks, whatever the frame count).
+* EXIF orientation is applied; a corrupt EXIF block is ignored.
 * Modes: 16-bit keeps its high byte (v >> 8, so 65535 -> 255: scaled, never clipped; Pillow does the same
-  for 16-bit RGB PNGs); alpha and palette transparency are composited
-  on a white background; CMYK, YCbCr, LAB, 1-bit, palette are converted by Pillow; the result is ``L`` (channels=1,
-  ITU-R 601 luma) or ``RGB`` (channels=3).
+  for 16-bit RGB PNGs); alpha and palette transparency are composited on a white background; CMYK, YCbCr, LAB,
+  1-bit, palette are converted by Pillow; the result is ``L`` (channels=1, ITU-R 601 luma) or ``RGB``.
 * Resize policy (``stretch`` | ``pad`` | ``crop``): stretch to the square size, keep the aspect and pad with the
   background, or keep the aspect and centre-crop. Bilinear with antialiasing (Pillow ``reduce`` + ``BILINEAR``).
 * Output: ``uint8`` array ``(H, W, C)``; models rescale inside themselves.
+* Failures: only :class:`~imagerec.errors.ImageRejected` (stable ``code``) leaves the decoder, whatever the bytes.
 """
 
 from __future__ import annotations
