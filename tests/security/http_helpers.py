@@ -15,7 +15,7 @@ def colour_png(colour=(220, 30, 30), seed: int = 0) -> bytes:
 
     from PIL import Image
 
-    from conftest import make_image
+    from .shared import make_image
 
     buf = io.BytesIO()
     Image.fromarray(make_image(colour, np.random.default_rng(seed))).save(buf, format="PNG")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLOURS, make_image
 from imagerec.errors import ModelFileError
 from imagerec.training.run_dir import HASH_SUFFIX, load_model_file, prescan_keras_file, save_model_file
 
 from .conftest import rewrite_config, tiny_model, write_manifest
+from .shared import COLOURS, make_image
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

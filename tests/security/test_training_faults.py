@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import imagerec
-from conftest import write_colour_dataset
 from imagerec.errors import DataError
 from imagerec.training.run_dir import RunDir, prescan_keras_file, verify_hash
+
+from .shared import write_colour_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"log": lambda *_: None}
