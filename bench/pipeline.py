@@ -212,7 +212,7 @@ def main() -> None:
     lines += [
         "",
         f"`imagerec data inspect` of {scanned:,} Fashion-MNIST PNG files (decode, sha256, thumbnail, duplicate "
-        f"search; process pool): {scan_s:.1f} s ({scanned / scan_s:,.0f} files/s).",
+        f"search; decode pool of threads, as TF is loaded): {scan_s:.1f} s ({scanned / scan_s:,.0f} files/s).",
         "",
     ]
     text = "\n".join(lines)
