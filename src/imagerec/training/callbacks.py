@@ -27,12 +27,14 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     The metadata also carries the best validation score so far, so the best-model selection survives a resume.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy"):
+    def __init__(self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy", history_csv: Path | None = None):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.root = Path(backup_dir)
         self.monitor = monitor
         self.best: float | None = None
         self.restored_epoch = 0
+        self.history_csv = history_csv
+        self.history: list[dict] = []
 
     @property
     def pointer(self) -> Path:
@@ -57,12 +59,32 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         meta = read_json(ckpt / "meta.json")
         self.restored_epoch = int(meta["epoch"])
         self.best = meta.get("best")
+        self.history = list(meta.get("history", []))
         self.model._initial_epoch = self.restored_epoch
+        if self.history_csv is not None:
+            self._rewrite_history()
+
+    def _rewrite_history(self) -> None:
+        """history.csv = exactly the checkpoint's epochs (a kill may land between the backup and the CSV row)."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        if self.history:
+            keys = sorted(k for k in self.history[0] if k != "epoch")
+            writer = csv.DictWriter(buf, fieldnames=["epoch", *keys], lineterminator="\n")
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: row.get(k, "NA") for k in ["epoch", *keys]})
+        tmp = self.history_csv.with_name(f".{self.history_csv.name}.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, self.history_csv)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is not None and (self.best is None or value > self.best):
             self.best = float(value)
+        self.history.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
         self._current_epoch = epoch + 1
         self._save_model()
 
@@ -73,7 +95,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.model.save_weights(tmp / "model.weights.h5")
-        (tmp / "meta.json").write_text(json.dumps({"epoch": self._current_epoch, "best": self.best}))
+        (tmp / "meta.json").write_text(json.dumps({"epoch": self._current_epoch, "best": self.best, "history": self.history}))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -152,7 +152,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         "resumed_changes": (previous or {}).get("resumed_changes", []) + changed,
     }
     run.write_json("config.json", config_record)
-    backup = AtomicBackupAndRestore(run.backup, monitor="val_accuracy" if n_val else "accuracy")
+    backup = AtomicBackupAndRestore(run.backup, monitor="val_accuracy" if n_val else "accuracy", history_csv=run.history)
     monitor = "val_accuracy" if n_val else "accuracy"
     callbacks = [
         backup,
