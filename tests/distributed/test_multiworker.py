@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from conftest import write_colour_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-EPOCHS = 4
+EPOCHS = 6
 
 
 def _free_ports(n: int) -> list[int]:
@@ -32,10 +31,12 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _start(index: int, ports: list[int], data: Path, out: Path, log: Path, epochs: int = EPOCHS) -> subprocess.Popen:
+def _start(index: int, ports: list[int], data: Path, out: Path, log: Path, epochs: int = EPOCHS, heartbeat: int = 30) -> subprocess.Popen:
+    tmp = log.parent / f"tmp{index}"  # the worker's TMPDIR: its private run dir must be gone from here afterwards
+    tmp.mkdir(exist_ok=True)
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "IMAGEREC_HEARTBEAT_TIMEOUT_S": "10", "IMAGEREC_CLUSTER_TIMEOUT_S": "300"}  # fmt: skip
+           "IMAGEREC_HEARTBEAT_TIMEOUT_S": str(heartbeat), "IMAGEREC_CLUSTER_TIMEOUT_S": "300", "TMPDIR": str(tmp)}  # fmt: skip
     cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--epochs", str(epochs),
            "--batch-size", "8", "--seed", "0", "--augment", "none"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -49,10 +50,6 @@ def _accuracy(run: Path, holdout: Path) -> float:
     return float(np.mean([p.label == path.parent.name for p, path in zip(preds, paths, strict=True)]))
 
 
-def _leftovers() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("imagerec-worker1-*")}
-
-
 @pytest.fixture
 def cluster_data(tmp_path: Path) -> tuple[Path, Path]:
     return write_colour_dataset(tmp_path / "data", per_class=16, seed=3), write_colour_dataset(tmp_path / "holdout", per_class=10, seed=7)
@@ -60,7 +57,6 @@ def cluster_data(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, cluster_data):
     data, holdout = cluster_data
-    before = _leftovers()
     ports = _free_ports(2)
     outs = [tmp_path / "out0", tmp_path / "out1"]
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
@@ -86,11 +82,13 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, cluster
     for name in ("model.keras", "metrics.json", "history.csv", "manifest.csv"):
         assert (outs[0] / name).exists(), name
     assert not outs[1].exists(), list(outs[1].rglob("*"))  # worker 1 wrote no run
-    assert _leftovers() == before  # and its private temp dir is gone
+    assert not list((tmp_path / "tmp1").glob("imagerec-*"))  # and its private temp dir is gone
 
     import imagerec
 
-    single = imagerec.train(data, out=tmp_path / "single", epochs=EPOCHS, batch_size=16, seed=0, augment="none", log=lambda *_: None)
+    # the equivalent single-process run: the same global batch and the same (scaled) learning rate
+    lr = config["strategy"]["learning_rate"]
+    single = imagerec.train(data, out=tmp_path / "single", epochs=EPOCHS, batch_size=16, learning_rate=lr, seed=0, augment="none", log=lambda *_: None)
     multi_acc, single_acc = _accuracy(outs[0], holdout), _accuracy(single.path, holdout)
     assert multi_acc >= 0.75 and single_acc >= 0.75, (multi_acc, single_acc)
     assert abs(multi_acc - single_acc) <= 0.2, (multi_acc, single_acc)
@@ -102,7 +100,7 @@ def test_a_dead_worker_stops_the_chief_with_one_line_and_a_restart_rejoins(tmp_p
     outs = [tmp_path / "out0", tmp_path / "out1"]
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     epochs = 5
-    procs = [_start(i, ports, data, outs[i], logs[i], epochs) for i in range(2)]
+    procs = [_start(i, ports, data, outs[i], logs[i], epochs, heartbeat=10) for i in range(2)]
     try:
         deadline = time.monotonic() + 600
         while "worker worker:1 epoch 2:" not in logs[1].read_text() and time.monotonic() < deadline:
