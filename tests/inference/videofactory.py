@@ -62,8 +62,14 @@ def read_frames(path: Path) -> tuple[int, float, tuple[int, int]]:
 
 
 @contextmanager
-def mjpeg_server(colour: str, frames: int = 45, fps: float = 30.0) -> Iterator[str]:
-    """Serve ``frames`` JPEG frames of ``colour`` as ``multipart/x-mixed-replace`` on 127.0.0.1; yields the URL."""
+def mjpeg_server(
+    colour: str, frames: int = 45, fps: float = 30.0, connections: int | None = None
+) -> Iterator[str]:
+    """Serve ``frames`` JPEG frames of ``colour`` as ``multipart/x-mixed-replace`` on 127.0.0.1; yields the URL.
+
+    After ``connections`` connections (None: no limit) it answers 404, like a camera that went away.
+    """
+    served = []
     import cv2
 
     rng = np.random.default_rng(3)
@@ -71,6 +77,10 @@ def mjpeg_server(colour: str, frames: int = 45, fps: float = 30.0) -> Iterator[s
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            served.append(1)
+            if connections is not None and len(served) > connections:
+                self.send_error(404)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.end_headers()

@@ -51,7 +51,8 @@ class VideoConfig:
         top_k: ``(label, score)`` pairs per result.
         batch_size: most frames per model call.
         open_timeout_s / read_timeout_s: a source that opens or sends no frame within this raises VideoError.
-        reconnects: attempts to reopen a live stream that drops (back-off 0.5 s, 1 s, 2 s, ... up to 8 s).
+        reconnects: consecutive attempts to reopen a live stream that drops (back-off 0.5 s, 1 s, 2 s, ... up to
+            8 s; the count restarts once a frame arrives).
         live: treat the source as live (keep only the newest frame); None = cameras and URLs are live.
         keep_images: attach the BGR frame to each result (needed to draw or write video).
     """
