@@ -98,7 +98,7 @@ def make_dataset(
         spec: image size, channels, resize policy, batch size, cache mode.
         training: shuffle every epoch and apply ``augment``.
         augment: a batch function from :func:`imagerec.data.augment.build_augment`, or None.
-        seed: shuffle seed.
+        seed: seeds the shuffle and the per-batch augmentation keys (same seed, same epochs).
         arrays: already decoded ``(images, labels)`` (skips decoding).
     """
     import tensorflow as tf
