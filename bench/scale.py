@@ -40,11 +40,14 @@ def log(msg: str) -> None:
 
 
 def _prepare(args, work: Path) -> tuple[Path, Path]:
+    import imagerec
     from conftest import write_colour_dataset
 
-    import imagerec
-
-    source = Path(args.source) if args.source else write_colour_dataset(work / "images", per_class=args.images // 3, size=args.size, seed=11)
+    source = (
+        Path(args.source)
+        if args.source
+        else write_colour_dataset(work / "images", per_class=args.images // 3, size=args.size, seed=11)
+    )
     if args.run:
         return Path(args.run), source
     log("training a tiny run to predict with (2 epochs)")
@@ -93,7 +96,9 @@ def main() -> None:
         clf.predict(files, batch_size=args.batch_size, errors="return")
         times.setdefault("predict-inproc", []).append(time.perf_counter() - t0)
         for w in args.workers:
-            s = predict_with_ray(run, [str(source)], work / f"out-{w}.parquet", num_workers=w, batch_size=args.batch_size)
+            s = predict_with_ray(
+                run, [str(source)], work / f"out-{w}.parquet", num_workers=w, batch_size=args.batch_size
+            )
             assert s["images"] == n, s
             times.setdefault(f"ray-{w}", []).append(s["seconds"])
     ray.shutdown()

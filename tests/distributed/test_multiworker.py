@@ -31,10 +31,17 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _start(index: int, ports: list[int], data: Path, out: Path, log: Path, epochs: int = EPOCHS, heartbeat: int = 30) -> subprocess.Popen:
-    tmp = log.parent / f"tmp{index}"  # the worker's TMPDIR: its private run dir must be gone from here afterwards
+def _start(
+    index: int, ports: list[int], data: Path, out: Path, log: Path, epochs: int = EPOCHS, heartbeat: int = 30
+) -> subprocess.Popen:
+    tmp = (
+        log.parent / f"tmp{index}"
+    )  # the worker's TMPDIR: its private run dir must be gone from here afterwards
     tmp.mkdir(exist_ok=True)
-    tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    tf_config = {
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index},
+    }
     env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2",
            "IMAGEREC_HEARTBEAT_TIMEOUT_S": str(heartbeat), "IMAGEREC_CLUSTER_TIMEOUT_S": "300", "TMPDIR": str(tmp)}  # fmt: skip
     cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--epochs", str(epochs),
@@ -52,7 +59,9 @@ def _accuracy(run: Path, holdout: Path) -> float:
 
 @pytest.fixture
 def cluster_data(tmp_path: Path) -> tuple[Path, Path]:
-    return write_colour_dataset(tmp_path / "data", per_class=16, seed=3), write_colour_dataset(tmp_path / "holdout", per_class=10, seed=7)
+    return write_colour_dataset(tmp_path / "data", per_class=16, seed=3), write_colour_dataset(
+        tmp_path / "holdout", per_class=10, seed=7
+    )
 
 
 def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, cluster_data):
@@ -88,7 +97,16 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, cluster
 
     # the equivalent single-process run: the same global batch and the same (scaled) learning rate
     lr = config["strategy"]["learning_rate"]
-    single = imagerec.train(data, out=tmp_path / "single", epochs=EPOCHS, batch_size=16, learning_rate=lr, seed=0, augment="none", log=lambda *_: None)
+    single = imagerec.train(
+        data,
+        out=tmp_path / "single",
+        epochs=EPOCHS,
+        batch_size=16,
+        learning_rate=lr,
+        seed=0,
+        augment="none",
+        log=lambda *_: None,
+    )
     multi_acc, single_acc = _accuracy(outs[0], holdout), _accuracy(single.path, holdout)
     assert multi_acc >= 0.75 and single_acc >= 0.75, (multi_acc, single_acc)
     assert abs(multi_acc - single_acc) <= 0.2, (multi_acc, single_acc)
@@ -116,7 +134,11 @@ def test_a_dead_worker_stops_the_chief_with_one_line_and_a_restart_rejoins(tmp_p
     chief = logs[0].read_text()
     assert code == 2, chief[-3000:]
     errors = [ln for ln in chief.splitlines() if ln.startswith("imagerec: error:")]
-    assert len(errors) == 1 and "multi-worker training stopped" in errors[0] and "restart every worker" in errors[0]
+    assert (
+        len(errors) == 1
+        and "multi-worker training stopped" in errors[0]
+        and "restart every worker" in errors[0]
+    )
     assert "Traceback" not in chief
     assert waited < 180
     done = int((outs[0] / "backup" / "latest").read_text().split("-")[1])

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'imagerec[distributed]')")
 
 from conftest import write_colour_dataset  # noqa: E402
-
 from imagerec.cli import main  # noqa: E402
 from imagerec.errors import ImagerecError  # noqa: E402
 
@@ -42,11 +41,24 @@ def test_unreachable_ray_address_fails_fast():
 
 
 def test_cli_ray_errors_are_one_line(tmp_path, capsys, colour_data):
-    code, _, err = _cli(["train", str(colour_data), "--out", str(tmp_path / "r"), "--ray", "--ray-address", f"127.0.0.1:{_closed_port()}"], capsys)
+    code, _, err = _cli(
+        [
+            "train",
+            str(colour_data),
+            "--out",
+            str(tmp_path / "r"),
+            "--ray",
+            "--ray-address",
+            f"127.0.0.1:{_closed_port()}",
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("imagerec: error:") == 1 and "cannot reach the Ray cluster" in err
     code, _, err = _cli(["predict", str(tmp_path / "r"), str(colour_data), "--ray"], capsys)
     assert code == 2 and "add --out results.parquet" in err and "Traceback" not in err
-    code, _, err = _cli(["predict", str(tmp_path / "r"), str(colour_data), "--ray", "--out", str(tmp_path / "x.csv")], capsys)
+    code, _, err = _cli(
+        ["predict", str(tmp_path / "r"), str(colour_data), "--ray", "--out", str(tmp_path / "x.csv")], capsys
+    )
     assert code == 2 and "must end in .parquet or .jsonl" in err
 
 
@@ -66,9 +78,13 @@ def test_ray_train_then_ray_data_predict_matches_single_process(tmp_path, local_
     from imagerec.distributed.ray import predict_with_ray, train_with_ray
 
     data = write_colour_dataset(tmp_path / "data", per_class=12, seed=5)
-    run = train_with_ray(data, tmp_path / "run", num_workers=2, epochs=3, batch_size=8, seed=0, augment="none")
+    run = train_with_ray(
+        data, tmp_path / "run", num_workers=2, epochs=3, batch_size=8, seed=0, augment="none"
+    )
     strategy = run.config["strategy"]
-    assert strategy["name"] == "multiworker" and strategy["workers"] == 2 and strategy["global_batch_size"] == 16
+    assert (
+        strategy["name"] == "multiworker" and strategy["workers"] == 2 and strategy["global_batch_size"] == 16
+    )
     assert (run.path / "model.keras").exists() and run.metrics["epochs_completed"] == 3
 
     (data / "red" / "broken.png").write_bytes(b"not an image")
@@ -92,7 +108,21 @@ def test_ray_train_then_ray_data_predict_matches_single_process(tmp_path, local_
         assert [t["score"] for t in row["top_k"]] == pytest.approx([s for _, s in want.top_k], abs=1e-5)
 
     jsonl = tmp_path / "results.jsonl"  # the CLI path writes the rows `imagerec predict --format json` prints
-    code, _, err = _cli(["predict", str(run.path), str(data), "--ray", "--out", str(jsonl), "--num-workers", "2", "--top-k", "3"], capsys)
+    code, _, err = _cli(
+        [
+            "predict",
+            str(run.path),
+            str(data),
+            "--ray",
+            "--out",
+            str(jsonl),
+            "--num-workers",
+            "2",
+            "--top-k",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 1 and "1 failed" in err  # one unreadable file -> exit 1, like `imagerec predict`
     code, out, _ = _cli(["predict", str(run.path), str(data), "--format", "json", "--top-k", "3"], capsys)
     plain = {Path(r["path"]).resolve(): r for r in map(json.loads, out.splitlines())}

@@ -20,7 +20,10 @@ TWO = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "
         ("{bad", "not JSON"),
         ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
         ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "no 'task'"),
-        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "task worker:3 is not in the cluster"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+            "task worker:3 is not in the cluster",
+        ),
         ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', "not host:port"),
         ('{"cluster": {"gpu": ["h:1"]}, "task": {"type": "gpu", "index": 0}}', "cluster job 'gpu'"),
     ],
@@ -64,7 +67,10 @@ def test_default_strategy_without_cluster(monkeypatch):
 def test_non_chief_writes_to_a_private_temp_dir_that_is_removed(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_CONFIG", json.dumps(TWO))
     out = tmp_path / "run"
-    with strategy.worker_run(out, False, lambda resume: pytest.fail("only the chief prepares the run")) as (path, prev):
+    with strategy.worker_run(out, False, lambda resume: pytest.fail("only the chief prepares the run")) as (
+        path,
+        prev,
+    ):
         assert path != out and path.is_dir() and prev is None
         (path / "model.keras").write_text("x")
     assert not path.exists() and not out.exists()
@@ -78,7 +84,10 @@ def test_non_chief_resume_needs_the_shared_run(monkeypatch, tmp_path):
 
 
 def test_cli_malformed_tf_config_is_one_line_exit_2(colour_data, tmp_path):
-    env = {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "PATH": "/usr/bin:/bin"}
+    env = {
+        "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+        "PATH": "/usr/bin:/bin",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "imagerec", "train", str(colour_data), "--out", str(tmp_path / "run"), "--epochs", "1"],
         capture_output=True, text=True, timeout=120, env=env,

@@ -35,7 +35,9 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ImagerecError("Ray is not installed; install it with pip install 'imagerec[distributed]'") from None
+        raise ImagerecError(
+            "Ray is not installed; install it with pip install 'imagerec[distributed]'"
+        ) from None
     return ray
 
 
@@ -74,7 +76,9 @@ def init_ray(address: str | None = None, num_cpus: int = 2, timeout: float = CON
     try:
         ray.init(address=address, include_dashboard=False, configure_logging=False)
     except (ConnectionError, RuntimeError) as exc:
-        raise ImagerecError(f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+        raise ImagerecError(
+            f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}"
+        ) from None
     return ray
 
 
@@ -120,8 +124,15 @@ def train_with_ray(
     key = "GPU" if use_gpu else "CPU"
     have = ray.cluster_resources().get(key, 0)
     if have < num_workers:
-        raise ImagerecError(f"the Ray cluster has {have:g} {key}(s) but --num-workers is {num_workers}; ask for fewer workers")
-    data, out = os.path.abspath(os.fspath(data)) if "://" not in str(data) and not str(data).startswith("builtin:") else str(data), os.path.abspath(out)
+        raise ImagerecError(
+            f"the Ray cluster has {have:g} {key}(s) but --num-workers is {num_workers}; ask for fewer workers"
+        )
+    data, out = (
+        os.path.abspath(os.fspath(data))
+        if "://" not in str(data) and not str(data).startswith("builtin:")
+        else str(data),
+        os.path.abspath(out),
+    )
     loop_cfg = {"data": data, "out": out, "force": force, "resume": resume, "overrides": overrides}
     trainer = TensorflowTrainer(
         _train_loop,
@@ -148,7 +159,10 @@ def _root_cause(exc: BaseException) -> str:
     while seen.__cause__ is not None or getattr(seen, "cause", None) is not None:
         seen = seen.__cause__ or seen.cause  # type: ignore[attr-defined]
     lines = [ln.strip() for ln in str(seen).splitlines() if ln.strip()]
-    keep = next((ln for ln in lines if "imagerec" in ln.lower() or "unhealthy" in ln or "Error" in ln), lines[-1] if lines else "")
+    keep = next(
+        (ln for ln in lines if "imagerec" in ln.lower() or "unhealthy" in ln or "Error" in ln),
+        lines[-1] if lines else "",
+    )
     return f"{type(seen).__name__}: {keep[:300]}"
 
 
@@ -170,7 +184,9 @@ class _Predictor:
 
         paths = [str(p) for p in batch["path"]]
         results = self.clf.predict(paths, top_k=self.top_k, batch_size=max(1, len(paths)), errors="return")
-        return pa.Table.from_pylist([_row(path, r) for path, r in zip(paths, results, strict=True)], schema=_schema())
+        return pa.Table.from_pylist(
+            [_row(path, r) for path, r in zip(paths, results, strict=True)], schema=_schema()
+        )
 
 
 def _schema():
@@ -183,11 +199,16 @@ def _schema():
     ])  # fmt: skip
 
 
-
-
 def _row(path: str, result) -> dict[str, Any]:
     if hasattr(result, "code"):
-        return {"path": path, "label": None, "confidence": None, "top_k": [], "error_code": result.code, "error_message": result.message}
+        return {
+            "path": path,
+            "label": None,
+            "confidence": None,
+            "top_k": [],
+            "error_code": result.code,
+            "error_message": result.message,
+        }
     top = [{"label": label, "score": float(score)} for label, score in result.top_k]
     return {"path": path, "label": result.label, "confidence": float(result.confidence), "top_k": top,
             "error_code": None, "error_message": None}  # fmt: skip
@@ -196,9 +217,18 @@ def _row(path: str, result) -> dict[str, Any]:
 def _json_line(row: dict[str, Any]) -> str:
     """The same object ``imagerec predict --format json`` prints for this row."""
     if row["error_code"] is not None:
-        return json.dumps({"path": row["path"], "error": {"code": row["error_code"], "message": row["error_message"]}})
+        return json.dumps(
+            {"path": row["path"], "error": {"code": row["error_code"], "message": row["error_message"]}}
+        )
     top = [{"label": t["label"], "score": round(float(t["score"]), 6)} for t in row["top_k"]]
-    return json.dumps({"path": row["path"], "label": row["label"], "confidence": round(float(row["confidence"]), 6), "top_k": top})
+    return json.dumps(
+        {
+            "path": row["path"],
+            "label": row["label"],
+            "confidence": round(float(row["confidence"]), 6),
+            "top_k": top,
+        }
+    )
 
 
 def predict_with_ray(
@@ -232,16 +262,23 @@ def predict_with_ray(
     if out.suffix not in OUTPUT_SUFFIXES:
         raise ImagerecError(f"--out {str(out)!r} must end in {' or '.join(OUTPUT_SUFFIXES)}")
     if num_workers < 1 or batch_size < 1 or top_k < 1:
-        raise ImagerecError(f"num_workers, batch_size and top_k must be >= 1, got {num_workers}, {batch_size}, {top_k}")
+        raise ImagerecError(
+            f"num_workers, batch_size and top_k must be >= 1, got {num_workers}, {batch_size}, {top_k}"
+        )
     RunDir(run).require()
     files, missing = expand_paths([str(s) for s in sources])
     if missing or not files:
-        raise ImagerecError(f"no image files found in {', '.join(missing or sources)}; expected image files, folders or globs")
+        raise ImagerecError(
+            f"no image files found in {', '.join(missing or sources)}; expected image files, folders or globs"
+        )
     ray = init_ray(address, num_cpus=max(2, num_workers))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     t0 = time.perf_counter()
-    ds = ray.data.from_items([{"path": str(p.resolve())} for p in files], override_num_blocks=max(1, min(len(files) // batch_size, 200)))
+    ds = ray.data.from_items(
+        [{"path": str(p.resolve())} for p in files],
+        override_num_blocks=max(1, min(len(files) // batch_size, 200)),
+    )
     ds = ds.map_batches(
         _Predictor, fn_constructor_args=(str(Path(run).resolve()), top_k, runtime), batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=1, batch_format="numpy",

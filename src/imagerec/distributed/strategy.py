@@ -35,13 +35,13 @@ from imagerec.errors import ImagerecError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-TF_CONFIG_HINT = (
-    'expected JSON like {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
-)
+TF_CONFIG_HINT = 'expected JSON like {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
 
 
 def _malformed(what: str) -> ImagerecError:
-    return ImagerecError(f"TF_CONFIG is malformed: {what}; {TF_CONFIG_HINT}. Fix or unset the TF_CONFIG variable")
+    return ImagerecError(
+        f"TF_CONFIG is malformed: {what}; {TF_CONFIG_HINT}. Fix or unset the TF_CONFIG variable"
+    )
 
 
 def read_tf_config() -> dict[str, Any] | None:
@@ -61,7 +61,9 @@ def read_tf_config() -> dict[str, Any] | None:
         raise _malformed("no 'cluster' object")
     for job, addresses in cfg["cluster"].items():
         if job not in TASK_TYPES or not isinstance(addresses, list) or not addresses:
-            raise _malformed(f"cluster job {job!r} must be one of {', '.join(TASK_TYPES)} with a list of addresses")
+            raise _malformed(
+                f"cluster job {job!r} must be one of {', '.join(TASK_TYPES)} with a list of addresses"
+            )
         for address in addresses:
             host, _, port = str(address).rpartition(":")
             if not host or not port.isdigit():
@@ -76,7 +78,9 @@ def read_tf_config() -> dict[str, Any] | None:
 
 
 def num_workers(tf_config: dict[str, Any] | None) -> int:
-    return sum(len(v) for k, v in tf_config["cluster"].items() if k in ("chief", "worker")) if tf_config else 1
+    return (
+        sum(len(v) for k, v in tf_config["cluster"].items() if k in ("chief", "worker")) if tf_config else 1
+    )
 
 
 def is_chief(tf_config: dict[str, Any] | None = None) -> bool:
@@ -113,7 +117,11 @@ def _multiworker_strategy():
                 return tf.nest.map_structure(
                     lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v, value
                 )
-            if axis is not None and getattr(local(value)[0], "shape", None) is not None and local(value)[0].shape.rank == 0:
+            if (
+                axis is not None
+                and getattr(local(value)[0], "shape", None) is not None
+                and local(value)[0].shape.rank == 0
+            ):
                 axis = None
             return super().reduce(reduce_op, value, axis)
 
@@ -135,7 +143,11 @@ def _configure_coordination(tf_config: dict[str, Any] | None) -> None:
         return
     cluster = tf_config["cluster"]
     leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
-    jobs = [coordination_config_pb2.CoordinatedJob(name=j, num_tasks=len(cluster[j])) for j in ("chief", "worker") if j in cluster]
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=j, num_tasks=len(cluster[j]))
+        for j in ("chief", "worker")
+        if j in cluster
+    ]
     context.context().configure_coordination_service(
         service_type="standalone",
         service_leader=leader,
@@ -161,7 +173,9 @@ def get_strategy(name: str = "auto"):
     tf_config = read_tf_config()
     workers = num_workers(tf_config)
     if name == "multiworker" and tf_config is None:
-        raise ImagerecError("strategy 'multiworker' needs a TF_CONFIG describing the cluster; see docs/scaling.md")
+        raise ImagerecError(
+            "strategy 'multiworker' needs a TF_CONFIG describing the cluster; see docs/scaling.md"
+        )
     gpus = len(tf.config.list_physical_devices("GPU"))
     if name == "multiworker" or (name == "auto" and workers > 1):
         t0 = time.perf_counter()
@@ -175,7 +189,12 @@ def get_strategy(name: str = "auto"):
     else:
         strategy = tf.distribute.get_strategy()
         chosen = "default"
-    info: dict[str, Any] = {"name": chosen, "replicas": int(strategy.num_replicas_in_sync), "workers": workers, "gpus": gpus}
+    info: dict[str, Any] = {
+        "name": chosen,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "workers": workers,
+        "gpus": gpus,
+    }
     if tf_config:
         info["task"] = tf_config["task"]
         info["chief"] = is_chief(tf_config)
@@ -225,7 +244,9 @@ def worker_callbacks(info: dict[str, Any], log) -> list:
 
 
 @contextlib.contextmanager
-def worker_run(out: str | os.PathLike, resume: bool, prepare, force: bool = False) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+def worker_run(
+    out: str | os.PathLike, resume: bool, prepare, force: bool = False
+) -> Iterator[tuple[Path, dict[str, Any] | None]]:
     """Yield ``(run_path, previous_config)`` for this process.
 
     The chief (and a single process) gets ``out`` itself, checked by ``prepare(resume)``. Any other worker gets a
@@ -239,11 +260,21 @@ def worker_run(out: str | os.PathLike, resume: bool, prepare, force: bool = Fals
     tf_config = read_tf_config()
     cluster = num_workers(tf_config) > 1
     shared = RunDir(out)
-    if cluster and not resume and not force and (shared.backup / "latest").exists() and shared.config.exists():
+    if (
+        cluster
+        and not resume
+        and not force
+        and (shared.backup / "latest").exists()
+        and shared.config.exists()
+    ):
         print(f"imagerec: task {task_name(tf_config)}: {out} has a checkpoint; rejoining it (--force starts over)",
               file=sys.stderr, flush=True)  # fmt: skip
         resume = True
-    tmp = None if is_chief(tf_config) else Path(tempfile.mkdtemp(prefix=f"imagerec-{task_name().replace(':', '')}-"))
+    tmp = (
+        None
+        if is_chief(tf_config)
+        else Path(tempfile.mkdtemp(prefix=f"imagerec-{task_name().replace(':', '')}-"))
+    )
     try:
         if tmp is None:
             yield Path(out), prepare(resume)
@@ -269,7 +300,10 @@ def worker_run(out: str | os.PathLike, resume: bool, prepare, force: bool = Fals
 
 def _cluster_failure(exc: Exception, out) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    reason = next((ln for ln in lines if "unhealthy" in ln or "heartbeat" in ln or "crashed" in ln), lines[0] if lines else "")
+    reason = next(
+        (ln for ln in lines if "unhealthy" in ln or "heartbeat" in ln or "crashed" in ln),
+        lines[0] if lines else "",
+    )
     dead = next((ln for ln in lines if ln.startswith("/job:")), "")
     return (f"multi-worker training stopped on task {task_name()}: a peer failed or left ({type(exc).__name__}: "
             f"{reason[:200]}{' ' + dead if dead else ''}); the last complete epoch is in {out}/backup; restart every "
