@@ -47,7 +47,11 @@ def tutorial(data: Path) -> None:
         image_size=(img_height, img_width), batch_size=batch_size, color_mode="grayscale",
     )  # fmt: skip
     test_ds = tf.keras.utils.image_dataset_from_directory(
-        data / "test", image_size=(img_height, img_width), batch_size=batch_size, color_mode="grayscale", shuffle=False
+        data / "test",
+        image_size=(img_height, img_width),
+        batch_size=batch_size,
+        color_mode="grayscale",
+        shuffle=False,
     )
     class_names = train_ds.class_names
     autotune = tf.data.AUTOTUNE
@@ -66,7 +70,9 @@ def tutorial(data: Path) -> None:
         layers.Dense(len(class_names)),
     ])  # fmt: skip
     model.compile(
-        optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+        optimizer="adam",
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
     )
     t0 = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=10, verbose=0)
@@ -103,7 +109,9 @@ def run_side(side: str, data: Path, out: Path, extra: list[str]) -> dict:
         # training costs ~3x the forward pass (forward + two backward matmuls per layer)
         "train_gflops_per_s": 3 * flops * metrics["images_per_second"] / 1e9,
         "precision": config["precision"],
-        "recipe": {k: config["config"]["train"][k] for k in ("epochs", "batch_size", "learning_rate", "schedule")}
+        "recipe": {
+            k: config["config"]["train"][k] for k in ("epochs", "batch_size", "learning_rate", "schedule")
+        }
         | {"model": config["config"]["model"]["name"], "augment": config["config"]["augment"]["preset"]},
     }
 
@@ -116,12 +124,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-mnist-png"))
     parser.add_argument("--sides", default="tutorial,imagerec")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--imagerec-args", default="", help="extra flags for 'imagerec train' (default: none)")
-    parser.add_argument("--out", type=Path, default=None, help="where the imagerec run goes (default: a temp dir)")
+    parser.add_argument(
+        "--imagerec-args", default="", help="extra flags for 'imagerec train' (default: none)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the imagerec run goes (default: a temp dir)"
+    )
     args = parser.parse_args()
     if not (args.data / ".complete").exists():
         print(f"writing the PNG tree to {args.data} ...", flush=True)
-        subprocess.run([str(Path(sys.executable).with_name("imagerec")), "data", "builtin", "fashion-mnist", str(args.data)], check=True)
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("imagerec")),
+                "data",
+                "builtin",
+                "fashion-mnist",
+                str(args.data),
+            ],
+            check=True,
+        )
     out = args.out or Path(tempfile.mkdtemp(prefix="imagerec-bench-")) / "run"
     rows = []
     for _ in range(args.repeat):
@@ -134,12 +155,16 @@ def main() -> None:
         if mine:
             walls = sorted(r["wall_s"] for r in mine)
             accs = [r["test_accuracy"] for r in mine]
-            print(f"{side:9s} test accuracy {sum(accs) / len(accs):.4f}  wall {walls[len(walls) // 2]:.1f}s (median of {len(mine)})")
+            print(
+                f"{side:9s} test accuracy {sum(accs) / len(accs):.4f}  wall {walls[len(walls) // 2]:.1f}s (median of {len(mine)})"
+            )
     tut = [r["wall_s"] for r in rows if r["side"] == "tutorial"]
     ours = [r["wall_s"] for r in rows if r["side"] == "imagerec"]
     if tut and ours:
-        ratios = sorted(o / t for o, t in zip(ours, tut))
-        print(f"time ratio imagerec / tutorial: {ratios[len(ratios) // 2]:.2f} (median of {len(ratios)} pairs; <= 1.0 is the bar)")
+        ratios = sorted(o / t for o, t in zip(ours, tut, strict=False))
+        print(
+            f"time ratio imagerec / tutorial: {ratios[len(ratios) // 2]:.2f} (median of {len(ratios)} pairs; <= 1.0 is the bar)"
+        )
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -55,7 +55,9 @@ def test_default_model_is_cheaper_per_accuracy_point_than_before():
 
 
 def test_unknown_model_name_suggests_the_closest():
-    with pytest.raises(ImagerecError, match=r"unknown model 'mobilenetv3smal'; did you mean 'mobilenetv3small'"):
+    with pytest.raises(
+        ImagerecError, match=r"unknown model 'mobilenetv3smal'; did you mean 'mobilenetv3small'"
+    ):
         build_model("mobilenetv3smal", 32, 3, 2)
 
 
@@ -71,12 +73,16 @@ def test_transfer_learning_from_a_local_weights_file(tmp_path):
     path = tmp_path / "mnv3s.weights.h5"
     get_backbone_layer(source).save_weights(path)
     model = build_model("mobilenetv3small", 32, 3, 5, ModelConfig(name="mobilenetv3small", weights=str(path)))
-    for a, b in zip(get_backbone_layer(source).get_weights(), get_backbone_layer(model).get_weights(), strict=True):
+    for a, b in zip(
+        get_backbone_layer(source).get_weights(), get_backbone_layer(model).get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     fresh = build_model("mobilenetv3small", 32, 3, 5)
     assert any(
         not np.array_equal(a, b)
-        for a, b in zip(get_backbone_layer(fresh).get_weights(), get_backbone_layer(model).get_weights(), strict=True)
+        for a, b in zip(
+            get_backbone_layer(fresh).get_weights(), get_backbone_layer(model).get_weights(), strict=True
+        )
     )
 
 
@@ -92,7 +98,13 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
 
 def test_missing_weights_file_is_refused(tmp_path):
     with pytest.raises(ImagerecError, match=r"not found; expected a \.weights\.h5 file"):
-        build_model("mobilenetv3small", 32, 3, 2, ModelConfig(name="mobilenetv3small", weights=str(tmp_path / "x.weights.h5")))
+        build_model(
+            "mobilenetv3small",
+            32,
+            3,
+            2,
+            ModelConfig(name="mobilenetv3small", weights=str(tmp_path / "x.weights.h5")),
+        )
 
 
 def test_imagenet_offline_fails_fast_with_one_line(monkeypatch, tmp_path):
@@ -100,6 +112,8 @@ def test_imagenet_offline_fails_fast_with_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("IMAGEREC_DOWNLOAD_TIMEOUT", "5")
     t0 = time.perf_counter()
-    with pytest.raises(ImagerecError, match=r"cannot download ImageNet weights for mobilenetv3small.*--weights PATH"):
+    with pytest.raises(
+        ImagerecError, match=r"cannot download ImageNet weights for mobilenetv3small.*--weights PATH"
+    ):
         build_model("mobilenetv3small", 32, 3, 2, ModelConfig(name="mobilenetv3small", weights="imagenet"))
     assert time.perf_counter() - t0 < 30

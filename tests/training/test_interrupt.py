@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import write_colour_dataset
 
 EPOCHS = 4
@@ -24,7 +25,7 @@ def start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 120) -> None:
+def wait_for_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 300) -> None:
     """Wait until the backup holds ``epoch`` complete epochs (then the next one is under way)."""
     latest = out / "backup" / "latest"
     deadline = time.monotonic() + timeout
@@ -52,7 +53,9 @@ def test_sigkill_mid_epoch_then_resume(big_colour_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    done = json.loads((out / "backup" / (out / "backup" / "latest").read_text().strip() / "meta.json").read_text())
+    done = json.loads(
+        (out / "backup" / (out / "backup" / "latest").read_text().strip() / "meta.json").read_text()
+    )
     assert 1 <= done["epoch"] < EPOCHS, "the kill must land before the run finished"
     assert not (out / "metrics.json").exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name and p.is_file() and p.stat().st_size == 0]

@@ -14,7 +14,9 @@ from imagerec.training.lr_find import lr_find, suggest
 def test_suggest_on_a_known_curve():
     lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
     # flat, then a steep drop around 1e-3, minimum near 1e-2, then a blow-up
-    losses = [2.3 - 2.0 / (1 + math.exp(-(math.log10(lr) + 3) * 4)) + max(0, math.log10(lr) + 2) ** 2 for lr in lrs]
+    losses = [
+        2.3 - 2.0 / (1 + math.exp(-(math.log10(lr) + 3) * 4)) + max(0, math.log10(lr) + 2) ** 2 for lr in lrs
+    ]
     steepest, min10 = suggest(lrs, losses)
     assert 3e-4 < steepest < 3e-3
     best = lrs[losses.index(min(losses))]
@@ -24,7 +26,14 @@ def test_suggest_on_a_known_curve():
 
 
 def test_lr_find_api_and_plot(colour_data, tmp_path):
-    result = lr_find(colour_data, plot=tmp_path / "lr.png", steps=40, model="tutorial-cnn", batch_size=8, log=lambda *_: None)
+    result = lr_find(
+        colour_data,
+        plot=tmp_path / "lr.png",
+        steps=40,
+        model="tutorial-cnn",
+        batch_size=8,
+        log=lambda *_: None,
+    )
     assert 5 <= len(result.losses) <= 40 and len(result.losses) == len(result.learning_rates)
     assert all(math.isfinite(v) for v in result.losses)
     assert result.learning_rates == sorted(result.learning_rates)
@@ -35,7 +44,20 @@ def test_lr_find_api_and_plot(colour_data, tmp_path):
 def test_lr_find_cli(colour_data, tmp_path, capsys):
     plot = tmp_path / "find.png"
     with pytest.raises(SystemExit) as info:
-        main(["lr-find", str(colour_data), "--plot", str(plot), "--steps", "30", "--model", "tutorial-cnn", "--batch-size", "8"])
+        main(
+            [
+                "lr-find",
+                str(colour_data),
+                "--plot",
+                str(plot),
+                "--steps",
+                "30",
+                "--model",
+                "tutorial-cnn",
+                "--batch-size",
+                "8",
+            ]
+        )
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "suggested learning rate" in out and "--lr " in out

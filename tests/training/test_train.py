@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import COLOURS, make_image, write_colour_dataset
 
 import imagerec
+from conftest import COLOURS, make_image, write_colour_dataset
 from imagerec.cli import main
 from imagerec.errors import DataError, ImagerecError, RunError
 from imagerec.training.run_dir import RunDir
@@ -40,7 +40,16 @@ def weights_digest(run_path) -> str:
 def test_run_directory_contents(trained_run):
     run = RunDir(trained_run).require("manifest.csv", "history.csv", "metrics.json")
     config = run.read_config()
-    for key in ("config", "class_names", "image_size", "channels", "resize", "seed", "versions", "data_fingerprint"):
+    for key in (
+        "config",
+        "class_names",
+        "image_size",
+        "channels",
+        "resize",
+        "seed",
+        "versions",
+        "data_fingerprint",
+    ):
         assert key in config, key
     assert config["class_names"] == ["blue", "green", "red"]
     assert config["image_size"] == 32 and config["channels"] == 3
@@ -96,7 +105,9 @@ def test_image_size_too_small_for_backbone(colour_data, tmp_path):
 def test_resume_must_match_image_size_and_extend(colour_data, tmp_path):
     out = tmp_path / "run"
     imagerec.train(colour_data, out=out, epochs=2, **TINY, **QUIET)
-    with pytest.raises(RunError, match=r"cannot resume: data.image_size is 24 but the checkpoint was trained with 32"):
+    with pytest.raises(
+        RunError, match=r"cannot resume: data.image_size is 24 but the checkpoint was trained with 32"
+    ):
         imagerec.train(colour_data, out=out, resume=True, image_size=24, **QUIET)
     lines = []
     run = imagerec.train(colour_data, out=out, resume=True, epochs=4, log=lines.append)
@@ -114,11 +125,26 @@ def test_resume_without_a_run_is_refused(colour_data, tmp_path, capsys):
 
 def test_nan_loss_is_one_line_and_keeps_the_last_good_model(colour_data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli(["train", colour_data, "--out", out, "--epochs", "1", "--model", "tutorial-cnn"], capsys)[0] == 0
+    assert (
+        cli(["train", colour_data, "--out", out, "--epochs", "1", "--model", "tutorial-cnn"], capsys)[0] == 0
+    )
     good = (out / "model.keras").read_bytes()
     backup = (out / "backup" / "latest").read_text()
     code, _, err = cli(
-        ["train", colour_data, "--out", out, "--resume", "--epochs", "4", "--lr", "1e12", "--optimizer", "sgd"], capsys
+        [
+            "train",
+            colour_data,
+            "--out",
+            out,
+            "--resume",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e12",
+            "--optimizer",
+            "sgd",
+        ],
+        capsys,
     )
     assert code == 2 and err.count("\n") == 1, err
     assert "training diverged: the loss became" in err and "lower --lr" in err

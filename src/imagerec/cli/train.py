@@ -15,7 +15,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
     model: str = typer.Option(None, help="Registry name (see 'imagerec models'); default imagerec-cnn."),
     epochs: int = typer.Option(None, help="Epochs (default: from the dataset size)."),
-    image_size: int = typer.Option(None, "--image-size", help="Square input side (default: from the images)."),
+    image_size: int = typer.Option(
+        None, "--image-size", help="Square input side (default: from the images)."
+    ),
     channels: int = typer.Option(None, help="1 or 3 (default: grey data stays grey)."),
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -26,14 +28,22 @@ def train(
     class_weights: str = typer.Option(None, "--class-weights", help="none | auto"),
     early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs (0 = off)."),
     weights: str = typer.Option(None, help="Backbones: imagenet | none | PATH.weights.h5"),
-    mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto (bf16 on AVX512-BF16/AMX CPUs and GPUs) | off | bf16"),
+    mixed_precision: str = typer.Option(
+        None, "--mixed-precision", help="auto (bf16 on AVX512-BF16/AMX CPUs and GPUs) | off | bf16"
+    ),
     strategy: str = typer.Option(None, help="auto | default | mirrored | multiworker"),
     seed: int = typer.Option(None),
-    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Op determinism (slower)."),
+    deterministic: bool = typer.Option(
+        None, "--deterministic/--no-deterministic", help="Op determinism (slower)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue (or extend with a larger --epochs) a run."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray Train workers (TensorflowTrainer); see docs/scaling.md."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."),
+    ray: bool = typer.Option(
+        False, "--ray", help="Run on Ray Train workers (TensorflowTrainer); see docs/scaling.md."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."
+    ),
     num_workers: int = typer.Option(2, "--num-workers", help="Ray Train workers (with --ray)."),
 ) -> None:
     """Train a classifier and write a run directory (model, labels, config, split, history, metrics, logs)."""
@@ -42,7 +52,9 @@ def train(
     if ray or ray_address:
         from imagerec.distributed.ray import train_with_ray
 
-        train_run = lambda data, out, **kw: train_with_ray(data, out, num_workers=num_workers, address=ray_address, **kw)  # noqa: E731
+        train_run = lambda data, out, **kw: train_with_ray(
+            data, out, num_workers=num_workers, address=ray_address, **kw
+        )  # noqa: E731
     train_run(
         data, out, resume=resume, force=force,
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
@@ -66,7 +78,14 @@ def models(image_size: int = typer.Option(32, "--image-size"), channels: int = t
     for spec in list_models():
         size = max(image_size, spec.min_size)
         m = build_model(spec.name, size, channels, 10)
-        table.add_row(spec.name, spec.kind, f"{m.count_params():,}", f"{count_flops(m) / 1e6:.1f}", spec.input_range, spec.description)
+        table.add_row(
+            spec.name,
+            spec.kind,
+            f"{m.count_params():,}",
+            f"{count_flops(m) / 1e6:.1f}",
+            spec.input_range,
+            spec.description,
+        )
     Console().print(table)
 
 
@@ -80,7 +99,9 @@ def demo(
 
     run = train_run("builtin:fashion-mnist", out, force=True, epochs=epochs)
     acc = run.metrics["test"]["accuracy"]
-    typer.echo(f"test accuracy {acc:.4f} on {run.metrics['test']['num_images']} official test images; run: {run.path}")
+    typer.echo(
+        f"test accuracy {acc:.4f} on {run.metrics['test']['num_images']} official test images; run: {run.path}"
+    )
 
 
 @app.command("lr-find")

@@ -59,7 +59,9 @@ def _make_backbone(row: Backbone, image_size: int, weights: str):
     model = app(weights=None, **kwargs)
     if weights not in ("none", "", None):
         if not os.path.isfile(weights) or not str(weights).endswith(".weights.h5"):
-            raise ImagerecError(f"weights file {weights!r} not found; expected a .weights.h5 file, 'imagenet' or 'none'")
+            raise ImagerecError(
+                f"weights file {weights!r} not found; expected a .weights.h5 file, 'imagenet' or 'none'"
+            )
         try:
             model.load_weights(weights)
         except Exception as exc:  # noqa: BLE001

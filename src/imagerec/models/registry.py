@@ -60,7 +60,9 @@ def build_model(name: str, image_size: int, channels: int, num_classes: int, con
 
     spec = get_model_spec(name)
     if image_size < spec.min_size:
-        raise ImagerecError(f"model {name!r} needs an image size of at least {spec.min_size}, got {image_size}")
+        raise ImagerecError(
+            f"model {name!r} needs an image size of at least {spec.min_size}, got {image_size}"
+        )
     return spec.build(image_size, channels, num_classes, config or ModelConfig(name=name))
 
 
@@ -70,7 +72,9 @@ def count_flops(model) -> int:
 
     total = 0
     for layer in _walk(model):
-        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) and not isinstance(layer, layers.Conv2DTranspose):
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) and not isinstance(
+            layer, layers.Conv2DTranspose
+        ):
             out = layer.output.shape
             k = layer.kernel.shape
             per_out = k[0] * k[1] * (k[2] if not isinstance(layer, layers.DepthwiseConv2D) else 1)

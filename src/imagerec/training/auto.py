@@ -91,7 +91,7 @@ def resolve(config: RunConfig, result: ScanResult, n_train: int) -> RunConfig:
         model = replace(model, bn_momentum=choose_bn_momentum(n_train, train.batch_size))
     augment = config.augment
     if augment.preset == "auto":
-        from imagerec.data.augment import resolve_preset
-
-        augment = replace(augment, preset=choose_augment(data.image_size, data.channels, n_train, train.epochs))
+        augment = replace(
+            augment, preset=choose_augment(data.image_size, data.channels, n_train, train.epochs)
+        )
     return replace(config, data=data, model=model, train=train, augment=augment)

@@ -27,7 +27,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     The metadata also carries the best validation score so far, so the best-model selection survives a resume.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy", history_csv: Path | None = None):
+    def __init__(
+        self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy", history_csv: Path | None = None
+    ):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.root = Path(backup_dir)
         self.monitor = monitor
@@ -95,7 +97,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.model.save_weights(tmp / "model.weights.h5")
-        (tmp / "meta.json").write_text(json.dumps({"epoch": self._current_epoch, "best": self.best, "history": self.history}))
+        (tmp / "meta.json").write_text(
+            json.dumps({"epoch": self._current_epoch, "best": self.best, "history": self.history})
+        )
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -119,7 +123,12 @@ class AtomicBestModel(keras.callbacks.Callback):
     NaN weights are never published: an epoch whose loss is not finite is skipped.
     """
 
-    def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy", backup: AtomicBackupAndRestore | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        monitor: str = "val_accuracy",
+        backup: AtomicBackupAndRestore | None = None,
+    ):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
@@ -207,7 +216,9 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.progress is not None:
-            text = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (float, np.floating)))
+            text = " ".join(
+                f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (float, np.floating))
+            )
             self.progress.update(self.task, completed=batch + 1, metrics=text)
 
     def on_epoch_end(self, epoch, logs=None):

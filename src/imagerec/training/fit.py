@@ -71,7 +71,9 @@ def predict_arrays(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
     fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
     out = [fn(tf.constant(x[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    return (
+        np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    )
 
 
 def _prepare_data(data, run: RunDir, config: RunConfig, previous, log):
@@ -94,10 +96,20 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     import keras
     import tensorflow as tf
 
-    from imagerec.distributed.strategy import get_strategy, scale_for_replicas, shard_by_data, worker_callbacks
+    from imagerec.distributed.strategy import (
+        get_strategy,
+        scale_for_replicas,
+        shard_by_data,
+        worker_callbacks,
+    )
     from imagerec.models.backbones import get_backbone_layer
     from imagerec.models.registry import build_model, count_flops, get_model_spec
-    from imagerec.training.callbacks import AtomicBackupAndRestore, AtomicBestModel, NaNGuard, ProgressCallback
+    from imagerec.training.callbacks import (
+        AtomicBackupAndRestore,
+        AtomicBestModel,
+        NaNGuard,
+        ProgressCallback,
+    )
 
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
@@ -108,11 +120,25 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         log(f"resume: {line}")
     d, t = config.data, config.train
     spec = get_model_spec(config.model.name)
-    pipe = PipelineSpec(d.image_size, d.channels, d.resize, t.batch_size, choose_cache(d.cache, len(rows), PipelineSpec(d.image_size, d.channels)), t.deterministic)
+    pipe = PipelineSpec(
+        d.image_size,
+        d.channels,
+        d.resize,
+        t.batch_size,
+        choose_cache(d.cache, len(rows), PipelineSpec(d.image_size, d.channels)),
+        t.deterministic,
+    )
     policy = set_precision(t.mixed_precision)
     strategy, strategy_info = get_strategy(t.strategy)
     strategy_info.update(scale_for_replicas(t.batch_size, t.learning_rate, strategy_info["replicas"]))
-    pipe = PipelineSpec(pipe.image_size, pipe.channels, pipe.resize, strategy_info["global_batch_size"], pipe.cache, pipe.deterministic)
+    pipe = PipelineSpec(
+        pipe.image_size,
+        pipe.channels,
+        pipe.resize,
+        strategy_info["global_batch_size"],
+        pipe.cache,
+        pipe.deterministic,
+    )
     lr = strategy_info["learning_rate"]  # linear scaling: base lr x replicas (logged, saved in config.json)
     run.path.mkdir(parents=True, exist_ok=True)
     manifest_hash = write_manifest(rows, run.manifest) if not previous else previous.get("data_fingerprint")
@@ -127,8 +153,16 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     from imagerec.data.augment import build_augment
 
     augment = build_augment(config.augment.preset, seed=t.seed)
-    train_ds = shard_by_data(_one_hot(make_dataset(None, class_names, pipe, True, augment, t.seed, arrays["train"]), len(class_names)))
-    val_ds = _one_hot(make_dataset(None, class_names, pipe, False, None, t.seed, arrays["val"]), len(class_names)) if n_val else None
+    train_ds = shard_by_data(
+        _one_hot(
+            make_dataset(None, class_names, pipe, True, augment, t.seed, arrays["train"]), len(class_names)
+        )
+    )
+    val_ds = (
+        _one_hot(make_dataset(None, class_names, pipe, False, None, t.seed, arrays["val"]), len(class_names))
+        if n_val
+        else None
+    )
     steps = steps_for(n_train, pipe.batch_size)
     with strategy.scope():
         model = build_model(spec.name, d.image_size, d.channels, len(class_names), config.model)
@@ -152,7 +186,9 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         "resumed_changes": (previous or {}).get("resumed_changes", []) + changed,
     }
     run.write_json("config.json", config_record)
-    backup = AtomicBackupAndRestore(run.backup, monitor="val_accuracy" if n_val else "accuracy", history_csv=run.history)
+    backup = AtomicBackupAndRestore(
+        run.backup, monitor="val_accuracy" if n_val else "accuracy", history_csv=run.history
+    )
     monitor = "val_accuracy" if n_val else "accuracy"
     callbacks = [
         backup,
@@ -164,7 +200,9 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         *worker_callbacks(strategy_info, log),
     ]
     if t.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=t.early_stopping, mode="max"))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=t.early_stopping, mode="max")
+        )
     weights = _class_weights(arrays["train"][1], len(class_names), t.class_weights)
     backbone = get_backbone_layer(model)
     phase_one = max(1, t.epochs // 3) if backbone is not None and config.model.fine_tune_layers else t.epochs
@@ -174,7 +212,17 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
             backbone.trainable = False
         compile_model(model, config, steps, phase_one, lr)
     try:
-        _fit_phases(model, config, backbone, (phase_one, steps, lr), (train_ds, val_ds), callbacks, weights, backup, strategy)
+        _fit_phases(
+            model,
+            config,
+            backbone,
+            (phase_one, steps, lr),
+            (train_ds, val_ds),
+            callbacks,
+            weights,
+            backup,
+            strategy,
+        )
     except KeyboardInterrupt:
         done = _latest_epoch(backup)
         raise TrainingInterrupted(
@@ -191,7 +239,9 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         "epochs_completed": _latest_epoch(backup),
         "fit_seconds": round(fit_seconds, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
-        "images_per_second": round(n_train * max(1, _latest_epoch(backup) - (backup.restored_epoch or 0)) / max(fit_seconds, 1e-9), 1),
+        "images_per_second": round(
+            n_train * max(1, _latest_epoch(backup) - (backup.restored_epoch or 0)) / max(fit_seconds, 1e-9), 1
+        ),
         "flops_per_image": flops,
     }
     run.write_json("metrics.json", metrics)
@@ -208,7 +258,14 @@ def _fit_phases(model, config, backbone, plan, datasets, callbacks, weights, bac
     phase_one, steps, lr = plan
     train_ds, val_ds = datasets
     if _latest_epoch(backup) < phase_one:
-        model.fit(train_ds, validation_data=val_ds, epochs=phase_one, callbacks=callbacks, class_weight=weights, verbose=0)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=phase_one,
+            callbacks=callbacks,
+            class_weight=weights,
+            verbose=0,
+        )
     if backbone is not None and phase_one < t.epochs:
         with strategy.scope():
             _unfreeze_top(backbone, config.model.fine_tune_layers)

@@ -39,7 +39,9 @@ class LRFinderResult:
 def suggest(learning_rates: list[float], losses: list[float]) -> tuple[float, float]:
     """``(steepest, min_loss / 10)`` from a smoothed loss curve (the ends are skipped, as in fastai)."""
     if len(losses) < 5:
-        raise ImagerecError(f"the LR range test ran only {len(losses)} steps; it needs at least 5 (more images or --steps)")
+        raise ImagerecError(
+            f"the LR range test ran only {len(losses)} steps; it needs at least 5 (more images or --steps)"
+        )
     lrs, loss = np.asarray(learning_rates), np.asarray(losses)
     skip = max(1, len(loss) // 10)
     grads = np.gradient(loss, np.log10(lrs))
@@ -61,7 +63,12 @@ def _plot(result: LRFinderResult, path: Path) -> Path:
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss (smoothed)")
     ax.axvline(result.steepest, color="tab:red", linestyle="--", label=f"steepest {result.steepest:.2e}")
-    ax.axvline(result.min_loss_over_10, color="tab:green", linestyle=":", label=f"min/10 {result.min_loss_over_10:.2e}")
+    ax.axvline(
+        result.min_loss_over_10,
+        color="tab:green",
+        linestyle=":",
+        label=f"min/10 {result.min_loss_over_10:.2e}",
+    )
     ax.legend()
     ax.set_title("learning-rate range test")
     fig.tight_layout()
@@ -113,7 +120,9 @@ def lr_find(
     from imagerec.training.trainer import apply_overrides, set_precision
 
     if not (0 < start_lr < end_lr) or steps < 5:
-        raise ImagerecError(f"lr_find needs 0 < start_lr < end_lr and steps >= 5; got {start_lr}, {end_lr}, {steps}")
+        raise ImagerecError(
+            f"lr_find needs 0 < start_lr < end_lr and steps >= 5; got {start_lr}, {end_lr}, {steps}"
+        )
     config = apply_overrides(config or RunConfig(), **overrides)
     keras.utils.set_random_seed(config.train.seed)
     result = scan_dataset(load_source(data))
@@ -125,16 +134,22 @@ def lr_find(
     pipe = PipelineSpec(d.image_size, d.channels, d.resize, t.batch_size, "memory")
     arrays = load_arrays(rows, class_names, pipe)
     augment = build_augment(config.augment.preset, seed=t.seed)
-    ds = _one_hot(make_dataset(None, class_names, pipe, True, augment, t.seed, arrays), len(class_names)).repeat()
+    ds = _one_hot(
+        make_dataset(None, class_names, pipe, True, augment, t.seed, arrays), len(class_names)
+    ).repeat()
     model = build_model(config.model.name, d.image_size, d.channels, len(class_names), config.model)
     optimizer = (
         keras.optimizers.SGD(start_lr, momentum=0.9, nesterov=True)
         if t.optimizer == "sgd"
         else keras.optimizers.AdamW(start_lr, weight_decay=t.weight_decay)
     )
-    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing))
+    model.compile(
+        optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
+    )
     recorder = _RangeRecorder(start_lr, end_lr, steps)
-    log(f"lr-find: {config.model.name} on {len(rows)} images, batch {t.batch_size}, {steps} steps from {start_lr:g} to {end_lr:g}")
+    log(
+        f"lr-find: {config.model.name} on {len(rows)} images, batch {t.batch_size}, {steps} steps from {start_lr:g} to {end_lr:g}"
+    )
     model.fit(ds, steps_per_epoch=steps, epochs=1, callbacks=[recorder], verbose=0)
     steepest, min10 = suggest(recorder.lrs, recorder.losses)
     out = LRFinderResult(recorder.lrs, recorder.losses, steepest, min10)

@@ -61,7 +61,9 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
             import difflib
 
             close = difflib.get_close_matches(key, FLAT_KEYS, n=1)
-            raise ImagerecError(f"unknown training option {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ImagerecError(
+                f"unknown training option {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            )
         section, name = FLAT_KEYS[key]
         config = config.override(section, **{name: value})
     return config
@@ -94,7 +96,9 @@ def _prepare_run(run: RunDir, resume: bool, force: bool) -> dict[str, Any] | Non
         return run.read_config()
     if run.exists():
         if not force:
-            raise RunError(f"run {str(run.path)!r} already exists; pass --resume to continue it or --force to replace it")
+            raise RunError(
+                f"run {str(run.path)!r} already exists; pass --resume to continue it or --force to replace it"
+            )
         run.clear()
     return None
 
@@ -157,7 +161,10 @@ def compile_model(model, config: RunConfig, steps_per_epoch: int, epochs: int, l
     model.compile(
         optimizer=_optimizer(config, _schedule(config, steps_per_epoch, epochs, lr)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=min(5, model.output_shape[-1]), name="top5")],
+        metrics=[
+            "accuracy",
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, model.output_shape[-1]), name="top5"),
+        ],
     )
 
 
@@ -226,12 +233,14 @@ def train(
         >>> run = imagerec.train("builtin:digits", out="runs/digits", epochs=5)
         >>> run.metrics["test"]["accuracy"]
     """
+    from imagerec.distributed.strategy import worker_run
     from imagerec.training.fit import fit_run
 
-    from imagerec.distributed.strategy import worker_run
-
     # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
-    with worker_run(out, resume, lambda resume: _prepare_run(RunDir(out), resume, force), force) as (path, previous):
+    with worker_run(out, resume, lambda resume: _prepare_run(RunDir(out), resume, force), force) as (
+        path,
+        previous,
+    ):
         run = RunDir(path)
         if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
             config = RunConfig.from_dict(previous["config"])
@@ -244,4 +253,12 @@ def steps_for(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
 
 
-__all__ = ["train", "Run", "apply_overrides", "compile_model", "library_versions", "FORMAT_VERSION", "replace"]
+__all__ = [
+    "train",
+    "Run",
+    "apply_overrides",
+    "compile_model",
+    "library_versions",
+    "FORMAT_VERSION",
+    "replace",
+]
