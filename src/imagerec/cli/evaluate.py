@@ -197,17 +197,18 @@ def issues(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{len(rows)} possible label issue(s) in {run} (ranked by p(given label))")
-    for col in ("path", "split", "given", "model says", "p(given)", "p(model)"):
-        table.add_column(col, justify="right" if col.startswith("p(") else "left", overflow="fold")
+    for col in ("p(given)", "given", "model says", "p(model)", "split"):
+        table.add_column(col, justify="right" if col.startswith("p(") else "left", no_wrap=True)
+    table.add_column("path", overflow="fold")
     for r in rows:
         split_note = r["split"] + ("" if r["out_of_sample"] else " (in-sample)")
         table.add_row(
-            r["path"],
-            split_note,
+            f"{r['p_given']:.2g}",
             r["given"],
             r["predicted"],
-            f"{r['p_given']:.3f}",
             f"{r['p_predicted']:.3f}",
+            split_note,
+            r["path"],
         )
     _console().print(table)
     typer.echo(f"wrote {clf.run_dir.evaluation / 'label_issues.json'}")
