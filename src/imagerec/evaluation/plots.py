@@ -93,6 +93,8 @@ def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Pa
     if not history or "loss" not in history:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = np.arange(1, len(history["loss"]) + 1)
     best = best_epoch(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -108,6 +110,7 @@ def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Pa
                 )
         if best is not None:
             ax.axvline(best, color="tab:red", ls="--", lw=1, label=f"best epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(metric)
@@ -128,7 +131,9 @@ def f1_bars_png(per_class: dict[str, dict[str, float]], path: str | Path) -> Pat
     ax.barh(range(len(items)), values, color=colors)
     ax.set_yticks(range(len(items)), names)
     for i, v in enumerate(values):
-        ax.text(min(v + 0.01, 0.93), i, f"{v:.3f}", va="center", fontsize=8)
+        inside = v > 0.85  # long bars carry their value inside, in white
+        ax.text(v - 0.01 if inside else v + 0.01, i, f"{v:.3f}", va="center", ha="right" if inside else "left",
+                fontsize=8, color="white" if inside else "black")  # fmt: skip
     ax.invert_yaxis()  # worst class on top
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1")
