@@ -119,6 +119,8 @@ def stop_on_signals(video: VideoStream) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in names}
 
     def handler(signum, _frame) -> None:
+        if video.stopping:  # a second Ctrl-C: the user does not want to wait any more
+            raise KeyboardInterrupt
         video.stop(f"stopped by {names.get(signum, signum)}")
 
     for sig in names:
