@@ -95,13 +95,32 @@ async def _client(port: int, requests: list[bytes], stop_at: float, out: list, r
         writer.close()
 
 
-async def drive(port: int, requests: list[bytes], seconds: float, concurrency: int, warmup: float = 2.0) -> dict:
-    rng = random.Random(0)
+async def _drive_raw(port: int, requests: list[bytes], seconds: float, concurrency: int, warmup: float) -> list:
+    rng = random.Random(os.getpid())
     await asyncio.gather(*(_client(port, requests, time.perf_counter() + warmup, [], rng) for _ in range(concurrency)))
     out: list = []
     start = time.perf_counter()
     await asyncio.gather(*(_client(port, requests, start + seconds, out, rng) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    return out
+
+
+def _drive_proc(job: tuple) -> list:
+    return asyncio.run(_drive_raw(*job))
+
+
+async def drive(
+    port: int, requests: list[bytes], seconds: float, concurrency: int, warmup: float = 2.0, procs: int = 1
+) -> dict:
+    """Closed-loop load; ``procs`` > 1 splits the clients over processes (so the client is not the bottleneck)."""
+    if procs > 1:
+        import concurrent.futures
+
+        jobs = [(port, requests, seconds, concurrency // procs, warmup)] * procs
+        with concurrent.futures.ProcessPoolExecutor(procs) as pool:
+            out = [x for part in pool.map(_drive_proc, jobs) for x in part]
+    else:
+        out = await _drive_raw(port, requests, seconds, concurrency, warmup)
+    elapsed = seconds
     lat = sorted(t for t, s in out if s == 200)
     errors = [s for t, s in out if s != 200]
 
@@ -145,12 +164,14 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 18
 
 
 def start_server(kind: str, run: str, port: int, workers: int, runtime: str = "keras") -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT / "src"))
+    paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(paths))
     if kind == "naive":
         cmd = [sys.executable, __file__, "--naive-server", str(port), "--run", run]
     else:
-        imagerec = Path(sys.executable).with_name("imagerec")
-        cmd = [str(imagerec), "serve", run, "--port", str(port), "--workers", str(workers), "--runtime", runtime]
+        script = Path(sys.executable).with_name("imagerec")
+        imagerec = [str(script)] if script.exists() else [sys.executable, "-m", "imagerec"]
+        cmd = [*imagerec, "serve", run, "--port", str(port), "--workers", str(workers), "--runtime", runtime]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -160,7 +181,7 @@ def measure(kind: str, args, requests_for, runtime: str = "keras") -> dict:
     try:
         wait_ready(port, "/readyz" if kind == "imagerec" else "/docs", proc)
         path = "/v1/predict" if kind == "imagerec" else "/predict"
-        result = asyncio.run(drive(port, requests_for(path, port), args.seconds, args.concurrency))
+        result = asyncio.run(drive(port, requests_for(path, port), args.seconds, args.concurrency, procs=args.client_procs))
     finally:
         proc.terminate()
         try:
@@ -212,6 +233,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["naive", "imagerec"], default=None)
     parser.add_argument("--runtimes", default="keras", help="comma-separated runtimes for imagerec serve (keras,tflite)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--client-procs", type=int, default=1, help="load-generator processes (a many-core host)")
     parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
