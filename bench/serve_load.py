@@ -10,7 +10,6 @@ client (prebuilt requests, like wrk) so that the client's own CPU cost stays sma
 It prints one JSON line per server and a Markdown table; ``--profile`` adds in-process timings of each stage.
 """
 
-
 import argparse
 import asyncio
 import json
@@ -62,9 +61,13 @@ def serve_naive(run: str, port: int) -> None:
 # --- load generator ----------------------------------------------------------------------------------------------
 def build_request(path: str, data: bytes, port: int, extra_headers: str = "") -> bytes:
     body = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
-        f"Content-Type: image/png\r\n\r\n"
-    ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
@@ -95,9 +98,13 @@ async def _client(port: int, requests: list[bytes], stop_at: float, out: list, r
         writer.close()
 
 
-async def _drive_raw(port: int, requests: list[bytes], seconds: float, concurrency: int, warmup: float) -> list:
+async def _drive_raw(
+    port: int, requests: list[bytes], seconds: float, concurrency: int, warmup: float
+) -> list:
     rng = random.Random(os.getpid())
-    await asyncio.gather(*(_client(port, requests, time.perf_counter() + warmup, [], rng) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_client(port, requests, time.perf_counter() + warmup, [], rng) for _ in range(concurrency))
+    )
     out: list = []
     start = time.perf_counter()
     await asyncio.gather(*(_client(port, requests, start + seconds, out, rng) for _ in range(concurrency)))
@@ -181,14 +188,20 @@ def measure(kind: str, args, requests_for, runtime: str = "keras") -> dict:
     try:
         wait_ready(port, "/readyz" if kind == "imagerec" else "/docs", proc)
         path = "/v1/predict" if kind == "imagerec" else "/predict"
-        result = asyncio.run(drive(port, requests_for(path, port), args.seconds, args.concurrency, procs=args.client_procs))
+        result = asyncio.run(
+            drive(port, requests_for(path, port), args.seconds, args.concurrency, procs=args.client_procs)
+        )
     finally:
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    label = "naive FastAPI + model.predict" if kind == "naive" else f"imagerec serve --runtime {runtime} --workers {args.workers}"
+    label = (
+        "naive FastAPI + model.predict"
+        if kind == "naive"
+        else f"imagerec serve --runtime {runtime} --workers {args.workers}"
+    )
     return {"server": label, **result}
 
 
@@ -219,7 +232,9 @@ def profile(run: str, files: list[bytes]) -> dict:
         "decode_png_ms": round(timeit(lambda: clf.preprocess(files[0])), 4),
         "model_batch1_ms": round(timeit(lambda: clf.predict_proba(batch1)), 3),
         "model_batch32_ms": round(timeit(lambda: clf.predict_proba(batch32), 100), 3),
-        "keras_model_predict_batch1_ms": round(timeit(lambda: clf.model.predict(batch1.astype(np.float32), verbose=0), 30), 2),
+        "keras_model_predict_batch1_ms": round(
+            timeit(lambda: clf.model.predict(batch1.astype(np.float32), verbose=0), 30), 2
+        ),
     }
 
 
@@ -231,17 +246,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", choices=["naive", "imagerec"], default=None)
-    parser.add_argument("--runtimes", default="keras", help="comma-separated runtimes for imagerec serve (keras,tflite)")
+    parser.add_argument(
+        "--runtimes", default="keras", help="comma-separated runtimes for imagerec serve (keras,tflite)"
+    )
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--client-procs", type=int, default=1, help="load-generator processes (a many-core host)")
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="load-generator processes (a many-core host)"
+    )
     parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
         serve_naive(args.run, args.naive_server)
         return
-    paths = sorted(Path(args.data).rglob("*.png"))[:: max(1, len(sorted(Path(args.data).rglob("*.png"))) // 256)][:256]
+    paths = sorted(Path(args.data).rglob("*.png"))[
+        :: max(1, len(sorted(Path(args.data).rglob("*.png"))) // 256)
+    ][:256]
     if not paths:
-        raise SystemExit(f"no PNG files under {args.data}; run 'imagerec data builtin fashion-mnist /tmp/srv-fm' first")
+        raise SystemExit(
+            f"no PNG files under {args.data}; run 'imagerec data builtin fashion-mnist /tmp/srv-fm' first"
+        )
     files = [p.read_bytes() for p in paths]
 
     def requests_for(path: str, port: int) -> list[bytes]:
@@ -260,7 +283,9 @@ def main() -> None:
             print(f"throughput ratio {r['server']} / naive: {r['rps'] / results[0]['rps']:.1f}x")
     print("\n| server | req/s | p50 ms | p95 ms | p99 ms | errors | 5xx |\n|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['server']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['5xx']} |")
+        print(
+            f"| {r['server']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['5xx']} |"
+        )
     if args.profile:
         print(json.dumps(profile(args.run, files)))
 

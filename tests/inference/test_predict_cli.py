@@ -49,7 +49,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_folder_json_lines(trained_run, images, capsys):
-    code, out, err = run_cli(capsys, str(trained_run), str(images), "--format", "json", "--top-k", "2", "--batch-size", "4")
+    code, out, err = run_cli(
+        capsys, str(trained_run), str(images), "--format", "json", "--top-k", "2", "--batch-size", "4"
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 6
@@ -64,7 +66,14 @@ def test_glob_csv_and_bad_files(trained_run, images, tmp_path, capsys):
     (tmp_path / "fake.jpg").write_text("hello")
     pattern = str(images / "**" / "red*.png")
     code, out, err = run_cli(
-        capsys, str(trained_run), pattern, str(tmp_path / "broken.png"), str(tmp_path / "fake.jpg"), str(tmp_path / "missing.png"), "-f", "csv"
+        capsys,
+        str(trained_run),
+        pattern,
+        str(tmp_path / "broken.png"),
+        str(tmp_path / "fake.jpg"),
+        str(tmp_path / "missing.png"),
+        "-f",
+        "csv",
     )
     assert code == 1
     assert "3 of 5 input(s) failed" in err
@@ -93,7 +102,9 @@ def test_console_script_end_to_end(trained_run, images):
     exe = Path(sys.executable).with_name("imagerec")
     proc = subprocess.run(
         [str(exe), "predict", str(trained_run), str(images / "sub" / "green"), "--format", "json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["label"] for line in proc.stdout.splitlines()] == ["green", "green"]

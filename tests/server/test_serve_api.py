@@ -43,7 +43,9 @@ def test_predict_several_files_and_top_k(client, colour_pngs):
 
 def test_predict_raw_body_sniffed_not_trusted(client, colour_pngs):
     # a PNG labelled as JPEG: the content decides
-    response = client.post("/v1/predict", content=colour_pngs["green"], headers={"Content-Type": "image/jpeg"})
+    response = client.post(
+        "/v1/predict", content=colour_pngs["green"], headers={"Content-Type": "image/jpeg"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["label"] == "green"
     assert response.json()["predictions"][0]["filename"] is None

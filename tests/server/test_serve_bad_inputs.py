@@ -17,7 +17,12 @@ def png_bomb(side: int = 20000) -> bytes:
     """A real, valid side x side 1-bit PNG of zeros (~50 KB compressed, 400 Mpixel declared)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" * (1 + (side + 7) // 8)
     comp = zlib.compressobj(9)
@@ -80,12 +85,21 @@ def still_serving(client, colour_pngs):
 
 def test_empty_body(client):
     assert_error(client.post("/v1/predict", content=b"", headers={"Content-Type": "image/png"}), 400, "empty")
-    assert_error(client.post("/v1/predict", files={"file": ("e.png", b"", "image/png")}), 400, "empty", contains="e.png")
+    assert_error(
+        client.post("/v1/predict", files={"file": ("e.png", b"", "image/png")}),
+        400,
+        "empty",
+        contains="e.png",
+    )
 
 
 def test_non_image_with_image_content_type(client):
     html = b"<html><script>alert(1)</script></html>"
-    assert_error(client.post("/v1/predict", content=html, headers={"Content-Type": "image/png"}), 415, "unsupported_format")
+    assert_error(
+        client.post("/v1/predict", content=html, headers={"Content-Type": "image/png"}),
+        415,
+        "unsupported_format",
+    )
     response = client.post("/v1/predict", files={"file": ("x.jpg", b"%PDF-1.7 not an image", "image/jpeg")})
     assert_error(response, 415, "unsupported_format", contains="x.jpg")
 
@@ -111,9 +125,13 @@ def test_png_bomb_refused_quickly(client):
 
 def test_50mb_upload_honest_content_length(server):
     size = 50 * 2**20
-    head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+    )
     start = time.perf_counter()
-    status, body = raw_http(server, head, [b"\x89PNG\r\n\x1a\n" + b"\0" * 65536])  # refused before the rest is sent
+    status, body = raw_http(
+        server, head, [b"\x89PNG\r\n\x1a\n" + b"\0" * 65536]
+    )  # refused before the rest is sent
     assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert time.perf_counter() - start < 5
 
@@ -163,7 +181,10 @@ def test_too_many_files(client, colour_pngs):
 def test_malformed_multipart(client):
     headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
     response = client.post("/v1/predict", content=b"--xyz\r\nnot a header line\r\n\r\n", headers=headers)
-    assert response.status_code == 400 and response.json()["error"]["code"] in ("bad_multipart", "missing_file")
+    assert response.status_code == 400 and response.json()["error"]["code"] in (
+        "bad_multipart",
+        "missing_file",
+    )
     response = client.post("/v1/predict", content=b"abc", headers={"Content-Type": "multipart/form-data"})
     assert_error(response, 400, "bad_multipart")
 
@@ -172,7 +193,11 @@ def test_malformed_v2_json(client):
     url = "/v2/models/{}/infer".format(client.get("/v1/model").json()["name"])
     assert_error(client.post(url, content=b"{not json"), 400, "bad_request", contains="JSON")
     assert_error(client.post(url, json={"inputs": []}), 400, "bad_request")
-    assert_error(client.post(url, json={"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [5]}]}), 400, "bad_request")
+    assert_error(
+        client.post(url, json={"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [5]}]}),
+        400,
+        "bad_request",
+    )
     bad_shape = {"inputs": [{"name": "p", "shape": [1, 8, 8, 3], "datatype": "FP32", "data": [0.0] * 192}]}
     assert_error(client.post(url, json=bad_shape), 400, "bad_request", contains="does not match")
     nan = {"inputs": [{"name": "p", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": [1e9] * 3072}]}
@@ -191,9 +216,19 @@ def test_api_key(classifier, colour_pngs):
     from imagerec.server.app import ServeSettings, create_app
 
     key = "s3cret-key-0123456789"
-    with LiveServer(create_app(classifier, ServeSettings(api_key=key))) as live, httpx.Client(base_url=live.url) as c:
-        for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": key[:-1] + "X"}, {"Authorization": "Bearer nope"}):
-            assert_error(c.post("/v1/predict", content=colour_pngs["red"], headers=headers), 401, "unauthorized")
+    with (
+        LiveServer(create_app(classifier, ServeSettings(api_key=key))) as live,
+        httpx.Client(base_url=live.url) as c,
+    ):
+        for headers in (
+            {},
+            {"X-API-Key": "wrong"},
+            {"X-API-Key": key[:-1] + "X"},
+            {"Authorization": "Bearer nope"},
+        ):
+            assert_error(
+                c.post("/v1/predict", content=colour_pngs["red"], headers=headers), 401, "unauthorized"
+            )
         for path in ("/docs", "/openapi.json", "/metrics", "/v1/model", "/v2/models/x"):
             assert c.get(path).status_code == 401, path
         for path in ("/healthz", "/readyz", "/", "/static/app.js", "/v2/health/live"):

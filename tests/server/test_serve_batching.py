@@ -14,7 +14,10 @@ from imagerec.server.batching import Batcher, QueueFull
 
 
 def _batch_histogram(text: str) -> dict[str, float]:
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'imagerec_batch_size_bucket\{le="([^"]+)"\} (\S+)', text)}
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'imagerec_batch_size_bucket\{le="([^"]+)"\} (\S+)', text)
+    }
 
 
 def test_concurrent_requests_share_a_model_call(server, colour_pngs):
@@ -96,7 +99,9 @@ def test_overload_is_503_with_retry_after(classifier, colour_pngs):
 
         async def burst():
             async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
-                return await asyncio.gather(*(c.post("/v1/predict", content=colour_pngs["red"]) for _ in range(48)))
+                return await asyncio.gather(
+                    *(c.post("/v1/predict", content=colour_pngs["red"]) for _ in range(48))
+                )
 
         responses = asyncio.run(burst())
         codes = {r.status_code for r in responses}

@@ -21,7 +21,9 @@ ARGS = [
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"browser tests need Debian chromium at {CHROMIUM}"),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM), reason=f"browser tests need Debian chromium at {CHROMIUM}"
+    ),
 ]
 
 
@@ -60,7 +62,9 @@ def test_upload_shows_top_k_bars(page, colour_pngs, tmp_path: Path):
         bars = item.locator("ol.bars li.bar")
         expect(bars).to_have_count(3)
         assert bars.first.get_attribute("aria-label").startswith(f"{name}: ")
-    page.screenshot(path=str(Path(os.environ.get("IMAGEREC_SCREENSHOTS", tmp_path)) / "upload.png"), full_page=True)
+    page.screenshot(
+        path=str(Path(os.environ.get("IMAGEREC_SCREENSHOTS", tmp_path)) / "upload.png"), full_page=True
+    )
     assert not page.errors
 
 
@@ -88,7 +92,9 @@ def test_camera_mode_shows_a_running_label(page, classifier, tmp_path: Path):
     # it keeps running: several frames get classified
     first = status.inner_text()
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(Path(os.environ.get("IMAGEREC_SCREENSHOTS", tmp_path)) / "camera.png"), full_page=True)
+    page.screenshot(
+        path=str(Path(os.environ.get("IMAGEREC_SCREENSHOTS", tmp_path)) / "camera.png"), full_page=True
+    )
     page.click("#camera-toggle")
     expect(status).to_have_text("Camera off")
     assert first and not page.errors

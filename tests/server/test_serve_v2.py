@@ -43,7 +43,14 @@ def test_infer_fp32_pixels_matches_bytes(client, classifier, colour_pngs):
     name = _name(client)
     pixels = np.stack([classifier.preprocess(colour_pngs[c]) for c in ("green", "red")]).astype(np.float32)
     request = {
-        "inputs": [{"name": "pixels", "shape": list(pixels.shape), "datatype": "FP32", "data": pixels.ravel().tolist()}],
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": list(pixels.shape),
+                "datatype": "FP32",
+                "data": pixels.ravel().tolist(),
+            }
+        ],
         "outputs": [{"name": "probabilities"}],
     }
     body = client.post(f"/v2/models/{name}/infer", json=request).json()
@@ -59,12 +66,24 @@ def test_infer_binary_tensor_extension(client, colour_pngs):
     name = _name(client)
     raw = b"".join(struct.pack("<I", len(colour_pngs[c])) + colour_pngs[c] for c in ("blue", "green"))
     header = json.dumps(
-        {"inputs": [{"name": "image", "shape": [2, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
     ).encode()
     response = client.post(
         f"/v2/models/{name}/infer",
         content=header + raw,
-        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
     )
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][1]["data"] == ["blue", "green"]
@@ -72,7 +91,16 @@ def test_infer_binary_tensor_extension(client, colour_pngs):
 
 def test_infer_bad_image_in_bytes_is_4xx(client):
     name = _name(client)
-    request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"broken" * 10).decode()]}]}
+    request = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"broken" * 10).decode()],
+            }
+        ]
+    }
     response = client.post(f"/v2/models/{name}/infer", json=request)
     assert response.status_code == 400 and response.json()["error"]["code"] in ("corrupt", "truncated")
     request["inputs"][0]["data"] = ["plain text, not an image"]
@@ -93,8 +121,14 @@ def test_tritonclient_http_works_unchanged(server, colour_pngs):
             images = np.array([base64.b64encode(x) for x in images], dtype=object)
         inp = httpclient.InferInput("image", [2], "BYTES")
         inp.set_data_from_numpy(images, binary_data=binary)
-        outputs = [httpclient.InferRequestedOutput("probabilities"), httpclient.InferRequestedOutput("labels")]
+        outputs = [
+            httpclient.InferRequestedOutput("probabilities"),
+            httpclient.InferRequestedOutput("labels"),
+        ]
         result = client.infer(meta_name, [inp], outputs=outputs)
         assert result.as_numpy("probabilities").shape == (2, 3)
-        assert [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("labels")] == ["green", "red"]
+        assert [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("labels")] == [
+            "green",
+            "red",
+        ]
     client.close()

@@ -55,13 +55,22 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 @app.command("predict")
 def predict(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('imgs/**/*.png')."),
+    paths: list[str] = typer.Argument(
+        ..., help="Image files, folders (recursive) or globs ('imgs/**/*.png')."
+    ),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many (label, score) pairs per image."),
     output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
-    runtime: str = typer.Option("auto", help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel"),
-    ray: bool = typer.Option(False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."),
+    runtime: str = typer.Option(
+        "auto",
+        help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel",
+    ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."
+    ),
     out: Path = typer.Option(None, "--out", help="With --ray: results.parquet or results.jsonl."),
     num_workers: int = typer.Option(2, "--num-workers", help="With --ray: model actors."),
 ) -> None:
@@ -77,7 +86,9 @@ def predict(
         return
     files, missing = expand_paths(paths)
     if not files and not missing:
-        raise ImagerecError(f"no image files found in {', '.join(paths)}; expected image files, folders or globs")
+        raise ImagerecError(
+            f"no image files found in {', '.join(paths)}; expected image files, folders or globs"
+        )
     clf = Classifier.load(run, runtime=runtime)
     writer = _Writer(output_format, top_k)
     failed = 0
@@ -86,7 +97,11 @@ def predict(
         failed += 1
     with _progress(len(files)) as advance:
         for chunk in _chunks(files, batch_size):
-            for path, result in zip(chunk, clf.predict([str(p) for p in chunk], top_k=top_k, batch_size=batch_size, errors="return"), strict=True):
+            for path, result in zip(
+                chunk,
+                clf.predict([str(p) for p in chunk], top_k=top_k, batch_size=batch_size, errors="return"),
+                strict=True,
+            ):
                 if hasattr(result, "code"):
                     writer.error(str(path), result.code, result.message)
                     failed += 1
@@ -103,8 +118,19 @@ def _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, address, 
     from imagerec.distributed.ray import predict_with_ray
 
     if out is None:
-        raise ImagerecError("--ray writes its results to a file: add --out results.parquet (or results.jsonl)")
-    s = predict_with_ray(run, paths, out, num_workers=num_workers, batch_size=batch_size, top_k=top_k, address=address, runtime=runtime)
+        raise ImagerecError(
+            "--ray writes its results to a file: add --out results.parquet (or results.jsonl)"
+        )
+    s = predict_with_ray(
+        run,
+        paths,
+        out,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        top_k=top_k,
+        address=address,
+        runtime=runtime,
+    )
     typer.echo(f"classified {s['images']} image(s), {s['failed']} failed, in {s['seconds']:.1f}s "
                f"({s['images_per_second']:.1f} images/s) with Ray Data; results: {s['out']}", err=True)  # fmt: skip
     if s["failed"]:
@@ -147,7 +173,9 @@ class _Writer:
 
     def result(self, path: str, pred) -> None:
         if self.fmt == "json":
-            sys.stdout.write(json.dumps({"path": path, **{k: v for k, v in pred.to_dict().items() if k != "path"}}) + "\n")
+            sys.stdout.write(
+                json.dumps({"path": path, **{k: v for k, v in pred.to_dict().items() if k != "path"}}) + "\n"
+            )
         elif self.csv is not None:
             top = ";".join(f"{label}:{score:.4f}" for label, score in pred.top_k)
             self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ""])
@@ -179,5 +207,7 @@ class _Writer:
         for name in ("label", "confidence", "top-k"):
             table.add_column(name)
         for path, label, conf, top in self.rows:
-            table.add_row(escape(path), label if label.startswith("[red]") else escape(label), conf, escape(top))
+            table.add_row(
+                escape(path), label if label.startswith("[red]") else escape(label), conf, escape(top)
+            )
         console.print(table)

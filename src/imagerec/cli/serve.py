@@ -14,9 +14,13 @@ RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imag
 @app.command("serve")
 def serve(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the service to the network."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind; 0.0.0.0 exposes the service to the network."
+    ),
     port: int = typer.Option(8000, help="TCP port."),
-    api_key: str = typer.Option(None, "--api-key", envvar="IMAGEREC_API_KEY", help="Require this key (X-API-Key header)."),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="IMAGEREC_API_KEY", help="Require this key (X-API-Key header)."
+    ),
     workers: int = typer.Option(1, help="Server processes (each loads the model)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most images per model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
@@ -24,9 +28,15 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest request body (413 beyond)."),
     max_files: int = typer.Option(16, "--max-files", help="Most files in one request."),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Request deadline (504 beyond)."),
-    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); off by default."),
-    cors_allow_credentials: bool = typer.Option(False, "--cors-allow-credentials", help="Let allowed origins send credentials."),
-    runtime: str = typer.Option("auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Allow this browser origin (repeatable); off by default."
+    ),
+    cors_allow_credentials: bool = typer.Option(
+        False, "--cors-allow-credentials", help="Let allowed origins send credentials."
+    ),
+    runtime: str = typer.Option(
+        "auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve RUN over HTTP: web page at /, POST /v1/predict, KServe v2 at /v2, /healthz, /readyz, /metrics."""
@@ -40,9 +50,18 @@ def serve(
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb, max_files=max_files,
         timeout_s=timeout_s, cors_origins=tuple(cors_origin), cors_credentials=cors_allow_credentials,
     ).validate()  # fmt: skip
-    options = dict(host=host, port=port, log_level=log_level, loop=_best("uvloop", "auto"), http=_best("httptools", "auto"))
+    options = dict(
+        host=host,
+        port=port,
+        log_level=log_level,
+        loop=_best("uvloop", "auto"),
+        http=_best("httptools", "auto"),
+    )
     key_note = "API key required" if settings.api_key else "no API key"
-    typer.echo(f"imagerec: serving {run} on http://{host}:{port} ({workers} worker(s), {key_note}, runtime={runtime})", err=True)
+    typer.echo(
+        f"imagerec: serving {run} on http://{host}:{port} ({workers} worker(s), {key_note}, runtime={runtime})",
+        err=True,
+    )
     if workers > 1:
         Classifier.load(run, runtime=runtime)  # fail fast here, not in each worker
         settings_to_env(str(run), runtime, settings)

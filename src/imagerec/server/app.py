@@ -99,7 +99,9 @@ class Service:
             on_batch=self.metrics.batch_size.observe,
             prepare=classifier.preprocess,
         )
-        self.decode_pool = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imagerec-decode")
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(
+            settings.decode_threads, thread_name_prefix="imagerec-decode"
+        )
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
         self.ready = False
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
@@ -126,7 +128,9 @@ class Service:
         except ImageRejected as exc:
             raise _rejected(exc, name) from None
 
-    async def infer(self, images: list[np.ndarray | bytes], names: list[str | None] | None = None) -> np.ndarray:
+    async def infer(
+        self, images: list[np.ndarray | bytes], names: list[str | None] | None = None
+    ) -> np.ndarray:
         """Probabilities ``(N, K)`` of images (arrays or small encoded files), through the dynamic batcher."""
         futures = []
         try:
@@ -135,7 +139,9 @@ class Service:
         except QueueFull as exc:
             for future in futures:
                 future.cancel()
-            raise HTTPError(503, "overloaded", f"server busy: {exc}; retry after 1 s", {"Retry-After": "1"}) from None
+            raise HTTPError(
+                503, "overloaded", f"server busy: {exc}; retry after 1 s", {"Retry-After": "1"}
+            ) from None
         finally:
             self.metrics.queue_depth.set(self.batcher.depth)
         try:
@@ -234,7 +240,9 @@ def create_app(classifier, settings: ServeSettings | None = None):
 
     @api.exception_handler(Exception)
     async def _unexpected(_request, exc: Exception):
-        return _error_response(500, "internal", f"internal error ({type(exc).__name__}); the server keeps running")
+        return _error_response(
+            500, "internal", f"internal error ({type(exc).__name__}); the server keeps running"
+        )
 
     @api.get("/", include_in_schema=False)
     async def index():
@@ -270,7 +278,9 @@ def create_app(classifier, settings: ServeSettings | None = None):
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
-    outer = LimitsMiddleware(app, settings.max_body, settings.api_key, settings.timeout_s, service.metrics.observe)
+    outer = LimitsMiddleware(
+        app, settings.max_body, settings.api_key, settings.timeout_s, service.metrics.observe
+    )
     outer.service = service  # type: ignore[attr-defined]
     outer.fastapi = api  # type: ignore[attr-defined]
     return outer

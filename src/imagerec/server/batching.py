@@ -51,7 +51,9 @@ class Batcher:
         prepare: Callable[[Any], np.ndarray] | None = None,
     ):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_queue}, {max_wait_ms}")
+            raise ValueError(
+                f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_queue}, {max_wait_ms}"
+            )
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -125,7 +127,9 @@ class Batcher:
             if not live:
                 continue
             try:
-                rows, errors = await loop.run_in_executor(self._executor, self._work, [image for image, _ in live])
+                rows, errors = await loop.run_in_executor(
+                    self._executor, self._work, [image for image, _ in live]
+                )
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, the loop goes on
                 for _, future in live:
                     if not future.done():

@@ -132,7 +132,11 @@ class LimitsMiddleware:
             if not state["started"]:
                 await send_error(
                     send_wrapper,
-                    HTTPError(504, "timeout", f"the request took longer than the server's {self.timeout_s:g} s deadline; retry later"),
+                    HTTPError(
+                        504,
+                        "timeout",
+                        f"the request took longer than the server's {self.timeout_s:g} s deadline; retry later",
+                    ),
                 )
         finally:
             if self.observe is not None:

@@ -25,7 +25,10 @@ class ServerMetrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "imagerec_http_requests", "HTTP requests by route and status code", ["route", "status"], registry=self.registry
+            "imagerec_http_requests",
+            "HTTP requests by route and status code",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "imagerec_http_request_duration_seconds",
@@ -45,7 +48,9 @@ class ServerMetrics:
         )
         for label in [*labels, "unknown"]:
             self.predictions.labels(label=label)
-        self.queue_depth = Gauge("imagerec_queue_depth", "Images waiting for the model", registry=self.registry)
+        self.queue_depth = Gauge(
+            "imagerec_queue_depth", "Images waiting for the model", registry=self.registry
+        )
 
     @staticmethod
     def route_of(path: str) -> str:

@@ -18,7 +18,9 @@ def _query_int(value: str | None, name: str, default: int, low: int, high: int) 
     try:
         number = int(value)
     except ValueError:
-        raise HTTPError(400, "bad_request", f"?{name}={value[:20]!r} is not an integer; expected {low}..{high}") from None
+        raise HTTPError(
+            400, "bad_request", f"?{name}={value[:20]!r} is not an integer; expected {low}..{high}"
+        ) from None
     if not low <= number <= high:
         raise HTTPError(400, "bad_request", f"?{name}={number} is out of range; expected {low}..{high}")
     return number
@@ -30,7 +32,9 @@ def _query_alpha(value: str | None) -> float:
     except ValueError:
         alpha = -1.0
     if not 0.0 <= alpha < 1.0:
-        raise HTTPError(400, "bad_request", f"?smooth={str(value)[:20]!r} must be a number in [0, 1) (0 = off)")
+        raise HTTPError(
+            400, "bad_request", f"?smooth={str(value)[:20]!r} must be a number in [0, 1) (0 = off)"
+        )
     return alpha
 
 
@@ -41,7 +45,11 @@ async def read_uploads(request, max_files: int) -> list[Upload]:
     if content_type.lower().startswith("multipart/form-data"):
         return parse_multipart(body, content_type, max_files)
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
-        raise HTTPError(400, "missing_file", "a url-encoded form carries no file; send multipart field 'file' or a raw image body")
+        raise HTTPError(
+            400,
+            "missing_file",
+            "a url-encoded form carries no file; send multipart field 'file' or a raw image body",
+        )
     if not body:
         raise HTTPError(
             400, "empty", "empty request body; send an image as the raw body or as multipart field 'file'"
@@ -75,7 +83,10 @@ def register(api, service) -> None:
             if session:
                 smoothed = service.smoother(session, alpha).update(row)
                 best = int(smoothed.argmax())
-                item["smoothed"] = {"label": service.clf.labels[best], "confidence": round(float(smoothed[best]), 6)}
+                item["smoothed"] = {
+                    "label": service.clf.labels[best],
+                    "confidence": round(float(smoothed[best]), 6),
+                }
             out.append(item)
         return json_response({"predictions": out, "model": service.model_info()})
 

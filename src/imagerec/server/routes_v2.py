@@ -22,10 +22,9 @@ import struct
 from typing import Any
 
 import numpy as np
-
-from imagerec.data.images import sniff_format
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
+from imagerec.data.images import sniff_format
 from imagerec.server.limits import HTTPError
 
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
@@ -98,14 +97,18 @@ def _input_tensor(spec: Any, binary: bytes, offset: int, limit: int) -> tuple[st
     datatype = spec.get("datatype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or not shape:
-        raise _bad(f"input {spec.get('name')!r}: shape must be a list of non-negative integers, got {shape!r}")
+        raise _bad(
+            f"input {spec.get('name')!r}: shape must be a list of non-negative integers, got {shape!r}"
+        )
     count = math.prod(shape)
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     raw = None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise _bad(f"input {spec.get('name')!r}: binary_data_size {size!r} does not fit the binary section")
+            raise _bad(
+                f"input {spec.get('name')!r}: binary_data_size {size!r} does not fit the binary section"
+            )
         raw, offset = binary[offset : offset + size], offset + size
     elif "data" not in spec:
         raise _bad(f"input {spec.get('name')!r} has no 'data'")
@@ -140,7 +143,9 @@ def _input_tensor(spec: Any, binary: bytes, offset: int, limit: int) -> tuple[st
         if not 1 <= shape[0] <= limit:
             raise _bad(f"{datatype} input holds {shape[0]} images; expected 1..{limit}")
         return "pixels", arr, offset
-    raise _bad(f"input datatype {datatype!r} is not supported; use BYTES (encoded images) or FP32 [N, S, S, C]")
+    raise _bad(
+        f"input datatype {datatype!r} is not supported; use BYTES (encoded images) or FP32 [N, S, S, C]"
+    )
 
 
 def register(api, service) -> None:
@@ -152,7 +157,9 @@ def register(api, service) -> None:
 
     def check_model(name: str) -> None:
         if name != clf.name:
-            raise HTTPError(404, "model_not_found", f"no model named {name[:80]!r}; this server serves {clf.name!r} only")
+            raise HTTPError(
+                404, "model_not_found", f"no model named {name[:80]!r}; this server serves {clf.name!r} only"
+            )
 
     def metadata() -> dict[str, Any]:
         return {
@@ -174,7 +181,9 @@ def register(api, service) -> None:
     async def server_metadata():
         from imagerec import __version__
 
-        return json_response({"name": "imagerec", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return json_response(
+            {"name": "imagerec", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     @api.get("/v2/health/live")
     async def live():
@@ -205,18 +214,29 @@ def register(api, service) -> None:
         body = await request.body()
         payload, binary = _split_binary(body, request.headers.get("inference-header-content-length"))
         if len(payload["inputs"]) != 1:
-            raise _bad(f"expected exactly one input tensor (BYTES images or FP32 pixels), got {len(payload['inputs'])}")
+            raise _bad(
+                f"expected exactly one input tensor (BYTES images or FP32 pixels), got {len(payload['inputs'])}"
+            )
         kind, data, _ = _input_tensor(payload["inputs"][0], binary, 0, limit)
         if kind == "bytes":
-            images = list(await asyncio.gather(*(service.decode(item, f"image {i}") for i, item in enumerate(data))))
+            images = list(
+                await asyncio.gather(*(service.decode(item, f"image {i}") for i, item in enumerate(data)))
+            )
         else:
             if tuple(data.shape[1:]) != service.input_shape:
-                raise _bad(f"pixels shape {list(data.shape)} does not match the model input [N, {size}, {size}, {channels}]")
+                raise _bad(
+                    f"pixels shape {list(data.shape)} does not match the model input [N, {size}, {size}, {channels}]"
+                )
             images = list(data)
         probs = await service.infer(images, [f"image {i}" for i in range(len(images))])
         preds = service.results(probs, 1, [None] * len(images))
         outputs = [
-            {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()},
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": list(probs.shape),
+                "data": probs.ravel().tolist(),
+            },
             {"name": "labels", "datatype": "BYTES", "shape": [len(preds)], "data": [p.label for p in preds]},
         ]
         wanted = payload.get("outputs")

@@ -85,12 +85,23 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> list[Uplo
         if name != FIELD:
             continue
         filename = disp.get(b"filename")
-        uploads.append(Upload(filename.decode("utf-8", "replace")[:255] if filename is not None else None, b"".join(part["data"])))
+        uploads.append(
+            Upload(
+                filename.decode("utf-8", "replace")[:255] if filename is not None else None,
+                b"".join(part["data"]),
+            )
+        )
     if not uploads:
         got = ", ".join(repr(n) for n in names[:5]) or "no fields"
-        raise HTTPError(400, "missing_file", f"multipart body has {got}; expected one or more image files in field '{FIELD}'")
+        raise HTTPError(
+            400,
+            "missing_file",
+            f"multipart body has {got}; expected one or more image files in field '{FIELD}'",
+        )
     if len(uploads) > max_files:
         raise HTTPError(
-            400, "too_many_files", f"{len(uploads)} files in one request; at most {max_files} (server --max-files)"
+            400,
+            "too_many_files",
+            f"{len(uploads)} files in one request; at most {max_files} (server --max-files)",
         )
     return uploads
