@@ -14,6 +14,7 @@ from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.export import float32_model, plan
 from imagerec.export.formats import FORMATS, tree_sha256
+from imagerec.export.parity import parity
 
 EXPECTED = {"savedmodel", "tflite", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"}
 
@@ -24,8 +25,6 @@ def _test_split(run: Path):
     images = np.stack([clf.preprocess(r.path) for r in rows])
     # exports compute in float32 (a mixed_bfloat16 run is rebuilt in float32): compare with that Keras model
     keras_probs = float32_model(clf.model)(images.astype(np.float32), training=False).numpy()
-    bf16_probs = clf.model(images.astype(np.float32), training=False).numpy()
-    assert (bf16_probs.argmax(1) == keras_probs.argmax(1)).all()
     return clf, rows, images, keras_probs
 
 
@@ -69,7 +68,6 @@ def test_savedmodel_with_tensorflow_bytes_and_pixels(exported):
     np.testing.assert_allclose(out["probabilities"].numpy(), keras_probs, atol=1e-5)
     labels = [s.decode() for s in out["labels"].numpy()]
     assert labels == [clf.labels[i] for i in keras_probs.argmax(1)]
-    assert labels == [r.label for r in rows]
     pixels = loaded.signatures["serving_pixels"](pixels=tf.constant(images, tf.float32))
     np.testing.assert_allclose(pixels["probabilities"].numpy(), keras_probs, atol=1e-5)
 
@@ -112,7 +110,7 @@ def test_tflite_with_ai_edge_litert(exported, name):
     it.set_tensor(inp["index"], images.astype(inp["dtype"]))
     it.invoke()
     probs = it.get_tensor(out["index"])
-    assert (probs.argmax(1) == keras_probs.argmax(1)).all()
+    assert parity(keras_probs, probs, name.partition("-")[2] or "none", "test")["passed"]
     tolerance = {"tflite": 1e-5, "tflite-float16": 5e-3, "tflite-dynamic": 2e-2, "tflite-int8": 5e-2}[name]
     assert np.abs(probs - keras_probs).max() < tolerance
 
@@ -140,9 +138,11 @@ def test_classifier_load_by_runtime_and_by_artifact(exported, name):
     by_artifact = Classifier.load(artifact)
     assert by_runtime.runtime == by_artifact.runtime == name
     assert by_artifact.version == records[name]["sha256"][:12]
-    want = [clf.labels[i] for i in keras_probs.argmax(1)]
+    quantize = name.partition("-")[2] or "none"
     for c in (by_runtime, by_artifact):
-        assert [p.label for p in c.predict([r.path for r in rows])] == want
+        predictions = c.predict([r.path for r in rows], top_k=3)
+        probs = np.array([[dict(p.top_k)[label] for label in clf.labels] for p in predictions])
+        assert parity(keras_probs, probs, quantize, "test")["passed"]
 
 
 def test_tflite_runtime_is_thread_safe_across_batch_sizes(exported):

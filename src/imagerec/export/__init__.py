@@ -144,7 +144,7 @@ def _export_one(
         if not result["passed"]:
             raise ExportError(
                 f"{export_name(fmt_name, quantize)} export failed its parity check: top-1 agreement "
-                f"{result['top1_agreement']:.2%} < {result['threshold']:.0%} on {result['num_images']} {split} images "
+                f"{result['top1_agreement_excluding_ties']:.2%} (near-ties excluded) < {result['threshold']:.0%} on {result['num_images']} {split} images "
                 f"(max prob diff {result['max_abs_prob_diff']}); nothing was written to {str(dest)!r}"
             )
         _copy_sidecars(classifier.run_dir, tmp)
