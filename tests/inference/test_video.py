@@ -145,6 +145,37 @@ def test_stream_that_never_sends_times_out(classifier, scheme):
         assert time.monotonic() - start < 5.0
 
 
+def test_remote_playlist_cannot_pull_local_files(classifier, clip):
+    """RELIABILITY D25: an HLS playlist behind an innocent URL that points at a local file yields no frame."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:4.0,\nfile://{clip}\n#EXT-X-ENDLIST\n".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.apple.mpegurl")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/live"
+        with pytest.raises(
+            VideoError, match="cannot open video source .*/live"
+        ):  # protocol_whitelist: no file
+            list(stream(classifier, url, open_timeout_s=3, read_timeout_s=3, reconnects=0))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_stop_ends_cleanly_with_a_summary(classifier, tmp_path):
     long_clip = write_clip(tmp_path / "long.mp4", held(COLOUR_ORDER, 100))
     frames = stream(classifier, long_clip, batch_size=4)
