@@ -61,8 +61,8 @@ def test_c20_full_queue_answers_503_at_once_with_retry_after(trained):
     clf = _stalling(_fresh_classifier(trained), release)
     image = colour_png()
     app = create_app(clf, ServeSettings(max_queue=2, max_batch=1, max_wait_ms=0, timeout_s=20))
+    release.set()  # let the start-up warm-up through; the stall begins below
     with LiveServer(app) as server:
-        release.set()
         assert _post(server.url, image)[0].status_code == 200  # warm
         release.clear()
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -95,8 +95,8 @@ def test_c21_stalled_model_returns_504_at_the_deadline_and_health_stays_fast(tra
     clf = _stalling(_fresh_classifier(trained), release)
     image = colour_png()
     app = create_app(clf, ServeSettings(timeout_s=1.5, max_batch=4))
+    release.set()  # let the start-up warm-up through; the stall begins below
     with LiveServer(app) as server:
-        release.set()
         assert _post(server.url, image)[0].status_code == 200
         release.clear()
         with HealthProbe(server.url) as probe, concurrent.futures.ThreadPoolExecutor(50) as pool:

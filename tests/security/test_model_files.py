@@ -238,7 +238,8 @@ def test_a4_hostile_archives_are_refused_by_the_prescan_fast_and_small(tiny_mode
         assert rss < 50 << 20, (name, rss)
 
 
-def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(tiny_model_file, tmp_path, keras_spy):
+def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(tiny_model_file, tmp_path, keras_spy, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a private temp root: other processes share /tmp
     archives = _hostile_archives(tmp_path / "hostile", tiny_model_file)
     before = set(Path(tempfile.gettempdir()).glob("imagerec-model-*"))
     for path in archives.values():
@@ -253,11 +254,16 @@ def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(tiny_model_file
     assert not (tmp_path / "x").exists() and not Path("/tmp/imagerec-abs-x").exists()
 
 
-def test_a4_genuine_file_loads_through_a_private_copy_that_is_removed(tiny_model_file):
+def test_a4_genuine_file_loads_through_a_private_copy_that_is_removed(tiny_model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: seen.append(real_mkdtemp(*a, **k)) or seen[-1])
     before = set(Path(tempfile.gettempdir()).glob("imagerec-model-*"))
     prescan_keras_file(tiny_model_file)
     assert load_model_file(tiny_model_file).name == "tiny"
     assert set(Path(tempfile.gettempdir()).glob("imagerec-model-*")) == before
+    assert len(seen) == 1 and seen[0].startswith(str(tmp_path)) and not Path(seen[0]).exists()
 
 
 # A5 ------------------------------------------------------------------------------------------------------
