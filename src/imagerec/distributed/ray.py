@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def train_with_ray(
     """Train with Ray Train's ``TensorflowTrainer`` on ``num_workers`` workers; return the chief's :class:`Run`.
 
     A worker that dies makes the job fail (``FailureConfig(max_failures=0)``) with an :class:`ImagerecError`;
-    run the same command with ``resume=True`` to continue from the last complete epoch.
+    running the same call again rejoins the chief's last complete epoch (``RUN/backup``).
 
     Raises:
         ImagerecError: unreachable address, not enough CPUs/GPUs for ``num_workers``, or a failed worker.
@@ -144,8 +145,10 @@ def train_with_ray(
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps the worker's exception (TrainingFailedError / WorkerGroupError)
-        raise ImagerecError(f"Ray training failed: {_root_cause(exc)}; fix the cause, then rerun with --resume to continue "
-                            "from the last complete epoch") from None  # fmt: skip
+        raise ImagerecError(
+            f"Ray training failed: {_root_cause(exc)}; rerun the same command to continue from the last complete "
+            f"epoch in {out}/backup (--force starts over)"
+        ) from None
     from imagerec.training.run_dir import RunDir
     from imagerec.training.trainer import Run
     from imagerec.utils import read_json
@@ -155,15 +158,16 @@ def train_with_ray(
 
 
 def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while seen.__cause__ is not None or getattr(seen, "cause", None) is not None:
-        seen = seen.__cause__ or seen.cause  # type: ignore[attr-defined]
-    lines = [ln.strip() for ln in str(seen).splitlines() if ln.strip()]
-    keep = next(
-        (ln for ln in lines if "imagerec" in ln.lower() or "unhealthy" in ln or "Error" in ln),
-        lines[-1] if lines else "",
-    )
-    return f"{type(seen).__name__}: {keep[:300]}"
+    """One readable line out of Ray's multi-line worker-group error."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "actor died unexpectedly" in text or "health check failed" in text:
+        ranks = sorted(set(re.findall(r"\[Rank (\d+) Error Snippet\]:\s*A worker health check failed", text)))
+        return f"Ray Train worker {'/'.join(ranks) or '?'} died (its process exited or was killed)"
+    ours = [ln.split("ImagerecError: ", 1)[1] for ln in lines if "ImagerecError: " in ln]
+    if ours:
+        return ours[-1][:400]
+    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
 
 
 # batch prediction --------------------------------------------------------------------------------------------
