@@ -115,3 +115,23 @@ def test_threshold_is_lowest_confidence_meeting_the_target():
     assert suggest_threshold(probs, y, 1.0) == (0.8, 0.6)
     assert suggest_threshold(probs, y, 0.8) == (0.0, 1.0)  # 4/5 right overall: nothing to reject
     assert suggest_threshold(probs, np.array([1, 1, 1, 1, 1]), 0.5) == (None, 0.0)
+
+
+def test_hostile_class_names_are_drawn_and_escaped(tmp_path):
+    from PIL import Image
+
+    from imagerec.evaluation import plots
+    from imagerec.evaluation.report import render_html
+    from imagerec.training.run_dir import RunDir
+
+    labels = ["$\\frac{a$", "<script>x</script>", "ok"]
+    y = np.array([0, 1, 2, 2])
+    probs = np.eye(3, dtype=np.float32)[[0, 2, 2, 1]]
+    m = compute_metrics(y, probs, labels)
+    path = plots.confusion_matrix_png(m["confusion_matrix"], labels, tmp_path / "evaluation" / "cm.png")
+    plots.f1_bars_png(m["per_class"], tmp_path / "evaluation" / "f1.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+    m["source"] = "<img src=x onerror=alert(1)>"
+    html = render_html(m, {"model": {"name": "m"}}, RunDir(tmp_path), None)
+    assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;x&lt;/script&gt;" in html

@@ -19,6 +19,7 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    matplotlib.rcParams["text.parse_math"] = False  # class names are user text: "$x$" must not become mathtext
     import matplotlib.pyplot as plt
 
     return plt
