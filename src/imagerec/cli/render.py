@@ -32,6 +32,7 @@ def _counts(counts: dict[str, int]) -> str:
 def print_inspect(report: dict[str, Any], console: Console | None = None) -> None:
     """Print ``imagerec data inspect``: classes, summary, invalid files and duplicate groups."""
     console = console or Console()
+    console.print(f"[bold]{report['root']}[/bold]  ({report['kind']})", soft_wrap=True)
     console.print(_class_table(report))
     console.print(_summary_table(report))
     root = report["root"]
@@ -73,7 +74,7 @@ def _class_table(report: dict[str, Any]) -> Table:
     total = max(1, report["num_images"])
     splits = report.get("class_splits") or {}
     split_names = [s for s in ("train", "val", "test") if any(s in v for v in splits.values())]
-    table = Table(title=f"{report['root']}  ({report['kind']})", title_justify="left")
+    table = Table()
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
