@@ -112,3 +112,20 @@ def test_overload_is_503_with_retry_after(classifier, colour_pngs):
         assert busy[0].headers["retry-after"] == "1"
         assert busy[0].json()["error"]["code"] == "overloaded"
         assert httpx.post(f"{live.url}/v1/predict", content=colour_pngs["red"]).status_code == 200
+
+
+def test_deadline_gives_504_and_health_stays_up(classifier, colour_pngs):
+    import httpx
+
+    from imagerec.server.app import ServeSettings, create_app
+    from server.conftest import LiveServer
+
+    # the batcher waits up to 2 s for company, the deadline is 0.3 s: the lone request must time out
+    app = create_app(classifier, ServeSettings(max_wait_ms=2000, timeout_s=0.3))
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=10) as c:
+        start = time.perf_counter()
+        response = c.post("/v1/predict", content=colour_pngs["red"])
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "timeout"
+        assert time.perf_counter() - start < 1.5
+        assert c.get("/healthz").status_code == 200
