@@ -217,8 +217,11 @@ def prescan_keras_file(path: Path) -> None:
         raise _refuse(path, f"format {path.suffix or '(no suffix)'} is not allowed (h5, SavedModel, pickle are never loaded)")
     if path.is_symlink() or not path.is_file():
         raise _refuse(path, "not a regular file (a directory, symlink or missing)")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise _refuse(path, "empty file (0 bytes)")
+    if size > MAX_MODEL_UNCOMPRESSED:
+        raise _refuse(path, f"{size} bytes on disk (at most {MAX_MODEL_UNCOMPRESSED})")
     with open(path, "rb") as fh:
         try:
             endrec = zipfile._EndRecData(fh)  # the end record only: the central directory is not parsed yet
