@@ -42,7 +42,8 @@ def test_cli_writes_outputs_and_prints_summary(trained_run, tmp_path, capsys):
     )
     assert code == 0
     summary = json.loads(stdout)
-    assert summary["frames_read"] == 30 and [s["label"] for s in summary["segments"]] == ["blue", "red"]
+    assert summary["frames_read"] == 30 and summary["frames_classified"] == 30
+    assert summary["segments"][0]["start_s"] == 0.0 and summary["segments"][-1]["end_s"] == pytest.approx(2.0)
     assert read_frames(out)[0] == 30 and len(lines.read_text().splitlines()) == 30
 
 
