@@ -128,6 +128,8 @@ def test_calibrate_writes_temperature_the_classifier_applies(evaluated, tmp_path
     clf = imagerec.Classifier.load(run)
     assert clf.temperature == pytest.approx(rec["temperature"]) and clf.threshold == rec["threshold"]
     assert imagerec.evaluate(run, write=False)["temperature"] == pytest.approx(rec["temperature"])
+    assert clf.evaluate(split="val")["source"] == "run:val"  # the facade verb
+    assert json.loads((run / "evaluation" / "metrics.json").read_text())["split"] == "val"
 
 
 def test_data_option_matches_labels_by_name_and_keeps_zero_support_classes(evaluated, tmp_path):
