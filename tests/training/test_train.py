@@ -195,3 +195,26 @@ def test_models_command_lists_params_and_flops(capsys, monkeypatch):
     for name in ("tutorial-cnn", "imagerec-cnn", "mobilenetv3small", "resnet50v2"):
         assert name in out
     assert "MFLOPs" in out
+
+
+def test_transfer_learning_run_from_a_local_weights_file(colour_data, tmp_path):
+    """Two-phase fine-tuning end to end: head on a frozen backbone, then the top layers at a lower LR."""
+    from imagerec.models.backbones import get_backbone_layer
+    from imagerec.models.registry import build_model
+
+    path = tmp_path / "mnv3s.weights.h5"
+    source = get_backbone_layer(build_model("mobilenetv3small", 32, 3, 2))
+    source.save_weights(path)
+    run = imagerec.train(
+        colour_data, out=tmp_path / "run", model="mobilenetv3small", weights=str(path), image_size=32,
+        epochs=2, fine_tune_layers=5, batch_size=8, **QUIET,
+    )  # fmt: skip
+    assert run.metrics["epochs_completed"] == 2
+    assert run.config["config"]["model"]["weights"] == str(path)
+    model = RunDir(run.path).load_model()
+    backbone = get_backbone_layer(model)
+    # phase one froze the backbone, phase two unfroze only its top 5 layers: the bottom layers are the file's
+    first = next(i for i, layer in enumerate(source.layers) if layer.get_weights())
+    np.testing.assert_array_equal(
+        backbone.layers[first].get_weights()[0], source.layers[first].get_weights()[0]
+    )
