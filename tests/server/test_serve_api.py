@@ -123,3 +123,8 @@ def test_default_bind_is_loopback():
     from imagerec.server.app import ServeSettings
 
     assert ServeSettings().host == "127.0.0.1"
+
+
+def test_openapi_documents_the_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "post" in paths["/v1/predict"] and "/v2/models/{name}/infer" in paths and "/v1/model" in paths
