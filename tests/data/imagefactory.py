@@ -1,13 +1,21 @@
-"""Every kind of good and bad image file, generated at test time (no fixture files in the repository)."""
+"""Every kind of good and bad image file, generated at test time (no fixture files in the repository).
+
+Also the fixtures of the data-stage tests (``messy``, ``cli``): test modules import them by name. They live here,
+not in ``tests/data/conftest.py``, because a second module named ``conftest`` would shadow ``tests/conftest.py``
+for the other test folders that do ``from conftest import ...``.
+"""
 
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -146,3 +154,34 @@ def write_messy(root: Path) -> dict:
         ],
         "ignored": len(ignored),
     }
+
+
+def run_cli_subprocess(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The installed entry point in a fresh process, exactly as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "imagerec", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(name="messy")
+def messy_fixture(tmp_path: Path) -> tuple[Path, dict]:
+    """The issue's messy folder and what inspect must report for it."""
+    root = tmp_path / "messy data"
+    return root, write_messy(root)
+
+
+@pytest.fixture(name="cli")
+def cli_fixture(capsys):
+    """Run ``imagerec ARGS`` through ``imagerec.cli.main`` (the console script): returns (exit code, out, err)."""
+    from imagerec.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import imagefactory as f
 import pytest
+from imagefactory import cli_fixture, messy_fixture  # noqa: F401 - fixtures "cli", "messy"
 
-from conftest import run_cli_subprocess
 from imagerec.data.scan import scan_dataset
 
 
@@ -57,7 +57,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, cli, make, command: st
 
 
 def test_bad_input_through_the_console_script(tmp_path: Path):
-    proc = run_cli_subprocess("data", "inspect", tmp_path / "nowhere")
+    proc = f.run_cli_subprocess("data", "inspect", tmp_path / "nowhere")
     _assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "does not exist")
 
 

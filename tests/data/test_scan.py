@@ -8,16 +8,16 @@ from pathlib import Path
 import imagefactory as f
 import numpy as np
 import pytest
+from imagefactory import cli_fixture, messy_fixture  # noqa: F401 - fixtures "cli", "messy"
 from PIL import Image
 
-from conftest import run_cli_subprocess
 from imagerec.data.scan import NEAR_TOLERANCE, check_file, scan_dataset
 from imagerec.data.sources import Sample
 
 
 def test_messy_folder_inspect_json_through_the_cli(messy):
     root, expected = messy
-    proc = run_cli_subprocess("data", "inspect", root, "--json")
+    proc = f.run_cli_subprocess("data", "inspect", root, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["num_images"] == expected["num_images"] == 18
