@@ -8,9 +8,10 @@ def test_trained_run_is_complete(trained_run):
 
 
 def test_classifier_predicts_colours(trained_run):
-    from imagerec import Classifier
     import numpy as np
+
     from conftest import COLOURS, make_image
+    from imagerec import Classifier
 
     clf = Classifier.load(trained_run)
     rng = np.random.default_rng(123)
