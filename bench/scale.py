@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(_markdown(result))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _cpu() -> str:
