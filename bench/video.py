@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -143,6 +144,7 @@ def main() -> None:
     print(
         f"\nper-frame accuracy on the Fashion-MNIST frames (no smoothing): {accuracy:.3f} ({len(scored)} frames)"
     )
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
