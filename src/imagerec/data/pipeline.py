@@ -114,11 +114,10 @@ def make_dataset(
         ds = ds.batch(spec.batch_size, drop_remainder=False)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune, deterministic=True)
     if training and augment is not None:
-        # One stateless key per batch from a seeded stream: the same seed repeats every augmented epoch even though
-        # batches are augmented in parallel (stateful random ops would not), and each epoch draws new keys.
-        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
-            2, drop_remainder=True
-        )
+        # One stateless key per batch position from a seeded stream: the same seed repeats every augmented epoch even
+        # though batches are augmented in parallel (stateful random ops would not). The stream restarts each epoch,
+        # but the shuffle puts other images at each position, so an image is augmented differently every epoch.
+        keys = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, keys)).map(
             lambda xy, key: (augment(xy[0], key=key), xy[1]),
             num_parallel_calls=autotune,
