@@ -80,11 +80,23 @@ def test_c20_full_queue_answers_503_at_once_with_retry_after(trained):
     assert set(statuses) <= {200, 503} and 200 in statuses, statuses  # the accepted ones are served
 
 
-@pytest.mark.xfail(strict=True, reason="no per-key rate limit (429 + Retry-After) in imagerec serve yet")
 def test_c20_burst_above_the_per_key_rate_gets_429(trained):
-    from imagerec.server.app import ServeSettings
+    import httpx
 
-    ServeSettings(api_key="k", rate_limit_per_key=5)  # type: ignore[call-arg]
+    from imagerec.server.app import ServeSettings, create_app
+
+    app = create_app(_fresh_classifier(trained), ServeSettings(api_key="k", rate_limit=5, decode_workers=0))
+    with LiveServer(app) as server, httpx.Client(timeout=30, headers={"X-API-Key": "k"}) as client:
+        responses = [client.get(f"{server.url}/v1/model") for _ in range(12)]
+        health = [client.get(f"{server.url}{p}").status_code for p in ("/healthz", "/readyz") * 10]
+        statuses = [r.status_code for r in responses]
+        assert statuses[:5] == [200] * 5 and 429 in statuses and statuses.count(200) <= 8, statuses
+        limited = next(r for r in responses if r.status_code == 429)
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        assert set(health) == {200}  # health probes are never rate limited
+        time.sleep(int(limited.headers["retry-after"]))
+        assert client.get(f"{server.url}/v1/model").status_code == 200  # the bucket refilled
 
 
 # C21 -----------------------------------------------------------------------------------------------------
@@ -192,7 +204,6 @@ def test_c18_cli_default_binds_127_0_0_1_only(cli_server):
     assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing on 0.0.0.0 or ::
 
 
-@pytest.mark.xfail(strict=True, reason="decode runs in a thread of the server process: a crashing decoder kills it")
 def test_c22_a_crashing_decoder_fails_one_request_and_the_server_survives(cli_server):
     proc, url, _ = cli_server
     image = colour_png()

@@ -27,6 +27,7 @@ import numpy as np
 from imagerec.errors import ImagerecError, ImageRejected
 from imagerec.inference.smoothing import EMASmoother
 from imagerec.server.batching import Batcher, QueueFull
+from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
 from imagerec.server.metrics import ServerMetrics
 
@@ -57,6 +58,8 @@ class ServeSettings:
     max_sessions: int = 256
     cors_origins: tuple[str, ...] = ()
     cors_credentials: bool = False
+    rate_limit: float = 0.0  # requests per second per API key (or client IP); 0 = off
+    decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
 
     def validate(self) -> ServeSettings:
         checks = [
@@ -68,6 +71,8 @@ class ServeSettings:
             (self.timeout_s > 0, f"--timeout-s must be > 0, got {self.timeout_s}"),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"),
+            (self.rate_limit >= 0, f"--rate-limit must be >= 0 (0 = off), got {self.rate_limit}"),
+            (self.decode_workers >= 0, f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}"),
             (
                 not ("*" in self.cors_origins and self.cors_credentials),
                 "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
@@ -102,24 +107,47 @@ class Service:
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="imagerec-decode"
         )
+        self.decode_procs: DecodePool | None = None  # started with the service (--decode-workers >= 1)
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
         self.ready = False
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
 
     async def start(self) -> None:
+        if self.settings.decode_workers >= 1:  # the processes start while the model warms up
+            clf = self.clf
+            size = (clf.image_size, clf.image_size)
+            self.decode_procs = DecodePool(self.settings.decode_workers, size, clf.channels, clf.resize)
         await self.batcher.start()
         await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
+        if self.decode_procs is not None:
+            await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.stop()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.decode_procs is not None:
+            self.decode_procs.shutdown()
 
     async def decode(self, data: bytes, name: str | None = None) -> np.ndarray | bytes:
         """Small uploads go to the batcher as bytes and are decoded in its worker thread, inside their batch (one
         thread hop per batch, not per request); larger ones are decoded in the decode pool first. Both run
-        ``Classifier.preprocess`` off the event loop."""
+        ``Classifier.preprocess`` off the event loop. With ``decode_workers >= 1`` every upload is decoded in a
+        decode process instead (same ``load_image`` call, same arrays); a crash there answers 503."""
+        if self.decode_procs is not None:
+            try:
+                return await self.decode_procs.decode(data)
+            except ImageRejected as exc:
+                raise _rejected(exc, name) from None
+            except DecoderCrashed:
+                raise HTTPError(
+                    503,
+                    "decoder_crashed",
+                    "the image decoder crashed on this request (the server keeps running); "
+                    "retry, or check that the file is a valid image",
+                    {"Retry-After": "1"},
+                ) from None
         if len(data) <= SMALL_UPLOAD:
             return data
         loop = asyncio.get_running_loop()
@@ -278,8 +306,11 @@ def create_app(classifier, settings: ServeSettings | None = None):
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
+    from imagerec.server.ratelimit import RateLimiter
+
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
     outer = LimitsMiddleware(
-        app, settings.max_body, settings.api_key, settings.timeout_s, service.metrics.observe
+        app, settings.max_body, settings.api_key, settings.timeout_s, service.metrics.observe, limiter
     )
     outer.service = service  # type: ignore[attr-defined]
     outer.fastapi = api  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ is read, an understated one or a chunked body is cut off as soon as the counter 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -23,6 +24,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Paths reachable without the API key: the page and its assets (it asks for the key) and liveness probes.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
+#: Health probes: never rate limited (an orchestrator must always be able to ask).
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
 class HTTPError(Exception):
@@ -77,6 +80,8 @@ class LimitsMiddleware:
         api_key: when set, every non-public path needs ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``.
         timeout_s: deadline for one request; past it the client gets 504 ``timeout``.
         observe: called as ``observe(path, status, seconds)`` after each HTTP request (metrics).
+        rate_limiter: a :class:`imagerec.server.ratelimit.RateLimiter`; when set, each client (its API key, else
+            its IP address) past its rate gets 429 ``rate_limited`` with ``Retry-After``. Health probes are exempt.
     """
 
     def __init__(
@@ -86,12 +91,44 @@ class LimitsMiddleware:
         api_key: str | None = None,
         timeout_s: float = 30.0,
         observe: Callable[[Scope, int, float], None] | None = None,
+        rate_limiter: Any = None,
     ):
         self.app = app
         self.max_body = max_body
         self.api_key = api_key.encode() if api_key else None
         self.timeout_s = timeout_s
         self.observe = observe
+        self.rate_limiter = rate_limiter
+
+    @staticmethod
+    def _given_key(scope: Scope) -> bytes | None:
+        given = _header(scope, b"x-api-key")
+        if given is None:
+            auth = _header(scope, b"authorization") or b""
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else None
+        return given
+
+    def _rate_limit(self, scope: Scope) -> None:
+        """Raise 429 when this request's client (API key, else IP) has used up its tokens."""
+        if self.rate_limiter is None or scope.get("path", "") in HEALTH_PATHS:
+            return
+        if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            return
+        key = self._given_key(scope)
+        if key:
+            client = "key:" + hashlib.sha256(key).hexdigest()[:32]
+        else:
+            client = "ip:" + str((scope.get("client") or ("unknown", 0))[0])
+        wait = self.rate_limiter.acquire(client)
+        if wait > 0:
+            retry = self.rate_limiter.retry_after(wait)
+            raise HTTPError(
+                429,
+                "rate_limited",
+                f"too many requests: the limit is {self.rate_limiter.rate:g} per second per client; "
+                f"retry after {retry} s",
+                {"Retry-After": retry},
+            )
 
     def _authorised(self, scope: Scope) -> bool:
         if self.api_key is None:
@@ -150,6 +187,7 @@ class LimitsMiddleware:
                 "missing or wrong API key; send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
                 {"WWW-Authenticate": "Bearer"},
             )
+        self._rate_limit(scope)
         declared = _header(scope, b"content-length")
         if declared is not None:
             try:
