@@ -11,7 +11,8 @@ from imagerec.config import ModelConfig
 from imagerec.errors import ImagerecError
 from imagerec.models.registry import build_model, count_flops, get_model_spec, list_models
 
-NAMES = [spec.name for spec in list_models()]
+HEAVY = {"mobilenetv3large", "efficientnetv2b0", "resnet50v2"}  # 20-30 s each to build and trace on 2 cores
+NAMES = [pytest.param(s.name, marks=pytest.mark.slow) if s.name in HEAVY else s.name for s in list_models()]
 
 
 @pytest.mark.parametrize("name", NAMES)
