@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 
 def _prepare(args, work: Path) -> tuple[Path, Path]:
     import imagerec
-    from conftest import write_colour_dataset
+    from imagefixtures import write_colour_dataset
 
     source = (
         Path(args.source)

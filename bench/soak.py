@@ -128,7 +128,7 @@ def _tmp_files(tmp: Path) -> int:
 def train_tiny_run(root: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     import imagerec
-    from conftest import write_colour_dataset
+    from imagefixtures import write_colour_dataset
 
     data = write_colour_dataset(root / "data", per_class=12, seed=1)
     return imagerec.train(data, out=root / "run", epochs=4, batch_size=16, seed=0, log=lambda *_: None).path

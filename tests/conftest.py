@@ -12,27 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=UserWarning)
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """A noisy image whose class is its dominant colour, with a random bright square (so it is not trivial)."""
-    base = np.array(colour, dtype=np.float32)[None, None, :]
-    img = base + rng.normal(0, 25, (size, size, 3))
-    y, x = rng.integers(0, size - 8, 2)
-    img[y : y + 8, x : x + 8] = 255 - base
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def write_colour_dataset(root: Path, per_class: int = 12, size: int = 32, seed: int = 0, fmt: str = "png") -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(make_image(colour, rng, size)).save(root / name / f"{name}_{i:03d}.{fmt}")
-    return root
+from imagefixtures import COLOURS, make_image, write_colour_dataset  # noqa: E402,F401 - re-exported
 
 
 @pytest.fixture

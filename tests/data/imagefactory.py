@@ -2,7 +2,7 @@
 
 Also the fixtures of the data-stage tests (``messy``, ``cli``): test modules import them by name. They live here,
 not in ``tests/data/conftest.py``, because a second module named ``conftest`` would shadow ``tests/conftest.py``
-for the other test folders that do ``from conftest import ...``.
+for the other test folders that do ``from imagefixtures import ...``.
 """
 
 from __future__ import annotations

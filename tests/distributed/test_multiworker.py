@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_colour_dataset
+from imagefixtures import write_colour_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 EPOCHS = 6

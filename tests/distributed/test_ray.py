@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'imagerec[distributed]')")
 
-from conftest import write_colour_dataset  # noqa: E402
+from imagefixtures import write_colour_dataset  # noqa: E402
 from imagerec.cli import main  # noqa: E402
 from imagerec.errors import ImagerecError  # noqa: E402
 

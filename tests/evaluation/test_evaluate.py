@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 
 import imagerec
-from conftest import write_colour_dataset
+from imagefixtures import write_colour_dataset
 from imagerec.cli import main
 from imagerec.errors import DataError, RunError
 

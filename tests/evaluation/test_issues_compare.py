@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import imagerec
-from conftest import COLOURS, make_image
+from imagefixtures import COLOURS, make_image
 from imagerec.cli import main
 
 PLANTED = "val/blue/actually_red.png"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import COLOURS, make_image
+from imagefixtures import COLOURS, make_image
 
 
 def colour_frame(colour: str, rng: np.random.Generator, size: tuple[int, int] = (64, 48)) -> np.ndarray:

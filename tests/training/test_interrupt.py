@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_colour_dataset
+from imagefixtures import write_colour_dataset
 
 EPOCHS = 4
 

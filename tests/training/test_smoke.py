@@ -10,7 +10,7 @@ def test_trained_run_is_complete(trained_run):
 def test_classifier_predicts_colours(trained_run):
     import numpy as np
 
-    from conftest import COLOURS, make_image
+    from imagefixtures import COLOURS, make_image
     from imagerec import Classifier
 
     clf = Classifier.load(trained_run)
