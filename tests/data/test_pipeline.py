@@ -41,6 +41,25 @@ def test_load_arrays_is_load_image_of_every_row(rows):
 
 @pytest.mark.parametrize("resize", ["stretch", "pad", "crop"])
 @pytest.mark.parametrize("channels", [1, 3])
+def test_arrays_from_the_scans_decoded_images_equal_a_fresh_decode(rows, resize: str, channels: int):
+    """Training builds its arrays from the images the scan kept (one decode pass): same tensors, to the bit."""
+    from imagerec.data.scan import KEEP_MAX_PIXELS, scan_dataset
+
+    root = Path(rows[0].path).parent.parent
+    result = scan_dataset(root, workers=1, keep_decoded=True)
+    assert set(result.decoded) == {r.path for r in rows}  # 48 x <= 47 px: all under KEEP_MAX_PIXELS
+    assert all(img.width * img.height <= KEEP_MAX_PIXELS for img in result.decoded.values())
+    spec = PipelineSpec(20, channels, resize)
+    kept, _ = load_arrays(rows, CLASSES, spec, decoded=result.decoded)
+    fresh, _ = load_arrays(rows, CLASSES, spec)
+    assert np.array_equal(kept, fresh)
+    partial = {r.path: result.decoded[r.path] for r in rows[::2]}  # the rest decoded from the files
+    assert np.array_equal(load_arrays(rows, CLASSES, spec, decoded=partial)[0], fresh)
+    assert scan_dataset(root, workers=1).decoded == {}  # only kept on request
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad", "crop"])
+@pytest.mark.parametrize("channels", [1, 3])
 def test_resize_policies_and_channels(rows, resize: str, channels: int):
     images, _ = load_arrays(rows[:4], CLASSES, PipelineSpec(16, channels, resize))
     assert images.shape == (4, 16, 16, channels)

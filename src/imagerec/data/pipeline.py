@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagerec.data.images import load_image
+from imagerec.data.images import fit_size, load_image, to_array
 from imagerec.data.parallel import default_workers, worker_pool
 from imagerec.data.split import ManifestRow
 
@@ -40,9 +40,28 @@ def _decode_chunk(args: tuple[list[str], int, int, str]) -> np.ndarray:
     return out
 
 
-def decode_all(paths: list[str], spec: PipelineSpec, workers: int | None = None) -> np.ndarray:
-    """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` in parallel (see :func:`imagerec.data.parallel.worker_pool`)."""
+def decode_all(
+    paths: list[str], spec: PipelineSpec, workers: int | None = None, decoded: dict | None = None
+) -> np.ndarray:
+    """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` in parallel (see :func:`imagerec.data.parallel.worker_pool`).
+
+    ``decoded`` maps paths to images the scan already decoded (``ScanResult.decoded``): those are only resized,
+    with the same :func:`fit_size` and :func:`to_array` that :func:`load_image` applies, so the tensor is identical.
+    """
     workers = workers or default_workers()
+    if decoded:
+        size = (spec.image_size, spec.image_size)
+        out = np.empty((len(paths), spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
+        todo = []
+        for i, path in enumerate(paths):
+            img = decoded.get(path)
+            if img is None:
+                todo.append(i)
+            else:
+                out[i] = to_array(fit_size(img, size, spec.resize), spec.channels)
+        if todo:
+            out[todo] = decode_all([paths[i] for i in todo], spec, workers)
+        return out
     if len(paths) < 512 or workers == 1:
         return _decode_chunk((paths, spec.image_size, spec.channels, spec.resize))
     step = max(128, min(1024, len(paths) // (workers * 4)))
@@ -61,9 +80,12 @@ def cache_key(rows: list[ManifestRow], spec: PipelineSpec) -> str:
 
 
 def load_arrays(
-    rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec
+    rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec, decoded: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images and integer labels for ``rows`` (uses the on-disk cache when ``spec.cache == 'disk'``)."""
+    """Decoded images and integer labels for ``rows`` (uses the on-disk cache when ``spec.cache == 'disk'``).
+
+    ``decoded``: images the scan kept (``ScanResult.decoded``), used instead of decoding those files again.
+    """
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[r.label] for r in rows], dtype=np.int32)
     if spec.cache == "disk":
@@ -72,13 +94,13 @@ def load_arrays(
         path = cache_root() / "arrays" / f"{cache_key(rows, spec)}.npy"
         if path.exists():
             return np.load(path, mmap_mode="r", allow_pickle=False), labels
-        images = decode_all([r.path for r in rows], spec)
+        images = decode_all([r.path for r in rows], spec, decoded=decoded)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, images, allow_pickle=False)
         os.replace(tmp, path)
         return images, labels
-    return decode_all([r.path for r in rows], spec), labels
+    return decode_all([r.path for r in rows], spec, decoded=decoded), labels
 
 
 def make_dataset(

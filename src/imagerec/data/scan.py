@@ -53,6 +53,9 @@ class ScanResult:
     ignored: int
     duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[list[str]] = field(default_factory=list)
+    #: path -> the decoded ``L``/``RGB`` image, for small images when ``scan_dataset(keep_decoded=True)``: training
+    #: builds its arrays from these instead of decoding every file a second time (see ``KEEP_MAX_PIXELS``).
+    decoded: dict[str, Image.Image] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def classes(self) -> dict[str, int]:
@@ -130,19 +133,29 @@ def dhash(img: Image.Image, size: int = 8) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):0{size * size // 4}x}"
 
 
+#: Images of at most this many pixels are kept decoded by ``scan_dataset(keep_decoded=True)`` (a 64x64 RGB image
+#: is 12 KiB), up to ``KEEP_MAX_BYTES`` in all; larger ones are decoded again when the arrays are built.
+KEEP_MAX_PIXELS = 64 * 64
+KEEP_MAX_BYTES = 1 << 30
+
+
 def check_file(sample: Sample) -> ScannedImage | dict[str, str]:
     """Decode one file; the scanned facts, or ``{path, reason}`` when it is invalid."""
+    return _check(sample)[0]
+
+
+def _check(sample: Sample) -> tuple[ScannedImage | dict[str, str], Image.Image | None]:
     try:
         data = Path(sample.path).read_bytes()
     except OSError as exc:
-        return {"path": sample.path, "reason": f"unreadable: {exc.strerror or exc}"}
+        return {"path": sample.path, "reason": f"unreadable: {exc.strerror or exc}"}, None
     try:
         img = open_image(data)
     except ImageRejected as exc:
-        return {"path": sample.path, "reason": f"{exc.code}: {str(exc).removeprefix('<bytes>: ')}"}
+        return {"path": sample.path, "reason": f"{exc.code}: {str(exc).removeprefix('<bytes>: ')}"}, None
     with Image.open(io.BytesIO(data)) as header:  # decodes fine: open_image just did
         fmt, mode = header.format or "?", header.mode
-    return ScannedImage(
+    scanned = ScannedImage(
         path=sample.path,
         label=sample.label,
         split=sample.split,
@@ -154,19 +167,32 @@ def check_file(sample: Sample) -> ScannedImage | dict[str, str]:
         mode=mode,
         thumb=thumbnail(img),
     )
+    return scanned, img
 
 
 def _check_many(samples: list[Sample]) -> list[ScannedImage | dict[str, str]]:
     return [check_file(s) for s in samples]
 
 
-def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = None) -> ScanResult:
+def _check_many_keep(samples: list[Sample]) -> list[tuple[ScannedImage | dict[str, str], Image.Image | None]]:
+    out = []
+    for sample in samples:
+        scanned, img = _check(sample)
+        out.append((scanned, img if img is not None and img.width * img.height <= KEEP_MAX_PIXELS else None))
+    return out
+
+
+def scan_dataset(
+    data: str | os.PathLike | DatasetSource, workers: int | None = None, keep_decoded: bool = False
+) -> ScanResult:
     """Decode every image of ``data`` and report valid, invalid, ignored and duplicate files.
 
     Args:
         data: a dataset path, CSV, ``builtin:NAME`` or an already loaded :class:`DatasetSource`.
         workers: parallel decoders (default: the CPU count, at most 8); see
             :func:`imagerec.data.parallel.worker_pool`.
+        keep_decoded: keep small decoded images in ``ScanResult.decoded`` (training uses them: one decode
+            pass instead of two).
 
     Example:
         >>> result = scan_dataset("photos/")
@@ -175,13 +201,22 @@ def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = 
     source = data if isinstance(data, DatasetSource) else load_source(data)
     workers = workers or default_workers()
     samples = source.samples
+    check = _check_many_keep if keep_decoded else _check_many
     if workers > 1 and len(samples) >= 256:
         step = max(64, min(512, len(samples) // (workers * 4)))
         chunks = [samples[i : i + step] for i in range(0, len(samples), step)]
         with worker_pool(workers) as pool:
-            results = [r for chunk in pool.map(_check_many, chunks) for r in chunk]
+            results = [r for chunk in pool.map(check, chunks) for r in chunk]
     else:
-        results = _check_many(samples)
+        results = check(samples)
+    decoded: dict[str, Image.Image] = {}
+    if keep_decoded:
+        kept = 0
+        for scanned, img in results:
+            if img is not None and kept <= KEEP_MAX_BYTES:
+                decoded[scanned.path] = img
+                kept += img.width * img.height * len(img.getbands())
+        results = [scanned for scanned, _ in results]
     images = [r for r in results if isinstance(r, ScannedImage)]
     invalid = list(source.invalid) + [r for r in results if isinstance(r, dict)]
     result = ScanResult(
@@ -191,6 +226,7 @@ def scan_dataset(data: str | os.PathLike | DatasetSource, workers: int | None = 
         images=images,
         invalid=invalid,
         ignored=source.ignored,
+        decoded=decoded,
     )
     result.duplicates, result.near_duplicates = find_duplicates(images)
     return result

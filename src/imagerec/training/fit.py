@@ -79,7 +79,7 @@ def predict_arrays(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 def _prepare_data(data, run: RunDir, config: RunConfig, previous, log):
     """Scan, split (or reuse the run's manifest on resume), resolve the automatic settings."""
     source = load_source(data)
-    result = scan_dataset(source)
+    result = scan_dataset(source, keep_decoded=True)
     if result.invalid:
         log(f"skipping {len(result.invalid)} invalid file(s); see 'imagerec data inspect {data}'")
     class_names = check_trainable(result, config.data.max_invalid_ratio)
@@ -143,7 +143,10 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     run.path.mkdir(parents=True, exist_ok=True)
     manifest_hash = write_manifest(rows, run.manifest) if not previous else previous.get("data_fingerprint")
     run.write_json("labels.json", class_names)
-    arrays = {s: load_arrays(rows_for(rows, s), class_names, pipe) for s in ("train", "val", "test")}
+    arrays = {
+        s: load_arrays(rows_for(rows, s), class_names, pipe, result.decoded) for s in ("train", "val", "test")
+    }
+    result.decoded.clear()  # the arrays hold the pixels now
     n_train, n_val = len(arrays["train"][1]), len(arrays["val"][1])
     log(
         f"data: {n_train} train / {n_val} val / {len(arrays['test'][1])} test images, {len(class_names)} classes, "
