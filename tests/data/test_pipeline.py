@@ -48,7 +48,7 @@ def test_arrays_from_the_scans_decoded_images_equal_a_fresh_decode(rows, resize:
     root = Path(rows[0].path).parent.parent
     result = scan_dataset(root, workers=1, keep_decoded=True)
     assert set(result.decoded) == {r.path for r in rows}  # 48 x <= 47 px: all under KEEP_MAX_PIXELS
-    assert all(img.width * img.height <= KEEP_MAX_PIXELS for img in result.decoded.values())
+    assert all(p.shape[0] * p.shape[1] <= KEEP_MAX_PIXELS for p in result.decoded.values())
     spec = PipelineSpec(20, channels, resize)
     kept, _ = load_arrays(rows, CLASSES, spec, decoded=result.decoded)
     fresh, _ = load_arrays(rows, CLASSES, spec)
@@ -171,3 +171,18 @@ def test_a_user_script_without_main_guard_can_decode_in_parallel_after_importing
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["(520,", "4,", "4,", "1)", "520"]
+
+
+def test_scan_keeps_decoded_pixels_from_worker_processes(tmp_path: Path):
+    """>= 256 files: the scan decodes in a pool of processes; the kept pixels come back equal to a fresh decode."""
+    from imagerec.data.scan import scan_dataset
+
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        mode_shape = (9, 11) if i % 2 else (9, 11, 3)  # grey and colour
+        f.write(tmp_path / "ab"[i % 2] / f"{i}.png", f.encode(rng.integers(0, 256, mode_shape, dtype=np.uint8)))
+    result = scan_dataset(tmp_path, workers=2, keep_decoded=True)
+    assert len(result.decoded) == 300
+    for path, pixels in list(result.decoded.items())[::37]:
+        channels = 1 if pixels.ndim == 2 else 3
+        assert np.array_equal(pixels.reshape(9, 11, channels), load_image(path, None, channels))

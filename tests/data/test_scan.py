@@ -138,3 +138,35 @@ def test_csv_row_naming_a_missing_file_is_invalid_not_fatal(tmp_path: Path):
     assert report["num_images"] == 2 and report["classes"] == {"x": 1, "y": 1}
     assert [i["path"] for i in report["invalid"]] == [str(tmp_path / "gone.png")]
     assert report["invalid"][0]["reason"].startswith("unreadable:")
+
+
+def test_near_duplicate_search_equals_brute_force():
+    """The KD-tree prefilter is exact: the same groups as comparing every pair of signatures."""
+    from itertools import combinations
+
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from imagerec.data.scan import THUMB_BYTES, ScannedImage, find_duplicates
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (300, THUMB_BYTES)).astype(np.float32)
+    # planted pairs at RMS distances around the tolerance, some just inside and some just outside
+    near = base[:60] + rng.normal(0, 1, (60, THUMB_BYTES)) * np.linspace(0.5, 1.5, 60)[:, None] * NEAR_TOLERANCE
+    thumbs = np.clip(np.rint(np.concatenate([base, near])), 0, 255).astype(np.uint8)
+    images = [
+        ScannedImage(f"{i}.png", "a", None, f"{i:064x}", "0" * 16, 8, 8, "PNG", "L", thumbs[i].tobytes())
+        for i in range(len(thumbs))
+    ]
+    t = thumbs.astype(np.float64)
+    pairs = [
+        (i, j) for i, j in combinations(range(len(t)), 2) if np.sqrt(((t[i] - t[j]) ** 2).mean()) <= NEAR_TOLERANCE
+    ]
+    assert 5 < len(pairs) < 60  # the planted distances straddle the tolerance
+    rows, cols = zip(*pairs, strict=True)
+    _, comp = connected_components(coo_matrix(([1] * len(pairs), (rows, cols)), shape=(len(t), len(t))))
+    groups = {}
+    for i, c in enumerate(comp):
+        groups.setdefault(c, []).append(f"{i}.png")
+    expected = sorted(sorted(g) for g in groups.values() if len(g) > 1)
+    assert find_duplicates(images)[1] == expected

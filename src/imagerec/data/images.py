@@ -207,7 +207,9 @@ def _check_pixels(name: str, size: tuple[int, int], limit: int) -> None:
         )
 
 
-def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
+def open_image(
+    source: Any, *, max_pixels: int | None = None, max_bytes: int | None = None, info: dict | None = None
+) -> Image.Image:
     """Open and fully decode one image under imagerec's rules, returning a Pillow image in ``L`` or ``RGB``.
 
     Args:
@@ -215,6 +217,7 @@ def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | N
         max_pixels: ceiling on width*height checked on the header before decoding (default
             ``DEFAULT_MAX_PIXELS``).
         max_bytes: ceiling on the encoded size (default ``DEFAULT_MAX_FILE_BYTES``).
+        info: when given, receives the file's ``format`` and original ``mode`` (before the conversion).
 
     Raises:
         ImageRejected: with ``code`` ``empty``, ``unsupported_format``, ``image_too_large``, ``truncated``,
@@ -239,6 +242,8 @@ def open_image(source: Any, *, max_pixels: int | None = None, max_bytes: int | N
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
         _check_pixels(name, img.size, limit)
+        if info is not None:
+            info.update(format=img.format or fmt, mode=img.mode)
         img.load()  # the first frame only: Image.open stands on frame 0 and nothing here seeks
         img = _apply_exif(img)
         return _normalise_mode(img)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from imagerec.data.images import fit_size, load_image, to_array
 from imagerec.data.parallel import default_workers, worker_pool
@@ -45,7 +46,7 @@ def decode_all(
 ) -> np.ndarray:
     """Decode ``paths`` into one ``uint8`` array ``(N, S, S, C)`` in parallel (see :func:`imagerec.data.parallel.worker_pool`).
 
-    ``decoded`` maps paths to images the scan already decoded (``ScanResult.decoded``): those are only resized,
+    ``decoded`` maps paths to the pixels the scan already decoded (``ScanResult.decoded``): those are only resized,
     with the same :func:`fit_size` and :func:`to_array` that :func:`load_image` applies, so the tensor is identical.
     """
     workers = workers or default_workers()
@@ -54,11 +55,13 @@ def decode_all(
         out = np.empty((len(paths), spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         todo = []
         for i, path in enumerate(paths):
-            img = decoded.get(path)
-            if img is None:
+            pixels = decoded.get(path)
+            if pixels is None:
                 todo.append(i)
+            elif pixels.shape[:2] == size and (pixels.ndim == 2) == (spec.channels == 1):
+                out[i] = pixels.reshape(out.shape[1:])  # already the model's size and channels
             else:
-                out[i] = to_array(fit_size(img, size, spec.resize), spec.channels)
+                out[i] = to_array(fit_size(Image.fromarray(pixels), size, spec.resize), spec.channels)
         if todo:
             out[todo] = decode_all([paths[i] for i in todo], spec, workers)
         return out

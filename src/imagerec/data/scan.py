@@ -11,7 +11,6 @@ re-encodes (measured: see docs/data.md).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -53,9 +52,10 @@ class ScanResult:
     ignored: int
     duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[list[str]] = field(default_factory=list)
-    #: path -> the decoded ``L``/``RGB`` image, for small images when ``scan_dataset(keep_decoded=True)``: training
-    #: builds its arrays from these instead of decoding every file a second time (see ``KEEP_MAX_PIXELS``).
-    decoded: dict[str, Image.Image] = field(default_factory=dict, repr=False, compare=False)
+    #: path -> the decoded ``L``/``RGB`` pixels (``uint8`` array, H x W or H x W x 3) of small images when
+    #: ``scan_dataset(keep_decoded=True)``: training builds its arrays from these instead of decoding every file a
+    #: second time (see ``KEEP_MAX_PIXELS``).
+    decoded: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def classes(self) -> dict[str, int]:
@@ -115,8 +115,10 @@ def thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
 
     Chroma is coarser because JPEG subsamples it: a re-encoded tiny colour image keeps its luma, not its chroma.
     """
-    luma, blue, red = img.convert("YCbCr").split()
     half = (size // 2, size // 2)
+    if img.mode == "L":  # grey: Pillow's YCbCr of a grey image is the image itself with flat 128 chroma
+        return img.resize((size, size), Image.Resampling.BOX).tobytes() + b"\x80" * (2 * half[0] * half[1])
+    luma, blue, red = img.convert("YCbCr").split()
     return b"".join(
         (
             luma.resize((size, size), Image.Resampling.BOX).tobytes(),
@@ -128,9 +130,10 @@ def thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
 
 def dhash(img: Image.Image, size: int = 8) -> str:
     """64-bit difference hash of the decoded pixels, as 16 hex digits (reported; too coarse to group by)."""
-    small = np.asarray(img.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):0{size * size // 4}x}"
+    grey = img if img.mode == "L" else img.convert("L")
+    small = np.asarray(grey.resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = np.packbits((small[:, 1:] > small[:, :-1]).flatten())  # most significant bit first
+    return f"{int.from_bytes(bits.tobytes(), 'big'):0{size * size // 4}x}"
 
 
 #: Images of at most this many pixels are kept decoded by ``scan_dataset(keep_decoded=True)`` (a 64x64 RGB image
@@ -149,12 +152,12 @@ def _check(sample: Sample) -> tuple[ScannedImage | dict[str, str], Image.Image |
         data = Path(sample.path).read_bytes()
     except OSError as exc:
         return {"path": sample.path, "reason": f"unreadable: {exc.strerror or exc}"}, None
+    header: dict[str, str] = {}
     try:
-        img = open_image(data)
+        img = open_image(data, info=header)
     except ImageRejected as exc:
         return {"path": sample.path, "reason": f"{exc.code}: {str(exc).removeprefix('<bytes>: ')}"}, None
-    with Image.open(io.BytesIO(data)) as header:  # decodes fine: open_image just did
-        fmt, mode = header.format or "?", header.mode
+    fmt, mode = header.get("format") or "?", header.get("mode", img.mode)
     scanned = ScannedImage(
         path=sample.path,
         label=sample.label,
@@ -174,11 +177,12 @@ def _check_many(samples: list[Sample]) -> list[ScannedImage | dict[str, str]]:
     return [check_file(s) for s in samples]
 
 
-def _check_many_keep(samples: list[Sample]) -> list[tuple[ScannedImage | dict[str, str], Image.Image | None]]:
+def _check_many_keep(samples: list[Sample]) -> list[tuple[ScannedImage | dict[str, str], np.ndarray | None]]:
     out = []
     for sample in samples:
         scanned, img = _check(sample)
-        out.append((scanned, img if img is not None and img.width * img.height <= KEEP_MAX_PIXELS else None))
+        keep = img is not None and img.width * img.height <= KEEP_MAX_PIXELS
+        out.append((scanned, np.asarray(img) if keep else None))
     return out
 
 
@@ -209,13 +213,13 @@ def scan_dataset(
             results = [r for chunk in pool.map(check, chunks) for r in chunk]
     else:
         results = check(samples)
-    decoded: dict[str, Image.Image] = {}
+    decoded: dict[str, np.ndarray] = {}
     if keep_decoded:
         kept = 0
-        for scanned, img in results:
-            if img is not None and kept <= KEEP_MAX_BYTES:
-                decoded[scanned.path] = img
-                kept += img.width * img.height * len(img.getbands())
+        for scanned, pixels in results:
+            if pixels is not None and kept <= KEEP_MAX_BYTES:
+                decoded[scanned.path] = pixels
+                kept += pixels.nbytes
         results = [scanned for scanned, _ in results]
     images = [r for r in results if isinstance(r, ScannedImage)]
     invalid = list(source.invalid) + [r for r in results if isinstance(r, dict)]
@@ -266,14 +270,15 @@ def _near_groups(images: list[ScannedImage], tolerance: float) -> list[list[str]
     n = len(thumbs)
     pairs = np.empty((0, 2), dtype=np.int64)
     if n > 1 and tolerance > 0:
-        # Exact prefilter: averaging is a contraction, and luma is 2/3 of the signature, so two signatures within
-        # ``tolerance`` RMS have 4x4 luma within tolerance * sqrt(3/2) RMS. No true pair is dropped.
-        side = THUMB_SIZE // 2
-        luma = (
-            thumbs[:, : THUMB_SIZE * THUMB_SIZE].reshape(n, side, 2, side, 2).mean(axis=(2, 4)).reshape(n, -1)
-        )
-        radius = tolerance * np.sqrt(1.5) * np.sqrt(luma.shape[1]) + 1e-6
-        pairs = cKDTree(luma).query_pairs(r=radius, output_type="ndarray")
+        # Exact prefilter: project the signatures onto their top principal axes (an orthonormal projection never
+        # lengthens a difference), so a pair within ``tolerance`` RMS, i.e. within ``tolerance * sqrt(dims)``
+        # Euclidean, is within that radius in the projection too: no true pair is dropped. A KD-tree in 8
+        # dimensions is fast (0.5 s for Fashion-MNIST's 70k vs 3.1 s for the 16-dim 4x4-luma prefilter before).
+        centred = thumbs - thumbs.mean(axis=0)
+        _, _, axes = np.linalg.svd(centred[:: max(1, n // 5000)].astype(np.float64), full_matrices=False)
+        projected = centred @ axes[: min(8, len(axes))].T.astype(np.float32)
+        radius = tolerance * np.sqrt(thumbs.shape[1]) * (1 + 1e-5) + 1e-3
+        pairs = cKDTree(projected).query_pairs(r=radius, output_type="ndarray")
         if len(pairs):
             rms = np.sqrt(((thumbs[pairs[:, 0]] - thumbs[pairs[:, 1]]) ** 2).mean(axis=1))
             pairs = pairs[rms <= tolerance]
