@@ -57,8 +57,9 @@ class Classifier:
         Args:
             run: the run directory written by ``imagerec train``, or an artifact / export directory written by
                 ``imagerec export``.
-            runtime: ``auto`` (default: the fastest runtime that passed parity, as recorded by
-                ``imagerec benchmark`` in ``RUN/exports/runtime.json``; Keras when nothing was recorded),
+            runtime: ``auto`` (default: the fastest runtime that passed parity, as recorded in
+                ``RUN/exports/runtime.json`` by ``imagerec export`` (a quick measurement) or ``imagerec benchmark``
+                (a thorough one); Keras when nothing was recorded),
                 ``keras``, or an export of the run: ``tflite``, ``onnx``, ``savedmodel`` or an export directory
                 name such as ``tflite-int8`` (looked up in ``RUN/exports/``).
 
@@ -95,7 +96,9 @@ class Classifier:
             return np.zeros((0, len(self.labels)), np.float32)
         return softmax_temperature(self._run(batch), self.temperature)
 
-    def _results(self, probs: np.ndarray, top_k: int, sources: list[str | None], threshold: float | None) -> list[Prediction]:
+    def _results(
+        self, probs: np.ndarray, top_k: int, sources: list[str | None], threshold: float | None
+    ) -> list[Prediction]:
         k = max(1, min(top_k, len(self.labels)))
         order = np.argsort(-probs, axis=1)[:, :k]
         out = []
@@ -109,7 +112,12 @@ class Classifier:
         return out
 
     def predict(
-        self, x: Any, top_k: int = 5, batch_size: int = 64, threshold: float | None = None, errors: str = "raise"
+        self,
+        x: Any,
+        top_k: int = 5,
+        batch_size: int = 64,
+        threshold: float | None = None,
+        errors: str = "raise",
     ) -> list[Prediction | PredictionError]:
         """Classify one input or a list of inputs (paths, bytes, PIL images, numpy arrays).
 
@@ -138,7 +146,9 @@ class Classifier:
                 except ImageRejected as exc:
                     if errors == "raise":
                         raise
-                    results[start + offset] = PredictionError(name or f"#{start + offset}", exc.code, str(exc))
+                    results[start + offset] = PredictionError(
+                        name or f"#{start + offset}", exc.code, str(exc)
+                    )
                     continue
                 where.append(start + offset)
                 names.append(name)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from imagerec import Classifier
+from imagerec.data.split import read_manifest, rows_for
+from imagerec.utils import sha256_file
+
+ALL = {"savedmodel", "tflite", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"}
 
 
 def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
@@ -16,6 +27,8 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
     assert "tflite dynamic" in out and "100.00%" in out
     record = json.loads((run_copy / "exports" / "tflite-dynamic" / "export.json").read_text())
     assert record["quantization"] == "dynamic" and record["parity"]["passed"]
+    quick = json.loads((run_copy / "exports" / "runtime.json").read_text())
+    assert quick["measured_by"] == "export" and set(quick["latency_p50_ms"]) == {"keras", "tflite-dynamic"}
 
     assert cli(["benchmark", str(run_copy), "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -29,5 +42,126 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
         assert row["size_bytes"] > 0 and row["accuracy"] is not None and row["peak_rss_delta_mb"] >= 0
     fastest = min(bench["runtimes"], key=lambda r: r["latency_p50_ms"])["runtime"]
     assert bench["default"] == fastest
-    chosen = json.loads((run_copy / "exports" / "runtime.json").read_text())["runtime"]
-    assert Classifier.load(run_copy).runtime == chosen == fastest
+    chosen = json.loads((run_copy / "exports" / "runtime.json").read_text())
+    assert chosen["measured_by"] == "benchmark"  # the thorough measurement overrides the export's quick one
+    assert Classifier.load(run_copy).runtime == chosen["runtime"] == fastest
+
+    # a benchmark that already measured what an export rewrites is kept
+    assert cli(["export", str(run_copy), "-f", "tflite", "-q", "dynamic", "--parity-images", "8"]) == 0
+    assert "measured by 'imagerec benchmark'" in capsys.readouterr().out
+    assert json.loads((run_copy / "exports" / "runtime.json").read_text()) == chosen
+
+
+@pytest.fixture(scope="module")
+def cli_exported(trained_run: Path, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the trained run after ``imagerec export RUN --format all`` alone: (run, stdout)."""
+    from imagerec.cli import main
+
+    run = tmp_path_factory.mktemp("cli_exported") / "run"
+    shutil.copytree(trained_run, run)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
+        main(["export", str(run), "--format", "all", "--parity-images", "30"])
+    assert info.value.code in (0, None), stdout.getvalue()
+    return run, stdout.getvalue()
+
+
+def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exported):
+    run, out = cli_exported
+    assert {p.name for p in (run / "exports").iterdir() if p.is_dir()} == ALL
+    for name in ("savedmodel", "tflite float16", "tflite dynamic", "tflite int8", "onnx"):
+        assert name in out
+    record = json.loads((run / "exports" / "runtime.json").read_text())
+    latency = record["latency_p50_ms"]
+    assert record["measured_by"] == "export" and set(latency) == ALL | {"keras"}
+    assert all(ms > 0 for ms in latency.values())
+    fastest = min(latency, key=latency.__getitem__)
+    assert record["runtime"] == fastest
+    assert f"default runtime (--runtime auto): {fastest}" in out
+    clf = Classifier.load(run)  # runtime auto, right after the export: no benchmark has run
+    assert clf.runtime == fastest
+    if fastest != "keras":
+        assert clf.model is None  # the export's runtime serves, not the Keras model
+
+
+def _test_paths(run: Path, per_class: int = 2) -> list[str]:
+    rows = rows_for(read_manifest(run / "manifest.csv"), "test")
+    paths: list[str] = []
+    for label in sorted({r.label for r in rows}):
+        paths += [r.path for r in rows if r.label == label][:per_class]
+    return paths
+
+
+def _predict_labels(cli, capsys, run: Path, runtime: str, paths: list[str]) -> list[str]:
+    code = cli(["predict", str(run), *paths, "--runtime", runtime, "--format", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in rows] == paths
+    return [r["label"] for r in rows]
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "onnx", "savedmodel"])
+def test_predict_runtime_gives_the_keras_top1(cli_exported, cli, capsys, runtime):
+    run, _ = cli_exported
+    paths = _test_paths(run)
+    assert len(paths) == 6
+    keras = _predict_labels(cli, capsys, run, "keras", paths)
+    assert _predict_labels(cli, capsys, run, runtime, paths) == keras
+
+
+def test_export_json_has_preprocessing_and_source_run(cli_exported):
+    run, _ = cli_exported
+    config = json.loads((run / "config.json").read_text())
+    for name in ALL:
+        record = json.loads((run / "exports" / name / "export.json").read_text())
+        pre = record["preprocessing"]
+        assert pre["image_size"] == config["image_size"] == 32 and pre["channels"] == config["channels"] == 3
+        assert pre["resize"] == config.get("resize", "stretch") and "0..255" in pre["pixels"]
+        assert "load_image" in pre["decode"]
+        assert record["source_run"] == str(run.resolve())
+        assert record["source_model_sha256"] == sha256_file(run / "model.keras")
+        assert record["labels"] == ["blue", "green", "red"] and record["format"] == name.partition("-")[0]
+
+
+def test_export_out_dir_through_the_cli(run_copy, tmp_path, cli, capsys):
+    dest = tmp_path / "elsewhere" / "fmnist-tflite"
+    assert (
+        cli(["export", str(run_copy), "--format", "tflite", "--out", str(dest), "--parity-images", "8"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "fmnist-tflite" in out and "default runtime" not in out
+    assert {p.name for p in dest.iterdir()} >= {"model.tflite", "export.json", "labels.json", "config.json"}
+    assert not (run_copy / "exports").exists()  # nothing in the run; runtime auto stays keras
+    assert Classifier.load(run_copy).runtime == "keras"
+    clf = Classifier.load(dest / "model.tflite")
+    assert clf.runtime == "tflite" and clf.predict(_test_paths(run_copy, 1))[0].label in clf.labels
+
+
+def _perturbed_export(original):
+    """An ``export_artifact`` that exports a wrong model: the logits layer's classes rotated by one."""
+
+    def export_artifact(model, spec, quantize, path, representative=None):
+        import keras
+
+        broken = keras.models.clone_model(model)
+        broken.set_weights(model.get_weights())
+        logits = broken.get_layer("logits")
+        logits.set_weights([np.roll(w, 1, axis=-1) for w in logits.get_weights()])
+        return original(broken, spec, quantize, path, representative)
+
+    return export_artifact
+
+
+def test_parity_failure_end_to_end_exits_2_and_publishes_nothing(run_copy, cli, capsys, monkeypatch):
+    from imagerec.export import tflite
+
+    monkeypatch.setattr(tflite, "export_artifact", _perturbed_export(tflite.export_artifact))
+    code = cli(["export", str(run_copy), "--format", "tflite", "--parity-images", "30"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.count("\n") == 0, err
+    assert err.startswith("imagerec: error: tflite export failed its parity check"), err
+    assert "nothing was written to" in err and "Traceback" not in err
+    exports = run_copy / "exports"
+    assert not exports.exists() or not list(exports.iterdir())  # no export, no temp folder, no runtime.json

@@ -56,6 +56,22 @@ def export(
             f"{p['num_images']} {p['split']}", r["path"],
         )  # fmt: skip
     _console().print(table)
+    if out is None:
+        _print_default_runtime(run)
+
+
+def _print_default_runtime(run: Path) -> None:
+    from imagerec.export.formats import RUNTIME_RECORD
+    from imagerec.utils import read_json
+
+    record = read_json(run / "exports" / RUNTIME_RECORD)
+    timings = ", ".join(f"{name} {ms:.3g} ms" for name, ms in record.get("latency_p50_ms", {}).items())
+    how = (
+        "measured by 'imagerec benchmark'"
+        if record.get("measured_by") == "benchmark"
+        else "quick one-image median; 'imagerec benchmark RUN' measures thoroughly"
+    )
+    typer.echo(f"default runtime (--runtime auto): {record['runtime']} ({timings}; {how})")
 
 
 @app.command("benchmark")

@@ -7,6 +7,9 @@ Example:
 
 Each export is built in a temporary folder beside its destination, checked on the run's test split, and only
 renamed into place when parity passes (see :mod:`imagerec.export.parity`); ``export.json`` records it all.
+Exports made into the run (no ``out``) are then timed briefly against the Keras model, and the fastest is recorded
+in ``RUN/exports/runtime.json``: ``Classifier.load(run)`` (runtime ``auto``) uses it from then on
+(see :func:`imagerec.export.benchmark.quick_default_runtime`; ``imagerec benchmark`` measures thoroughly).
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ def export_run(
         parity_images: at most this many test images are compared.
         representative_images: at most this many training images calibrate int8.
 
+    Exports into the run (``out`` not given) also update ``RUN/exports/runtime.json``, the runtime that
+    ``Classifier.load(run)`` picks by default, from a quick latency measurement (unless ``imagerec benchmark``
+    already measured them).
+
     Raises:
         ExportError: unknown format/quantization, int8 with no readable training images, no test images to check
             parity on, or parity below the threshold (nothing is published then).
@@ -95,7 +102,8 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
             "restore the dataset files at the paths in the manifest"
         )
     reference = batched(lambda x: model(x.astype("float32"), training=False).numpy(), images)
-    model = float32_model(model)  # the reference above is the model as the keras runtime runs it
+    # the reference above is the model as the keras runtime runs it; exports are made from its float32 twin
+    keras_model, model = model, float32_model(model)
     parent = Path(out) if out is not None and format == "all" else run_dir.exports
     records = []
     for fmt, q in pairs:
@@ -103,7 +111,22 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
         records.append(
             _export_one(classifier, model, fmt, q, dest, (images, reference, split), representative_images)
         )
+    if out is None:  # the exports are the run's own: time them so that runtime ``auto`` picks the fastest
+        _record_default_runtime(classifier, keras_model, records, images)
     return (parent if format == "all" else Path(records[0]["path"])), records
+
+
+def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any]], images) -> None:
+    from imagerec.export.benchmark import quick_default_runtime
+    from imagerec.inference.predictor import KerasRuntime
+
+    keras_fn = (
+        classifier._run
+        if classifier.runtime == "keras"
+        else KerasRuntime(keras_model, classifier.image_size, classifier.channels)
+    )
+    written = [export_name(r["format"], r["quantization"]) for r in records]
+    quick_default_runtime(classifier.run_dir.path, keras_fn, written, images)
 
 
 def _export_one(

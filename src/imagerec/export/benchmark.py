@@ -11,6 +11,11 @@ and buffers, not the shared TensorFlow/onnxruntime libraries that are already lo
 
 Writes ``RUN/exports/benchmark.json`` and ``RUN/exports/runtime.json`` (the fastest runtime by single-image p50
 whose export passed parity; ``Classifier.load(run)`` then uses it by default).
+
+``imagerec export`` writes ``runtime.json`` too, from a quick measurement (:func:`quick_default_runtime`: a few
+hundred ms per runtime, one image, median), so that ``auto`` serves the fastest runtime right after an export; a
+later ``imagerec benchmark`` replaces that record with its thorough one, and an export keeps a benchmark's record
+when the benchmark already measured every runtime the export wrote.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.errors import ImagerecError
 from imagerec.export.formats import RUNTIME_RECORD, is_export_dir, open_export_runtime, verify_export
 from imagerec.export.parity import accuracy, batched, evaluation_images
-from imagerec.utils import atomic_write_json
+from imagerec.utils import atomic_write_json, read_json
 
 BATCH_SIZES = (1, 8, 64)
+QUICK_SECONDS = 0.3  # per runtime, for the measurement ``imagerec export`` makes
 
 
 def _rss() -> int:
@@ -108,6 +115,68 @@ def measure(
             **{f"throughput_b{b}": round(float(np.median(s[f"b{b}"])), 1) for b in BATCH_SIZES},
         }
     return out
+
+
+def quick_latency(
+    fns: dict[str, Callable], image: np.ndarray, seconds: float = QUICK_SECONDS, rounds: int = 3
+) -> dict[str, float]:
+    """Median single-image latency (ms) of each callable over ``seconds``, in ``rounds`` interleaved rounds."""
+    for fn in fns.values():  # warm-up: tracing, arena allocation
+        fn(image)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].extend(_time_calls(fn, image, seconds / rounds))
+    return {name: round(float(np.median(s)) * 1000, 4) for name, s in samples.items()}
+
+
+def write_default_runtime(run_path: Path, latency_ms: dict[str, float], measured_by: str) -> str:
+    """Write ``RUN/exports/runtime.json`` naming the fastest of ``latency_ms`` (runtimes that passed parity)."""
+    fastest = min(latency_ms, key=latency_ms.__getitem__) if latency_ms else "keras"
+    record: dict[str, Any] = {
+        "runtime": fastest,
+        "why": "fastest single-image p50 that passed parity",
+        "measured_by": measured_by,
+        "latency_p50_ms": dict(sorted(latency_ms.items(), key=lambda kv: kv[1])),
+    }
+    if measured_by == "benchmark":
+        record["benchmark"] = "benchmark.json"
+    (Path(run_path) / "exports").mkdir(exist_ok=True)
+    atomic_write_json(Path(run_path) / "exports" / RUNTIME_RECORD, record)
+    return fastest
+
+
+def quick_default_runtime(
+    run_path: Path, keras_fn: Callable, written: list[str], image: np.ndarray
+) -> dict[str, Any] | None:
+    """After an export: time Keras and every passing export of the run briefly, and record the fastest.
+
+    ``written`` names the exports just made (they passed parity, or they would not exist). Older exports in
+    ``RUN/exports`` are timed too when they still verify, so a second export does not hide a faster first one.
+    A ``runtime.json`` written by ``imagerec benchmark`` that measured all of ``written`` is kept (returns None).
+
+    Returns:
+        The ``runtime.json`` record written, or None when a benchmark's record was kept.
+    """
+    record_path = Path(run_path) / "exports" / RUNTIME_RECORD
+    try:
+        previous = read_json(record_path)
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("measured_by") == "benchmark" and set(written) <= set(previous.get("latency_p50_ms", {})):
+        return None
+    fns: dict[str, Callable] = {"keras": keras_fn}
+    for name in _candidates(Path(run_path), None)[1:]:
+        export_dir = Path(run_path) / "exports" / name
+        try:
+            if name not in written and not verify_export(export_dir)["parity"]["passed"]:
+                continue
+            fns[name] = open_export_runtime(export_dir, name)[2]
+        except (ImagerecError, KeyError, TypeError):
+            if name in written:
+                raise
+    write_default_runtime(Path(run_path), quick_latency(fns, image[:1]), "export")
+    return read_json(record_path)
 
 
 def _candidates(run_path: Path, only: list[str] | None) -> list[str]:
@@ -195,12 +264,5 @@ def benchmark_run(
     }
     (run_path / "exports").mkdir(exist_ok=True)
     atomic_write_json(run_path / "exports" / "benchmark.json", result)
-    atomic_write_json(
-        run_path / "exports" / RUNTIME_RECORD,
-        {
-            "runtime": fastest,
-            "why": "fastest single-image p50 that passed parity",
-            "benchmark": "benchmark.json",
-        },
-    )
+    write_default_runtime(run_path, {r["runtime"]: r["latency_p50_ms"] for r in passing}, "benchmark")
     return result

@@ -179,7 +179,7 @@ def open_runtime(export_dir: Path, info: dict[str, Any]) -> Callable:
     return fmt.load_module().Runtime(Path(export_dir) / fmt.artifact, record, info)
 
 
-RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`` picks (written by benchmark)
+RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`` picks (export, benchmark)
 
 
 def is_artifact_path(path: str | Path) -> bool:
