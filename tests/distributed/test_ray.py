@@ -135,3 +135,33 @@ def test_ray_train_then_ray_data_predict_matches_single_process(tmp_path, local_
             continue
         assert r["label"] == p["label"] and r["confidence"] == pytest.approx(p["confidence"], abs=2e-6)
         assert [t["label"] for t in r["top_k"]] == [t["label"] for t in p["top_k"]]
+
+
+@pytest.mark.slow  # about 100 s on 2 cores: a local Ray instance and two Ray Train workers start
+@pytest.mark.timeout(900)
+def test_cli_train_with_ray_two_workers(tmp_path):
+    """``imagerec train DATA --out RUN --ray --num-workers 2`` in its own process (it starts a local Ray)."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_colour_dataset(tmp_path / "data", per_class=8, seed=2)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(run), "--ray", "--num-workers", "2",
+           "--epochs", "1", "--batch-size", "4", "--seed", "0", "--augment", "none"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "imagerec: error" not in proc.stderr
+    strategy = json.loads((run / "config.json").read_text())["strategy"]
+    assert strategy["name"] == "multiworker" and strategy["workers"] == 2 and strategy["replicas"] == 2
+    assert strategy["chief"] and strategy["global_batch_size"] == 8
+    assert (run / "model.keras").is_file()
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == 1
+    workers = {
+        line.split("worker worker:")[1][0] for line in proc.stdout.splitlines() if "worker worker:" in line
+    }
+    assert workers == {"0", "1"}, proc.stdout[-2000:]  # both Ray Train workers took part

@@ -99,18 +99,19 @@ def task_name(tf_config: dict[str, Any] | None = None) -> str:
     return f"{tf_config['task']['type']}:{tf_config['task']['index']}" if tf_config else "local"
 
 
-def _multiworker_strategy():
+def _structured_reduce(base):
+    """``base`` (a ``tf.distribute`` strategy class) whose ``reduce`` survives Keras 3's ``fit``.
+
+    Before the first step of ``fit`` / ``evaluate`` Keras ``reduce``s a whole ``(x, y)`` input batch only to read
+    its shapes (keras-team/keras#20585, tensorflow#72388); stock strategies cannot reduce a tuple, and the
+    reduction fails anyway when replicas' batches differ in size (a last batch of 7 split 4 + 3 over two replicas,
+    or workers with different remainders). A nested structure therefore gets one replica's local values; single
+    values are reduced across replicas as usual. Keras also asks for ``axis=0`` on scalar metrics, which have no
+    axis 0: those are reduced across replicas only.
+    """
     import tensorflow as tf
 
-    class StructuredReduceMWMS(tf.distribute.MultiWorkerMirroredStrategy):
-        """MWMS that survives Keras 3's ``fit`` (keras-team/keras#20585, tensorflow#72388).
-
-        Before the first step Keras ``reduce``s a whole ``(x, y)`` input batch only to read its shapes; stock MWMS
-        cannot reduce a tuple, and an all-reduce would fail anyway when workers' batches differ in size. A nested
-        structure therefore gets this worker's local values; single values are reduced across workers as usual.
-        Keras also asks for ``axis=0`` on scalar metrics, which has no axis 0: those are reduced across workers only.
-        """
-
+    class StructuredReduce(base):
         def reduce(self, reduce_op, value, axis):
             local = self.experimental_local_results
             if isinstance(value, (tuple, list, dict)):
@@ -125,8 +126,15 @@ def _multiworker_strategy():
                 axis = None
             return super().reduce(reduce_op, value, axis)
 
+    StructuredReduce.__name__ = f"StructuredReduce{base.__name__}"
+    return StructuredReduce
+
+
+def _multiworker_strategy():
+    import tensorflow as tf
+
     _configure_coordination(read_tf_config())
-    return StructuredReduceMWMS()
+    return _structured_reduce(tf.distribute.MultiWorkerMirroredStrategy)()
 
 
 def _configure_coordination(tf_config: dict[str, Any] | None) -> None:
@@ -184,7 +192,7 @@ def get_strategy(name: str = "auto"):
         print(f"imagerec: task {task_name(tf_config)} joined a cluster of {workers} workers in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)  # fmt: skip
     elif name == "mirrored" or (name == "auto" and gpus > 1):
-        strategy = tf.distribute.MirroredStrategy()
+        strategy = _structured_reduce(tf.distribute.MirroredStrategy)()
         chosen = "mirrored"
     else:
         strategy = tf.distribute.get_strategy()
