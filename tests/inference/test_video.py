@@ -70,6 +70,21 @@ def test_per_frame_labels_are_right(classifier, clip, trained_run):
     assert summary["processing_fps"] > 0 and summary["source_fps"] == pytest.approx(20.0)
 
 
+def test_classifier_stream_yields_predictions_for_a_video_file(classifier, clip):
+    """The Python API: ``Classifier.stream`` is the generator behind ``imagerec video``."""
+    truth = held(COLOUR_ORDER, 20)
+    with classifier.stream(str(clip), smooth=0.0, threshold=0, top_k=2) as frames:
+        results = list(frames)
+    assert [r.frame for r in results] == list(range(80))
+    assert [r.label for r in results] == decoded_labels(classifier, clip)
+    assert np.mean([r.label == t for r, t in zip(results, truth, strict=True)]) >= 0.8
+    first = results[0]
+    assert first.time_s == 0.0 and results[-1].time_s == pytest.approx(79 / 20)
+    assert len(first.top_k) == 2 and first.top_k[0] == (first.label, pytest.approx(first.confidence))
+    assert frames.summary["frames_read"] == 80 and frames.summary["ended_by"] == "end of source"
+    assert frames.summary["segments"][0]["start_s"] == 0.0
+
+
 def test_smoothing_reduces_label_switches(classifier, tmp_path):
     """A 'red' clip with 25% single-frame flashes of other colours: EMA smoothing rides over the flashes."""
     rng = np.random.default_rng(7)

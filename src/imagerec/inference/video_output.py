@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = Non
     if out.is_dir():
         raise VideoError(f"output {out} is a directory; expected a file name")
     parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise VideoError(f"output {out}: {parent} is a file, not a folder; choose a path inside a folder")
     if not parent.is_dir():
         raise VideoError(f"output {out}: folder {parent} does not exist; create it first")
     probe = parent / f".{out.name}.probe-{os.getpid()}"
@@ -133,6 +136,17 @@ def stop_on_signals(video: VideoStream) -> Iterator[None]:
 
 
 def check_show() -> None:
+    """Refuse ``--show`` (one line) where no window can open, before OpenCV tries.
+
+    On Linux a GUI build of OpenCV (Qt) aborts the whole process when there is no display, so the display is
+    checked first; a headless build raises ``cv2.error`` on ``namedWindow``.
+    """
+    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if sys.platform.startswith("linux") and not display:
+        raise VideoError(
+            "--show needs a display, but neither DISPLAY nor WAYLAND_DISPLAY is set (a server, container or SSH "
+            "session without X forwarding); drop --show and write the annotated video with --out"
+        )
     cv2 = import_cv2()
     try:
         cv2.namedWindow("imagerec", cv2.WINDOW_NORMAL)
