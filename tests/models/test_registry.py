@@ -36,6 +36,45 @@ def test_every_model_builds_and_trains_one_step(name):
     assert count_flops(model) > 0
 
 
+def _layers(layer):
+    yield layer
+    for inner in getattr(layer, "layers", None) or []:
+        yield from _layers(inner)
+
+
+def _class_names(config):
+    if isinstance(config, dict):
+        if "class_name" in config:
+            yield config["class_name"]
+        for value in config.values():
+            yield from _class_names(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _class_names(value)
+
+
+# every row, heavy backbones included: building without training takes seconds, not the 20-30 s of a train step
+@pytest.mark.parametrize("name", [s.name for s in list_models()])
+def test_no_registry_model_holds_code_layers(name):
+    """RELIABILITY: our own architectures use no ``Lambda`` or ``TFSMLayer`` (the pre-scan refuses them on load)."""
+    from keras import layers
+
+    spec = get_model_spec(name)
+    size = max(spec.min_size, 16)
+    model = build_model(name, size, 3, 4, ModelConfig(name=name, weights="none"))
+    walked = list(_layers(model))
+    assert len(walked) > 3
+    code_layers = [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in walked
+        if isinstance(layer, (layers.Lambda, layers.TFSMLayer))
+        or type(layer).__name__ in ("Lambda", "TFSMLayer")
+    ]
+    assert not code_layers, code_layers
+    names = set(_class_names(model.get_config()))
+    assert names and not names & {"Lambda", "TFSMLayer"}, sorted(names)
+
+
 def test_grey_input_builds_for_scratch_and_backbone():
     for name in ("imagerec-cnn", "mobilenetv3small"):
         model = build_model(name, 32, 1, 3)

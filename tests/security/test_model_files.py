@@ -77,7 +77,11 @@ def test_a1_refused_load_keeps_the_previous_model_serving(trained_run, tmp_path)
     clf = Classifier.load(trained_run)
     bad = tmp_path / "run"
     shutil.copytree(trained_run, bad)
-    rewrite_config(trained_run / "model.keras", bad / "model.keras", lambda c: c["config"]["layers"][1].update(class_name="Lambda"))
+    rewrite_config(
+        trained_run / "model.keras",
+        bad / "model.keras",
+        lambda c: c["config"]["layers"][1].update(class_name="Lambda"),
+    )
     with pytest.raises(ModelFileError):
         Classifier.load(bad)
     image = make_image(COLOURS["red"], np.random.default_rng(5))
@@ -93,21 +97,30 @@ HOSTILE_CONFIGS = {
     "os.system": lambda c: _layer(c).update(module="os", class_name="system", registered_name=None),
     "builtins.exec": lambda c: _layer(c).update(module="builtins", class_name="exec"),
     "exec as a function": lambda c: _layer(c)["config"].update(
-        activation={"module": "builtins", "class_name": "function", "config": "exec", "registered_name": "function"}
+        activation={
+            "module": "builtins",
+            "class_name": "function",
+            "config": "exec",
+            "registered_name": "function",
+        }
     ),
     "enable_unsafe_deserialization": lambda c: _layer(c).update(
         module="keras.config", class_name="enable_unsafe_deserialization"
     ),
     "safe_mode key": lambda c: _layer(c)["config"].update(safe_mode=False),
     "load_model(safe_mode=False)": lambda c: _layer(c).update(
-        module="keras.saving", class_name="load_model", config={"filepath": "/tmp/x.keras", "safe_mode": False}
+        module="keras.saving",
+        class_name="load_model",
+        config={"filepath": "/tmp/x.keras", "safe_mode": False},
     ),
     "custom object": lambda c: _layer(c).update(module=None, registered_name="evil>Backdoor"),
 }
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_CONFIGS))
-def test_a2_config_naming_arbitrary_code_is_refused_and_flag_stays_off(name, tiny_model_file, tmp_path, keras_spy):
+def test_a2_config_naming_arbitrary_code_is_refused_and_flag_stays_off(
+    name, tiny_model_file, tmp_path, keras_spy
+):
     path = rewrite_config(tiny_model_file, tmp_path / "evil" / "model.keras", HOSTILE_CONFIGS[name])
     with pytest.raises(ModelFileError, match="refused|module|mentions|custom object|uses"):
         load_model_file(path)
@@ -133,7 +146,9 @@ def test_a2_unsafe_flag_switched_on_elsewhere_blocks_loading_and_is_reset(tiny_m
 def test_a2_keras_itself_refuses_non_modelling_apis(tiny_model_file, tmp_path):
     import keras
 
-    path = rewrite_config(tiny_model_file, tmp_path / "evil" / "model.keras", HOSTILE_CONFIGS["enable_unsafe_deserialization"])
+    path = rewrite_config(
+        tiny_model_file, tmp_path / "evil" / "model.keras", HOSTILE_CONFIGS["enable_unsafe_deserialization"]
+    )
     with pytest.raises(Exception):  # noqa: B017 - any refusal; what matters is the flag below
         keras.saving.load_model(path, safe_mode=True)
     assert _safe_mode_flag() is not False
@@ -158,7 +173,14 @@ def test_a3_other_formats_are_rejected_before_keras(tmp_path, keras_spy):
     keras_named_dir = tmp_path / "dir" / "model.keras"
     keras_named_dir.mkdir(parents=True)
     pickled = pickle.dumps(_Payload(sentinel))
-    candidates = [h5, h5.with_suffix(".hdf5"), saved_model, keras_named_dir, tmp_path / "m.pkl", tmp_path / "m.joblib"]
+    candidates = [
+        h5,
+        h5.with_suffix(".hdf5"),
+        saved_model,
+        keras_named_dir,
+        tmp_path / "m.pkl",
+        tmp_path / "m.joblib",
+    ]
     shutil.copy(h5, candidates[1])
     candidates[4].write_bytes(pickled)
     candidates[5].write_bytes(pickled)
@@ -178,7 +200,9 @@ def test_a3_other_formats_are_rejected_before_keras(tmp_path, keras_spy):
 def test_a3_tfsmlayer_archive_is_rejected(tiny_model_file, tmp_path, keras_spy):
     def tfsm(config):
         _layer(config).update(
-            module="keras.layers", class_name="TFSMLayer", config={"filepath": "/tmp/sm", "call_endpoint": "serve"}
+            module="keras.layers",
+            class_name="TFSMLayer",
+            config={"filepath": "/tmp/sm", "call_endpoint": "serve"},
         )
 
     path = rewrite_config(tiny_model_file, tmp_path / "evil" / "model.keras", tfsm)
@@ -188,7 +212,9 @@ def test_a3_tfsmlayer_archive_is_rejected(tiny_model_file, tmp_path, keras_spy):
 
 
 # A4 ------------------------------------------------------------------------------------------------------
-def _zip(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]], compression=zipfile.ZIP_STORED) -> Path:
+def _zip(
+    path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]], compression=zipfile.ZIP_STORED
+) -> Path:
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for info, data in members:
             zf.writestr(info, data)
@@ -204,7 +230,9 @@ def _hostile_archives(root: Path, good: Path) -> dict[str, Path]:
     absolute = zipfile.ZipInfo("assets/x")
     absolute.filename = "/tmp/imagerec-abs-x"
     out = {
-        "bomb": _zip(root / "bomb.keras", [*base, ("model.weights.h5", bytes(64 << 20))], zipfile.ZIP_DEFLATED),
+        "bomb": _zip(
+            root / "bomb.keras", [*base, ("model.weights.h5", bytes(64 << 20))], zipfile.ZIP_DEFLATED
+        ),
         "dotdot": _zip(root / "dotdot.keras", [*base, ("../x", b"owned")]),
         "absolute": _zip(root / "absolute.keras", [*base, (absolute, b"owned")]),
         "symlink": _zip(root / "symlink.keras", [*base, (symlink, b"/etc/passwd")]),
@@ -238,7 +266,9 @@ def test_a4_hostile_archives_are_refused_by_the_prescan_fast_and_small(tiny_mode
         assert rss < 50 << 20, (name, rss)
 
 
-def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(tiny_model_file, tmp_path, keras_spy, monkeypatch):
+def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(
+    tiny_model_file, tmp_path, keras_spy, monkeypatch
+):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a private temp root: other processes share /tmp
     archives = _hostile_archives(tmp_path / "hostile", tiny_model_file)
     before = set(Path(tempfile.gettempdir()).glob("imagerec-model-*"))
@@ -248,9 +278,9 @@ def test_a4_refused_archives_write_nothing_and_leave_no_temp_dir(tiny_model_file
             load_model_file(path)
     assert keras_spy == []
     assert set(Path(tempfile.gettempdir()).glob("imagerec-model-*")) == before
-    assert sorted(p.name for p in (tmp_path / "hostile").iterdir() if not p.name.endswith(HASH_SUFFIX)) == sorted(
-        p.name for p in archives.values()
-    )
+    assert sorted(
+        p.name for p in (tmp_path / "hostile").iterdir() if not p.name.endswith(HASH_SUFFIX)
+    ) == sorted(p.name for p in archives.values())
     assert not (tmp_path / "x").exists() and not Path("/tmp/imagerec-abs-x").exists()
 
 
@@ -266,6 +296,22 @@ def test_a4_genuine_file_loads_through_a_private_copy_that_is_removed(tiny_model
     assert len(seen) == 1 and seen[0].startswith(str(tmp_path)) and not Path(seen[0]).exists()
 
 
+def test_a4_symlinked_model_file_is_refused(tiny_model_file, tmp_path, keras_spy):
+    """A run whose ``model.keras`` is a symlink (to a genuine file, manifest intact) is refused before Keras."""
+    from imagerec.training.run_dir import RunDir
+
+    run = tmp_path / "linked-run"
+    run.mkdir()
+    (run / "model.keras").symlink_to(tiny_model_file)
+    shutil.copy2(str(tiny_model_file) + HASH_SUFFIX, str(run / "model.keras") + HASH_SUFFIX)
+    before = set(Path(tempfile.gettempdir()).glob("imagerec-model-*"))
+    for load in (lambda: load_model_file(run / "model.keras"), RunDir(run).load_model):
+        with pytest.raises(ModelFileError, match="not a regular file .*symlink"):
+            load()
+    assert keras_spy == [] and set(Path(tempfile.gettempdir()).glob("imagerec-model-*")) == before
+    assert load_model_file(tiny_model_file).name == "tiny"  # the target itself is fine
+
+
 # A5 ------------------------------------------------------------------------------------------------------
 def test_a5_one_byte_changed_is_refused_with_expected_and_actual_logged(tiny_model_file, caplog):
     data = bytearray(tiny_model_file.read_bytes())
@@ -274,7 +320,10 @@ def test_a5_one_byte_changed_is_refused_with_expected_and_actual_logged(tiny_mod
     tiny_model_file.write_bytes(bytes(data))
     prescan_keras_file(tiny_model_file)
     expected = json.loads(Path(str(tiny_model_file) + HASH_SUFFIX).read_text())["sha256"]
-    with caplog.at_level(logging.ERROR), pytest.raises(ModelFileError, match=f"expected {expected}, actual [0-9a-f]{{64}}"):
+    with (
+        caplog.at_level(logging.ERROR),
+        pytest.raises(ModelFileError, match=f"expected {expected}, actual [0-9a-f]{{64}}"),
+    ):
         load_model_file(tiny_model_file)
     assert re.search(f"expected {expected}, actual [0-9a-f]{{64}}", caplog.text)
 
@@ -307,6 +356,33 @@ def test_a7_no_unsafe_deserialisation_in_product_code():
                 line = text[: match.start()].count("\n") + 1
                 found.append(f"{path.relative_to(SRC)}:{line}: {label}")
     assert found == []
+
+
+@pytest.mark.parametrize(
+    "line, refused",
+    [("x = eval(text)", True), ("exec(code)", True), ("obj = pickle.loads(blob)", True),
+     ("model.eval()", False), ("pattern.exec(s)", False), ("value = my_eval(1)", False)],
+)  # fmt: skip
+def test_a7_audit_script_applies_the_static_rule(tmp_path, line, refused):
+    """``.ci/audit.sh`` (what SECURITY.md promises) refuses the calls above before running pip-audit."""
+    import subprocess
+
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(SRC.parent / ".ci" / "audit.sh", tmp_path / ".ci" / "audit.sh")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mod.py").write_text(f"def f(text, code, blob, model, pattern, s):\n    {line}\n")
+    fake = tmp_path / "python"  # stands in for pip-audit, which needs the network
+    fake.write_text("#!/bin/sh\necho pip-audit-ran\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "audit.sh")], env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if refused:
+        assert proc.returncode == 1 and "src/mod.py:2" in proc.stdout, proc.stdout + proc.stderr
+        assert "pip-audit-ran" not in proc.stdout
+    else:
+        assert proc.returncode == 0 and "pip-audit-ran" in proc.stdout, proc.stdout + proc.stderr
 
 
 FLOORS = {
