@@ -8,9 +8,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 
-echo "== static rule: no unsafe deserialisation in src/"
+echo "== static rule: no unsafe deserialisation, eval or exec in src/"
 if grep -rnE 'pickle\.loads?\(|marshal\.loads?\(|joblib\.load\(|allow_pickle\s*=\s*True|safe_mode\s*=\s*False|enable_unsafe_deserialization\(\)|yaml\.(unsafe_)?load\(' src/; then
   echo "unsafe deserialisation call found in src/ (see above)" >&2
+  exit 1
+fi
+# eval/exec called as builtins in Python (not methods such as model.eval()): the rule of tests/security A7
+if grep -rnE --include='*.py' '(^|[^[:alnum:]_.])(eval|exec)\(' src/; then
+  echo "eval/exec call found in src/ (see above)" >&2
   exit 1
 fi
 

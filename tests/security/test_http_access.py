@@ -67,15 +67,25 @@ def test_c18_missing_wrong_and_nearly_right_keys_get_401(keyed):
     image = colour_png()
     near = KEY[:-1] + chr(ord(KEY[-1]) ^ 1)
     with httpx.Client(base_url=keyed.url, timeout=30) as client:
-        for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": near}, {"Authorization": f"Bearer {near}"}, {"X-API-Key": KEY + "x"}):
-            response = client.post("/v1/predict", files={"file": ("a.png", image, "image/png")}, headers=headers)
+        for headers in (
+            {},
+            {"X-API-Key": "wrong"},
+            {"X-API-Key": near},
+            {"Authorization": f"Bearer {near}"},
+            {"X-API-Key": KEY + "x"},
+        ):
+            response = client.post(
+                "/v1/predict", files={"file": ("a.png", image, "image/png")}, headers=headers
+            )
             assert response.status_code == 401, (headers, response.status_code)
             assert response.json()["error"]["code"] == "unauthorized"
             assert KEY not in response.text
         for path in ("/docs", "/openapi.json", "/redoc", "/metrics", "/v1/model", "/v2/models/imagerec"):
             assert client.get(path).status_code == 401, path
         for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
-            response = client.post("/v1/predict", files={"file": ("a.png", image, "image/png")}, headers=headers)
+            response = client.post(
+                "/v1/predict", files={"file": ("a.png", image, "image/png")}, headers=headers
+            )
             assert response.status_code == 200, response.text
         assert client.get("/healthz").status_code == 200  # liveness stays public
 
@@ -132,3 +142,51 @@ def test_c19_cors_is_off_by_default(classifier):
             timeout=30,
         )
     assert "access-control-allow-origin" not in response.headers
+
+
+# C24 -----------------------------------------------------------------------------------------------------
+def _snapshot(*roots) -> dict[str, tuple[int, int]]:
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_c24_an_upload_is_never_stored_or_served_back(classifier, tmp_path, monkeypatch):
+    """Not applicable by design: imagerec has no upload-then-preview/download flow. Uploads live in memory for one
+    request (the page previews the user's own file from a local blob: URL). Check that no route serves an upload
+    back and that nothing is written to the temporary folder, the run directory or the static folder."""
+    import tempfile
+    import uuid
+
+    import httpx
+
+    from imagerec.server.app import STATIC, ServeSettings, create_app
+
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))  # the decode processes are spawned with it
+    name = f"c24-{uuid.uuid4().hex}.png"
+    image = colour_png(seed=24)
+    app = create_app(classifier, ServeSettings())  # default settings: decode processes on
+    watched = (private, classifier.run_dir.path, STATIC)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        before = _snapshot(*watched)
+        response = client.post("/v1/predict", files={"file": (name, image, "image/png")})
+        assert response.status_code == 200, response.text
+        (pred,) = response.json()["predictions"]
+        assert set(pred) == {"filename", "label", "confidence", "top_k"}  # no id, URL or path to fetch it by
+        stem = name[: -len(".png")]
+        for path in (f"/{name}", f"/static/{name}", f"/uploads/{name}", f"/v1/uploads/{name}", f"/files/{name}",
+                     f"/download/{name}", f"/preview/{name}", f"/v1/predict/{name}", f"/v1/predict/{stem}",
+                     "/uploads", "/v1/uploads"):  # fmt: skip
+            got = client.get(path)
+            assert got.status_code in (404, 405), (path, got.status_code)
+            assert image not in got.content and name not in got.text, path
+        assert _snapshot(*watched) == before
+    routes = {getattr(route, "path", "") for route in app.fastapi.routes}
+    words = ("upload", "download", "preview", "file")
+    assert not [r for r in routes if any(w in r.lower() for w in words)], routes
