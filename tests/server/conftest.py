@@ -52,6 +52,25 @@ class LiveServer:
         self.thread.join(10)
 
 
+def serve_cli(monkeypatch, args: list[str], check) -> None:
+    """Run ``imagerec serve ARGS`` (flags, environment) with ``uvicorn.run`` swapped for a :class:`LiveServer`
+    on a free port; ``check(live)`` talks to it while it runs. ``live.app`` is the app the CLI built."""
+    import uvicorn
+
+    from imagerec.cli import main
+
+    def run(app, **_options) -> None:
+        with LiveServer(app) as live:
+            live.app = app
+            check(live)
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    try:
+        main(["serve", *args])
+    except SystemExit as exc:
+        assert not exc.code, f"imagerec serve exited with {exc.code}"
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     from PIL import Image
 

@@ -61,6 +61,11 @@ def predict(
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many (label, score) pairs per image."),
     output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        help="Answer 'unknown' below this confidence (default: the run's calibrated threshold, if any; 0 = off).",
+    ),
     runtime: str = typer.Option(
         "auto",
         help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel",
@@ -81,8 +86,10 @@ def predict(
         raise ImagerecError(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
     if top_k < 1 or batch_size < 1:
         raise ImagerecError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ImagerecError(f"--threshold must be in [0, 1] (0 = never 'unknown'), got {threshold}")
     if ray or ray_address or out is not None:
-        _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, ray_address, runtime)
+        _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, ray_address, runtime, threshold)
         return
     files, missing = expand_paths(paths)
     if not files and not missing:
@@ -99,7 +106,13 @@ def predict(
         for chunk in _chunks(files, batch_size):
             for path, result in zip(
                 chunk,
-                clf.predict([str(p) for p in chunk], top_k=top_k, batch_size=batch_size, errors="return"),
+                clf.predict(
+                    [str(p) for p in chunk],
+                    top_k=top_k,
+                    batch_size=batch_size,
+                    threshold=threshold,
+                    errors="return",
+                ),
                 strict=True,
             ):
                 if hasattr(result, "code"):
@@ -114,7 +127,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, address, runtime) -> None:
+def _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, address, runtime, threshold) -> None:
     from imagerec.distributed.ray import predict_with_ray
 
     if out is None:
@@ -130,6 +143,7 @@ def _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, address, 
         top_k=top_k,
         address=address,
         runtime=runtime,
+        threshold=threshold,
     )
     typer.echo(f"classified {s['images']} image(s), {s['failed']} failed, in {s['seconds']:.1f}s "
                f"({s['images_per_second']:.1f} images/s) with Ray Data; results: {s['out']}", err=True)  # fmt: skip

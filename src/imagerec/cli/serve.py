@@ -35,10 +35,19 @@ def serve(
         False, "--cors-allow-credentials", help="Let allowed origins send credentials."
     ),
     rate_limit: float = typer.Option(
-        0.0, "--rate-limit", help="Requests per second per API key (or client IP), burst = N; 429 beyond. 0 = off."
+        0.0,
+        "--rate-limit",
+        help="Requests per second per API key (or client IP), burst = N; 429 beyond. 0 = off.",
     ),
     decode_workers: int = typer.Option(
-        1, "--decode-workers", help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread."
+        1,
+        "--decode-workers",
+        help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread.",
+    ),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        help="Answer 'unknown' below this confidence (default: the run's calibrated threshold, if any; 0 = off).",
     ),
     runtime: str = typer.Option(
         "auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
@@ -55,7 +64,7 @@ def serve(
         host=host, port=port, api_key=api_key or None, workers=workers, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb, max_files=max_files,
         timeout_s=timeout_s, cors_origins=tuple(cors_origin), cors_credentials=cors_allow_credentials,
-        rate_limit=rate_limit, decode_workers=decode_workers,
+        rate_limit=rate_limit, decode_workers=decode_workers, threshold=threshold,
     ).validate()  # fmt: skip
     options = dict(
         host=host,

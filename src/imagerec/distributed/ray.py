@@ -176,18 +176,21 @@ def _root_cause(exc: BaseException) -> str:
 class _Predictor:
     """A Ray Data actor: loads the run once, then classifies batches of paths."""
 
-    def __init__(self, run: str, top_k: int, runtime: str):
+    def __init__(self, run: str, top_k: int, runtime: str, threshold: float | None = None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from imagerec.classifier import Classifier
 
         self.clf = Classifier.load(run, runtime=runtime)
         self.top_k = top_k
+        self.threshold = threshold
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
 
         paths = [str(p) for p in batch["path"]]
-        results = self.clf.predict(paths, top_k=self.top_k, batch_size=max(1, len(paths)), errors="return")
+        results = self.clf.predict(
+            paths, top_k=self.top_k, batch_size=max(1, len(paths)), threshold=self.threshold, errors="return"
+        )
         return pa.Table.from_pylist(
             [_row(path, r) for path, r in zip(paths, results, strict=True)], schema=_schema()
         )
@@ -245,6 +248,7 @@ def predict_with_ray(
     top_k: int = 3,
     address: str | None = None,
     runtime: str = "keras",
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Classify every image in ``sources`` (files, folders, globs) with a Ray Data actor pool; write ``out``.
 
@@ -255,6 +259,7 @@ def predict_with_ray(
             (the rows ``imagerec predict --format json`` prints).
         num_workers: model actors (each loads the model once).
         batch_size: images per actor call.
+        threshold: answer ``unknown`` below this confidence (None: the run's calibrated threshold; 0: off).
 
     Returns:
         ``{"images", "failed", "seconds", "images_per_second", "out"}``.
@@ -284,7 +289,7 @@ def predict_with_ray(
         override_num_blocks=max(1, min(len(files) // batch_size, 200)),
     )
     ds = ds.map_batches(
-        _Predictor, fn_constructor_args=(str(Path(run).resolve()), top_k, runtime), batch_size=batch_size,
+        _Predictor, fn_constructor_args=(str(Path(run).resolve()), top_k, runtime, threshold), batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=1, batch_format="numpy",
     )  # fmt: skip
     images, failed = _write(ds, out, batch_size)

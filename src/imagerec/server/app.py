@@ -60,6 +60,7 @@ class ServeSettings:
     cors_credentials: bool = False
     rate_limit: float = 0.0  # requests per second per API key (or client IP); 0 = off
     decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
+    threshold: float | None = None  # 'unknown' below it; None = the run's calibrated threshold; 0 = off
 
     def validate(self) -> ServeSettings:
         checks = [
@@ -72,7 +73,14 @@ class ServeSettings:
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"),
             (self.rate_limit >= 0, f"--rate-limit must be >= 0 (0 = off), got {self.rate_limit}"),
-            (self.decode_workers >= 0, f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}"),
+            (
+                self.decode_workers >= 0,
+                f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}",
+            ),
+            (
+                self.threshold is None or 0.0 <= self.threshold <= 1.0,
+                f"--threshold must be in [0, 1] (0 = never 'unknown'), got {self.threshold}",
+            ),
             (
                 not ("*" in self.cors_origins and self.cors_credentials),
                 "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
@@ -111,6 +119,8 @@ class Service:
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
         self.ready = False
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
+        # --threshold overrides the run's calibrated threshold; 0 turns 'unknown' off (as Classifier.predict)
+        self.threshold = classifier.threshold if settings.threshold is None else (settings.threshold or None)
 
     async def start(self) -> None:
         if self.settings.decode_workers >= 1:  # the processes start while the model warms up
@@ -185,7 +195,7 @@ class Service:
         return np.stack(rows)
 
     def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
-        preds = self.clf._results(probs, top_k, names, self.clf.threshold)
+        preds = self.clf._results(probs, top_k, names, self.threshold)
         for pred in preds:
             self.metrics.predictions.labels(label=pred.label).inc()
         return preds

@@ -111,7 +111,7 @@ def register(api, service) -> None:
                 "resize": clf.resize,
                 "runtime": clf.runtime,
                 "temperature": clf.temperature,
-                "threshold": clf.threshold,
+                "threshold": service.threshold,
                 "metrics": summary,
                 "limits": {
                     "max_upload_mb": service.settings.max_upload_mb,
