@@ -5,6 +5,8 @@ The session fixture ``trained_run`` is shared and read-only: each test works on 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -13,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import classification_report, confusion_matrix
+from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
 import imagerec
-from imagefixtures import write_colour_dataset
+from imagefixtures import COLOURS, make_image, write_colour_dataset
 from imagerec.cli import main
 from imagerec.errors import DataError, RunError
 
@@ -184,3 +186,85 @@ def test_cli_explain_and_calibrate(evaluated, tmp_path, capsys):
     assert "ECE" in capsys.readouterr().out
     assert json.loads((run / "calibration.json").read_text())["threshold"] is None
     assert cli("calibrate", str(run), "--target-accuracy", "1.5") == 2
+
+
+@pytest.fixture(scope="module")
+def mislabelled(evaluated, tmp_path_factory) -> dict:
+    """``imagerec evaluate RUN --data WRONG --top-k 2`` (the Rich table, not --json) on a copy of the run, where
+    WRONG labels every image with the class the model finds *least* likely: top-1 and top-2 both miss every image,
+    top-3 finds them all. Images whose two smallest scores (nearly) tie are left out, so that the order is clear."""
+    root = tmp_path_factory.mktemp("mislabelled")
+    run = root / "run"
+    shutil.copytree(evaluated[0], run)
+    clf = imagerec.Classifier.load(run)
+    rng = np.random.default_rng(3)
+    images = [make_image(colour, rng) for colour in COLOURS.values() for _ in range(6)]
+    all_probs = clf.predict_proba(np.stack(images))
+    data = root / "data"
+    for i, (image, probs) in enumerate(zip(images, all_probs, strict=True)):
+        low, second = np.sort(probs)[:2]
+        if low < 0.9 * second:
+            folder = data / clf.labels[int(probs.argmin())]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:02d}.png")
+    # a colour's least likely class is never its own, so the images land in at least two class folders
+    assert len(list(data.iterdir())) >= 2 and len(list(data.rglob("*.png"))) >= 6, all_probs
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli("evaluate", str(run), "--data", str(data), "--top-k", "2")
+    return {"run": run, "data": data, "code": code, "out": out.getvalue()}
+
+
+def test_cli_table_lists_every_class_and_the_averages(mislabelled):
+    assert mislabelled["code"] == 0, mislabelled["out"]
+    metrics = json.loads((mislabelled["run"] / "evaluation" / "metrics.json").read_text())
+    lines = mislabelled["out"].splitlines()
+    for name in ("blue", "green", "red", "macro avg", "weighted avg"):
+        row = next((line for line in lines if re.search(rf"\b{name}\b", line) and "│" in line), None)
+        assert row is not None, (name, mislabelled["out"])
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        expected = metrics[name.split()[0]] if " avg" in name else metrics["per_class"][name]
+        support = metrics["num_images"] if " avg" in name else expected["support"]
+        numbers = [f"{expected[m]:.4f}" for m in ("precision", "recall", "f1")]
+        assert cells[1:] == [*numbers, str(support)], row
+    assert f"accuracy {metrics['accuracy']:.4f}" in mislabelled["out"]
+    assert f"top-2 accuracy {metrics['top_k_accuracy']:.4f}" in mislabelled["out"]
+
+
+def test_top_k_option_changes_top_k_accuracy_in_metrics_json(mislabelled):
+    metrics = json.loads((mislabelled["run"] / "evaluation" / "metrics.json").read_text())
+    assert metrics["top_k"] == 2 and metrics["top_k_accuracy"] == 0.0
+    csv_text = (mislabelled["run"] / "evaluation" / "predictions.csv").read_text()
+    rows = [line.split(",") for line in csv_text.splitlines()[1:]]
+    clf = imagerec.Classifier.load(mislabelled["run"])
+    probs = clf.predict_proba(np.stack([clf.preprocess(path) for path, *_ in rows]))
+    y = [clf.labels.index(true) for _, true, *_ in rows]
+    assert metrics["top_k_accuracy"] == pytest.approx(top_k_accuracy_score(y, probs, k=2, labels=[0, 1, 2]))
+    # without --top-k: k = 5, clipped to the 3 classes
+    default = imagerec.evaluate(mislabelled["run"], data=str(mislabelled["data"]), write=False)
+    assert default["top_k"] == 3 and default["top_k_accuracy"] == 1.0
+    assert default["accuracy"] == metrics["accuracy"] == 0.0
+
+
+def test_mistake_pictures_are_valid_pngs_when_the_model_is_wrong(mislabelled):
+    for name in ("most_wrong.png", "gradcam_wrong.png"):
+        path = mislabelled["run"] / "evaluation" / name
+        assert path.exists(), name
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width >= 200 and img.height >= 100, (name, img.size)
+            assert np.asarray(img.convert("L")).std() > 5, f"{name} looks blank"
+    html = (mislabelled["run"] / "evaluation" / "report.html").read_text()
+    assert "Most confidently wrong images" in html and "Grad-CAM over those images" in html
+
+
+def test_cli_data_with_unknown_class_names_fails_with_one_line_naming_them(evaluated, tmp_path, capsys):
+    data = write_colour_dataset(tmp_path / "other", per_class=2, seed=5)
+    (data / "red").rename(data / "purple")
+    (data / "green").rename(data / "orange")
+    assert cli("evaluate", str(evaluated[0]), "--data", str(data)) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("imagerec: error:"), err
+    assert "'orange'" in err and "'purple'" in err and "Traceback" not in captured.err
