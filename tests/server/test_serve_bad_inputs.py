@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from server.conftest import LiveServer, jpeg_bytes, make_image, png_bytes
+from server.conftest import LiveServer, jpeg_bytes, make_image, png_bytes, serve_cli
 
 
 def png_bomb(side: int = 20000) -> bytes:
@@ -236,6 +236,42 @@ def test_api_key(classifier, colour_pngs):
         ok = c.post("/v1/predict", content=colour_pngs["red"], headers={"X-API-Key": key})
         assert ok.status_code == 200
         assert c.get("/docs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_api_key_from_the_environment(trained_run, colour_pngs, monkeypatch):
+    """``imagerec serve`` without --api-key reads IMAGEREC_API_KEY: 401 JSON without the key, 200 with it."""
+    import httpx
+
+    key = "env-k3y-0123456789"
+    monkeypatch.setenv("IMAGEREC_API_KEY", key)
+
+    def check(live) -> None:
+        assert live.app.service.settings.api_key == key
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            assert_error(c.post("/v1/predict", content=colour_pngs["red"]), 401, "unauthorized")
+            wrong = c.post("/v1/predict", content=colour_pngs["red"], headers={"X-API-Key": "nope"})
+            assert_error(wrong, 401, "unauthorized")
+            ok = c.post("/v1/predict", content=colour_pngs["red"], headers={"X-API-Key": key})
+            assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "red"
+
+    serve_cli(monkeypatch, [str(trained_run), "--decode-workers", "0"], check)
+
+
+def test_default_upload_limit_is_10_mb(trained_run, monkeypatch):
+    """``imagerec serve`` with no --max-upload-mb: a body one byte over 10 MB gets 413 JSON; one at the limit
+    is read (and refused for what it is, not for its size)."""
+    limit = 10 * 2**20
+
+    def check(live) -> None:
+        assert live.app.service.settings.max_body == limit
+        head = "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n"
+        status, body = raw_http(live, head.format(limit + 1), [b"\x89PNG\r\n\x1a\n" + b"\0" * (limit - 7)])
+        assert status == 413 and body["error"]["code"] == "payload_too_large", body
+        assert f"limit of {limit} bytes" in body["error"]["message"]
+        status, body = raw_http(live, head.format(limit), [b"\x89PNG\r\n\x1a\n" + b"\0" * (limit - 8)])
+        assert status in (400, 415) and body["error"]["code"] != "payload_too_large", body
+
+    serve_cli(monkeypatch, [str(trained_run), "--decode-workers", "0"], check)
 
 
 def test_cors_off_by_default_and_allow_list(classifier, client):

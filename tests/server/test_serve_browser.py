@@ -68,6 +68,39 @@ def test_upload_shows_top_k_bars(page, colour_pngs, tmp_path: Path):
     assert not page.errors
 
 
+def test_drag_and_drop_shows_top_k_bars(page, colour_pngs):
+    """Files dropped on the drop zone (a DataTransfer built in the page, as a user's drag would carry)."""
+    import base64
+
+    from playwright.sync_api import expect
+
+    files = [(f"dropped-{n}.png", base64.b64encode(colour_pngs[n]).decode()) for n in ("green", "red")]
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const [name, b64] of files) {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], name, { type: "image/png" }));
+            }
+            return transfer;
+        }""",
+        files,
+    )
+    page.dispatch_event("#drop-zone", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
+    expect(page.locator("#drop-zone")).to_have_class(re.compile(r"\bover\b"))  # highlighted as a target
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#drop-zone")).not_to_have_class(re.compile(r"\bover\b"))
+    for name in ("green", "red"):
+        item = page.locator(f'#results li.result.ok[aria-label="dropped-{name}.png: {name}"]')
+        expect(item).to_have_count(1)
+        expect(item.locator("img")).to_have_attribute("alt", f"Preview of dropped-{name}.png")
+        bars = item.locator("ol.bars li.bar")
+        expect(bars).to_have_count(3)
+        assert bars.first.get_attribute("aria-label").startswith(f"{name}: ")
+    assert not page.errors
+
+
 def test_non_image_shows_an_error(page, tmp_path: Path):
     from playwright.sync_api import expect
 
