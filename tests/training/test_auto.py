@@ -8,7 +8,7 @@ from imagerec.training import auto
 def test_batch_epochs_and_bn_momentum_follow_the_dataset_size():
     assert auto.choose_batch_size(54_000) == 256 and auto.choose_batch_size(5_000) == 64
     assert auto.choose_batch_size(40) == 10 and auto.choose_batch_size(3) == 8
-    assert auto.choose_epochs(54_000, "scratch") == 10 and auto.choose_epochs(500, "scratch") == 30
+    assert auto.choose_epochs(54_000, "scratch") == 12 and auto.choose_epochs(500, "scratch") == 30
     assert auto.choose_epochs(500, "backbone") == 10
     assert auto.choose_bn_momentum(500, 32) == 0.9 and auto.choose_bn_momentum(54_000, 256) == 0.99
 
