@@ -87,7 +87,9 @@ def malformed_requests() -> list[tuple[str, dict, bytes]]:
         out.append((kind, {"content-type": ctype}, body))
     body, ctype = _multipart({"photo": ("x.jpg", jpeg)})
     out.append(("wrong_field", {"content-type": ctype}, body))
-    out.append(("bad_multipart", {"content-type": "multipart/form-data; boundary=zzz"}, b"--yyy\r\nnot a form\r\n"))
+    out.append(
+        ("bad_multipart", {"content-type": "multipart/form-data; boundary=zzz"}, b"--yyy\r\nnot a form\r\n")
+    )
     out.append(("no_boundary", {"content-type": "multipart/form-data"}, b"x"))
     out.append(("too_large", {"content-type": "application/octet-stream"}, bytes(3 << 20)))
     return out
@@ -143,7 +145,9 @@ def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
 
 
 # the load -----------------------------------------------------------------------------------------------------
-async def soak(url: str, pid: int, seconds: float, rps: float, concurrency: int, bad_ratio: float, seed: int) -> dict:
+async def soak(
+    url: str, pid: int, seconds: float, rps: float, concurrency: int, bad_ratio: float, seed: int
+) -> dict:
     import httpx
 
     rng = random.Random(seed)
@@ -168,7 +172,9 @@ async def soak(url: str, pid: int, seconds: float, rps: float, concurrency: int,
                 ok_json = resp.headers.get("content-type", "").startswith("application/json")
             except httpx.HTTPError as exc:
                 status, ok_json = f"client:{type(exc).__name__}", False
-        records.append({"kind": kind, "status": status, "latency": time.perf_counter() - scheduled, "json": ok_json})
+        records.append(
+            {"kind": kind, "status": status, "latency": time.perf_counter() - scheduled, "json": ok_json}
+        )
 
     async def sample_rss() -> None:
         while time.perf_counter() - t0 < seconds:
@@ -210,11 +216,16 @@ def summarise(result: dict, warmup_s: float) -> dict:
         "server_errors_5xx": sum(1 for r in records if isinstance(r["status"], int) and r["status"] >= 500),
         "client_errors": sum(1 for r in records if not isinstance(r["status"], int)),
         "malformed": len(bad),
-        "malformed_not_4xx": sorted({r["kind"] for r in bad if not (isinstance(r["status"], int) and 400 <= r["status"] < 500)}),
+        "malformed_not_4xx": sorted(
+            {r["kind"] for r in bad if not (isinstance(r["status"], int) and 400 <= r["status"] < 500)}
+        ),
         "malformed_non_json": sum(1 for r in bad if not r["json"]),
         "valid_ok": len(valid),
         "latency_ms": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
-        "rss_mb": {"start": round(steady[0][1] / 2**20, 1) if steady else None, "end": round(steady[-1][1] / 2**20, 1) if steady else None},
+        "rss_mb": {
+            "start": round(steady[0][1] / 2**20, 1) if steady else None,
+            "end": round(steady[-1][1] / 2**20, 1) if steady else None,
+        },
         "rss_slope_mb_per_min": round(slope_mb_per_min(steady), 2),
     }
 
@@ -236,7 +247,15 @@ def main() -> int:
     server_tmp.mkdir()
     port = _free_port()
     env = {**os.environ, "TMPDIR": str(server_tmp), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [str(Path(sys.executable).with_name("imagerec")), "serve", str(run), "--port", str(port), "--max-upload-mb", "2"]
+    cmd = [
+        str(Path(sys.executable).with_name("imagerec")),
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        "2",
+    ]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -250,14 +269,31 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not become ready: {server.stderr.read()[-2000:] if server.stderr else ''}")
+                raise SystemExit(
+                    f"server did not become ready: {server.stderr.read()[-2000:] if server.stderr else ''}"
+                )
             time.sleep(0.5)
-        before = {"fds": _fds(server.pid), "tmp_files": _tmp_files(server_tmp), "rss_mb": round(_rss(server.pid) / 2**20, 1)}
-        result = asyncio.run(soak(url, server.pid, args.seconds, args.rps, args.concurrency, args.bad_ratio, seed=0))
+        before = {
+            "fds": _fds(server.pid),
+            "tmp_files": _tmp_files(server_tmp),
+            "rss_mb": round(_rss(server.pid) / 2**20, 1),
+        }
+        result = asyncio.run(
+            soak(url, server.pid, args.seconds, args.rps, args.concurrency, args.bad_ratio, seed=0)
+        )
         time.sleep(1.0)
-        after = {"fds": _fds(server.pid), "tmp_files": _tmp_files(server_tmp), "rss_mb": round(_rss(server.pid) / 2**20, 1)}
+        after = {
+            "fds": _fds(server.pid),
+            "tmp_files": _tmp_files(server_tmp),
+            "rss_mb": round(_rss(server.pid) / 2**20, 1),
+        }
         summary = {
-            "config": {"seconds": args.seconds, "rps": args.rps, "concurrency": args.concurrency, "bad_ratio": args.bad_ratio},
+            "config": {
+                "seconds": args.seconds,
+                "rps": args.rps,
+                "concurrency": args.concurrency,
+                "bad_ratio": args.bad_ratio,
+            },
             **summarise(result, args.warmup),
             "before": before,
             "after": after,
@@ -272,7 +308,9 @@ def main() -> int:
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    passed = summary["server_errors_5xx"] == 0 and not summary["malformed_not_4xx"] and summary["server_alive"]
+    passed = (
+        summary["server_errors_5xx"] == 0 and not summary["malformed_not_4xx"] and summary["server_alive"]
+    )
     passed = passed and after["tmp_files"] <= before["tmp_files"] and after["fds"] <= before["fds"] + 2
     print("PASS" if passed else "FAIL", file=sys.stderr)
     return 0 if passed else 1

@@ -22,7 +22,9 @@ def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_colour_dataset(root: Path, per_class: int = 12, size: int = 32, seed: int = 0, fmt: str = "png") -> Path:
+def write_colour_dataset(
+    root: Path, per_class: int = 12, size: int = 32, seed: int = 0, fmt: str = "png"
+) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(seed)

@@ -37,7 +37,14 @@ def picture() -> Image.Image:
 def test_public_constants_are_stable():
     assert ALLOWED_FORMATS == ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
     assert {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"} <= IMAGE_EXTENSIONS
-    assert set(ImageRejected._STATUS) == {"empty", "unsupported_format", "image_too_large", "corrupt", "truncated", "unreadable"}
+    assert set(ImageRejected._STATUS) == {
+        "empty",
+        "unsupported_format",
+        "image_too_large",
+        "corrupt",
+        "truncated",
+        "unreadable",
+    }
     assert ImageRejected("unsupported_format", "x").status == 415
     assert ImageRejected("image_too_large", "x").status == 413
 
@@ -70,7 +77,15 @@ def test_load_image_sources_agree(picture, tmp_path):
     path = tmp_path / "p.png"
     path.write_bytes(data)
     ref = load_image(path, (20, 20))
-    for source in (str(path), data, bytearray(data), memoryview(data), io.BytesIO(data), picture, np.asarray(picture)):
+    for source in (
+        str(path),
+        data,
+        bytearray(data),
+        memoryview(data),
+        io.BytesIO(data),
+        picture,
+        np.asarray(picture),
+    ):
         assert np.array_equal(load_image(source, (20, 20)), ref)
     assert ref.shape == (20, 20, 3) and ref.dtype == np.uint8
 
@@ -122,6 +137,10 @@ def test_rejections_carry_a_stable_code_and_name_the_source(tmp_path):
     bad.write_bytes(b"hello")
     with pytest.raises(ImageRejected) as err:
         load_image(bad)
-    assert err.value.code == "unsupported_format" and "cat.jpg" in str(err.value) and "decided by content" in str(err.value)
+    assert (
+        err.value.code == "unsupported_format"
+        and "cat.jpg" in str(err.value)
+        and "decided by content" in str(err.value)
+    )
     with pytest.raises(TypeError):
         load_image(12345)

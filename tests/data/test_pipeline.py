@@ -180,7 +180,9 @@ def test_scan_keeps_decoded_pixels_from_worker_processes(tmp_path: Path):
     rng = np.random.default_rng(1)
     for i in range(300):
         mode_shape = (9, 11) if i % 2 else (9, 11, 3)  # grey and colour
-        f.write(tmp_path / "ab"[i % 2] / f"{i}.png", f.encode(rng.integers(0, 256, mode_shape, dtype=np.uint8)))
+        f.write(
+            tmp_path / "ab"[i % 2] / f"{i}.png", f.encode(rng.integers(0, 256, mode_shape, dtype=np.uint8))
+        )
     result = scan_dataset(tmp_path, workers=2, keep_decoded=True)
     assert len(result.decoded) == 300
     for path, pixels in list(result.decoded.items())[::37]:

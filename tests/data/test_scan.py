@@ -152,7 +152,9 @@ def test_near_duplicate_search_equals_brute_force():
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (300, THUMB_BYTES)).astype(np.float32)
     # planted pairs at RMS distances around the tolerance, some just inside and some just outside
-    near = base[:60] + rng.normal(0, 1, (60, THUMB_BYTES)) * np.linspace(0.5, 1.5, 60)[:, None] * NEAR_TOLERANCE
+    near = (
+        base[:60] + rng.normal(0, 1, (60, THUMB_BYTES)) * np.linspace(0.5, 1.5, 60)[:, None] * NEAR_TOLERANCE
+    )
     thumbs = np.clip(np.rint(np.concatenate([base, near])), 0, 255).astype(np.uint8)
     images = [
         ScannedImage(f"{i}.png", "a", None, f"{i:064x}", "0" * 16, 8, 8, "PNG", "L", thumbs[i].tobytes())
@@ -160,7 +162,9 @@ def test_near_duplicate_search_equals_brute_force():
     ]
     t = thumbs.astype(np.float64)
     pairs = [
-        (i, j) for i, j in combinations(range(len(t)), 2) if np.sqrt(((t[i] - t[j]) ** 2).mean()) <= NEAR_TOLERANCE
+        (i, j)
+        for i, j in combinations(range(len(t)), 2)
+        if np.sqrt(((t[i] - t[j]) ** 2).mean()) <= NEAR_TOLERANCE
     ]
     assert 5 < len(pairs) < 60  # the planted distances straddle the tolerance
     rows, cols = zip(*pairs, strict=True)

@@ -26,7 +26,9 @@ def reference(size: tuple[int, int] = (48, 32)) -> Image.Image:
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:

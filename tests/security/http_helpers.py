@@ -64,7 +64,9 @@ class HealthProbe:
         return 1000 * max(self.latencies)
 
 
-def raw_exchange(host: str, port: int, head: bytes, body_chunks=(), timeout: float = 10.0) -> tuple[int, bytes, int]:
+def raw_exchange(
+    host: str, port: int, head: bytes, body_chunks=(), timeout: float = 10.0
+) -> tuple[int, bytes, int]:
     """Send ``head`` then the chunks until the server answers or closes; return (status, response, bytes sent)."""
     import select
 

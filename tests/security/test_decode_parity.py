@@ -36,7 +36,9 @@ def _jpeg_with_orientation(upright: Image.Image, orientation: int) -> bytes:
     return hostile.encode(stored, "JPEG", quality=95, exif=exif.tobytes())
 
 
-def _train_and_serve(tmp_path, blobs: dict[str, bytes], clf=None, channels: int = 3) -> tuple[np.ndarray, ...]:
+def _train_and_serve(
+    tmp_path, blobs: dict[str, bytes], clf=None, channels: int = 3
+) -> tuple[np.ndarray, ...]:
     paths = []
     for name, data in blobs.items():
         paths.append(str(tmp_path / name))
@@ -58,7 +60,11 @@ def test_b12_exif_orientations_2_to_8_match_the_reference_in_training_and_servin
     upright = hostile.reference((48, 32))
     blobs = {f"o{o}.jpg": _jpeg_with_orientation(upright, o) for o in range(1, 9)}
     train, serve, serve_path, serve_bytes = _train_and_serve(tmp_path, blobs, clf)
-    assert np.array_equal(train, serve) and np.array_equal(train, serve_path) and np.array_equal(train, serve_bytes)
+    assert (
+        np.array_equal(train, serve)
+        and np.array_equal(train, serve_path)
+        and np.array_equal(train, serve_bytes)
+    )
     ref = train[0].astype(int)
     for i, o in enumerate(range(2, 9), start=1):
         diff = np.abs(train[i].astype(int) - ref)
@@ -76,7 +82,9 @@ def _png16_rgb(arr: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def _awkward() -> dict[str, tuple[bytes, np.ndarray, int]]:
@@ -91,14 +99,24 @@ def _awkward() -> dict[str, tuple[bytes, np.ndarray, int]]:
     on_white = np.rint(ref_arr * alpha + 255 * (1 - alpha)).astype(np.uint8)
     palette = Image.fromarray((np.arange(S * S).reshape(S, S) % 4).astype(np.uint8), "P")
     palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
-    pal_expected = np.array([[255, 255, 255], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)[np.asarray(palette)]
+    pal_expected = np.array([[255, 255, 255], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)[
+        np.asarray(palette)
+    ]
     bits = Image.fromarray(rng.integers(0, 2, (S, S)).astype(bool))
     grey = ref.convert("L")
     rep = lambda a: np.repeat(a[..., None], 3, axis=2)  # noqa: E731
     return {
         "cmyk.jpg": (hostile.encode(ref.convert("CMYK"), "JPEG", quality=95), ref_arr, 6),
-        "grey16.png": (hostile.encode(Image.fromarray(grey16), "PNG"), rep((grey16 >> 8).astype(np.uint8)), 0),
-        "grey16.tiff": (hostile.encode(Image.fromarray(grey16), "TIFF"), rep((grey16 >> 8).astype(np.uint8)), 0),
+        "grey16.png": (
+            hostile.encode(Image.fromarray(grey16), "PNG"),
+            rep((grey16 >> 8).astype(np.uint8)),
+            0,
+        ),
+        "grey16.tiff": (
+            hostile.encode(Image.fromarray(grey16), "TIFF"),
+            rep((grey16 >> 8).astype(np.uint8)),
+            0,
+        ),
         "rgb16.png": (_png16_rgb(rgb16), (rgb16 >> 8).astype(np.uint8), 0),
         "rgba.png": (hostile.encode(Image.fromarray(rgba, "RGBA"), "PNG"), on_white, 1),
         "la.png": (hostile.encode(Image.fromarray(rgba, "RGBA").convert("LA"), "PNG"), None, 0),
@@ -120,7 +138,11 @@ def test_b13_awkward_modes_give_the_documented_tensor(name):
     assert out.shape == (S, S, 3) and out.dtype == np.uint8
     if expected is not None:
         diff = np.abs(out.astype(int) - expected.astype(int))
-        assert diff.mean() <= max(tol, 0.5) and (tol > 1 or diff.max() <= tol), (name, diff.mean(), diff.max())
+        assert diff.mean() <= max(tol, 0.5) and (tol > 1 or diff.max() <= tol), (
+            name,
+            diff.mean(),
+            diff.max(),
+        )
     grey_out = load_image(data, channels=1)
     assert grey_out.shape == (S, S, 1)
 

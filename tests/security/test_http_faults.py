@@ -118,7 +118,9 @@ def test_c21_stalled_model_returns_504_at_the_deadline_and_health_stays_fast(tra
 
             def post(_):
                 start = time.perf_counter()
-                response = client.post(f"{server.url}/v1/predict", files={"file": ("a.png", image, "image/png")})
+                response = client.post(
+                    f"{server.url}/v1/predict", files={"file": ("a.png", image, "image/png")}
+                )
                 return response, time.perf_counter() - start
 
             with concurrent.futures.ThreadPoolExecutor(50) as pool:
@@ -128,7 +130,9 @@ def test_c21_stalled_model_returns_504_at_the_deadline_and_health_stays_fast(tra
         assert statuses <= {503, 504}, statuses
         latencies = sorted(seconds for _, seconds in results)
         assert 1.4 < latencies[len(latencies) // 2] < 5.0, latencies  # answered at the 1.5 s deadline...
-        assert latencies[-1] < 12.0, latencies  # ...and never left hanging (a shared 2-core box adds queueing)
+        assert latencies[-1] < 12.0, (
+            latencies
+        )  # ...and never left hanging (a shared 2-core box adds queueing)
         assert probe.failures == 0 and probe.median_ms < 100, (probe.median_ms, probe.max_ms)
         time.sleep(0.5)
         response, _ = _post(server.url, image)
@@ -175,9 +179,16 @@ def cli_server(trained, tmp_path_factory):
     hook = tmp_path_factory.mktemp("hook")
     (hook / "sitecustomize.py").write_text(textwrap.dedent(CRASH_HOOK))
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{hook}:{ROOT / 'src'}", "IMAGEREC_TEST_CRASH_DECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{hook}:{ROOT / 'src'}",
+        "IMAGEREC_TEST_CRASH_DECODE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     exe = str(Path(sys.executable).with_name("imagerec"))
-    proc = subprocess.Popen([exe, "serve", str(trained), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe, "serve", str(trained), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:

@@ -46,11 +46,18 @@ def test_b8_b11_hostile_uploads_get_typed_4xx_never_5xx(live):
         for name, (data, status, code) in _corpus().items():
             ctype = "image/png" if name.endswith(".png") else "image/jpeg"  # the lie does not matter
             response = client.post("/v1/predict", files={"file": (name, data, ctype)})
-            assert (response.status_code, response.json()["error"]["code"]) == (status, code), (name, response.text)
+            assert (response.status_code, response.json()["error"]["code"]) == (status, code), (
+                name,
+                response.text,
+            )
             assert response.headers["x-content-type-options"] == "nosniff"
-        ok = client.post("/v1/predict", files={"file": ("exif.jpg", hostile.jpeg_corrupt_exif(), "image/jpeg")})
+        ok = client.post(
+            "/v1/predict", files={"file": ("exif.jpg", hostile.jpeg_corrupt_exif(), "image/jpeg")}
+        )
         assert ok.status_code == 200  # corrupt EXIF: a clean decode
-        frames = client.post("/v1/predict", files={"file": ("anim.gif", hostile.animated_gif(3000), "image/gif")})
+        frames = client.post(
+            "/v1/predict", files={"file": ("anim.gif", hostile.animated_gif(3000), "image/gif")}
+        )
         assert frames.status_code == 200
 
 
@@ -61,7 +68,11 @@ def test_b12_b13_http_predictions_equal_local_predictions_for_awkward_images(liv
     local = classifier.predict_proba(np.stack([classifier.preprocess(AWKWARD[n][0]) for n in names]))
     with httpx.Client(base_url=live.url, timeout=30) as client:
         for i, name in enumerate(names):
-            response = client.post("/v1/predict", files={"file": (name, AWKWARD[name][0], "application/octet-stream")}, params={"top_k": 3})
+            response = client.post(
+                "/v1/predict",
+                files={"file": (name, AWKWARD[name][0], "application/octet-stream")},
+                params={"top_k": 3},
+            )
             assert response.status_code == 200, (name, response.text)
             top = {label: score for label, score in ((t["label"], t["score"]) for t in _top(response.json()))}
             for j, label in enumerate(classifier.labels):

@@ -66,18 +66,24 @@ def test_c16_body_over_the_limit_is_413_early_for_honest_understated_and_chunked
 
     # (a) an honest Content-Length over the limit: refused before any body byte is read
     start = time.perf_counter()
-    status, data, sent = raw_exchange(live.host, live.port, _post_head("/v1/predict", "Content-Length: 52428800\r\n"), [piece] * 800)
+    status, data, sent = raw_exchange(
+        live.host, live.port, _post_head("/v1/predict", "Content-Length: 52428800\r\n"), [piece] * 800
+    )
     assert status == 413 and b'"payload_too_large"' in data, data[:300]
     assert sent < 8 << 20 and time.perf_counter() - start < 5, sent
 
     # (c) chunked, no Content-Length: cut as soon as the counter passes the limit
     chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
-    status, data, sent = raw_exchange(live.host, live.port, _post_head("/v1/predict", "Transfer-Encoding: chunked\r\n"), [chunk] * 800)
+    status, data, sent = raw_exchange(
+        live.host, live.port, _post_head("/v1/predict", "Transfer-Encoding: chunked\r\n"), [chunk] * 800
+    )
     assert status == 413 and b'"payload_too_large"' in data, data[:300]
     assert sent < limit + (8 << 20), sent  # far less than the 50 MB on offer
 
     # (b) an understated Content-Length: the server reads only what was declared; the rest is not a body
-    status, data, _ = raw_exchange(live.host, live.port, _post_head("/v1/predict", "Content-Length: 1000\r\n"), [piece] * 80)
+    status, data, _ = raw_exchange(
+        live.host, live.port, _post_head("/v1/predict", "Content-Length: 1000\r\n"), [piece] * 80
+    )
     assert 400 <= status < 500, data[:300]
 
     assert _status("VmHWM:") - base < 40 << 20  # 3 x 50 MB offered; memory stayed flat
@@ -96,7 +102,9 @@ def test_c16_body_just_under_the_limit_is_served(live):
 
 
 # C17 -----------------------------------------------------------------------------------------------------
-def _multipart(parts: list[bytes], boundary: str = "b0undary", preamble: bytes = b"", epilogue: bytes = b"") -> bytes:
+def _multipart(
+    parts: list[bytes], boundary: str = "b0undary", preamble: bytes = b"", epilogue: bytes = b""
+) -> bytes:
     body = preamble
     for part in parts:
         body += f"--{boundary}\r\n".encode() + part + b"\r\n"
@@ -108,7 +116,10 @@ def _field(name: str, value: bytes, extra_headers: bytes = b"") -> bytes:
 
 
 def _file(data: bytes) -> bytes:
-    return b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + data
+    return (
+        b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        + data
+    )
 
 
 def test_c17_multipart_abuse_is_rejected_quickly_and_the_loop_stays_free(live):
@@ -124,9 +135,17 @@ def test_c17_multipart_abuse_is_rejected_quickly_and_the_loop_stays_free(live):
             _multipart([_file(image)], preamble=b"p" * (750 << 10), epilogue=b"e" * (750 << 10)),
             {200, 400},
         ),
-        "10k part headers": (mp, _multipart([_file(image).replace(b"\r\n\r\n", b"\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n", 1)]), {200, 400, 413}),
+        "10k part headers": (
+            mp,
+            _multipart([_file(image).replace(b"\r\n\r\n", b"\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n", 1)]),
+            {200, 400, 413},
+        ),
         "redos boundary": ('multipart/form-data; boundary="' + "\\" * 5000 + 'a"', b"--x--\r\n", {400}),
-        "urlencoded 100k fields": ("application/x-www-form-urlencoded", b"&".join(b"a%d=b" % i for i in range(100_000)), {400, 413}),
+        "urlencoded 100k fields": (
+            "application/x-www-form-urlencoded",
+            b"&".join(b"a%d=b" % i for i in range(100_000)),
+            {400, 413},
+        ),
     }
     timings = {}
     with HealthProbe(live.url) as probe, httpx.Client(timeout=30) as client:
@@ -137,7 +156,9 @@ def test_c17_multipart_abuse_is_rejected_quickly_and_the_loop_stays_free(live):
             assert response.status_code in allowed, (name, response.status_code, response.text[:200])
             assert response.headers["content-type"].startswith("application/json"), name
             assert response.status_code == 200 or "error" in response.json(), name
-        status, data, _ = raw_exchange(live.host, live.port, _post_head("/v1/predict", "Content-Length: -5\r\n"))
+        status, data, _ = raw_exchange(
+            live.host, live.port, _post_head("/v1/predict", "Content-Length: -5\r\n")
+        )
         assert 400 <= status < 500, data[:200]
     assert all(t < 5 for t in timings.values()), timings
     assert probe.failures == 0
@@ -150,5 +171,7 @@ def test_c17_parsing_leaves_no_temp_files(live, private_tmp):
 
     before = set(Path(private_tmp).iterdir())
     for _ in range(5):
-        httpx.post(f"{live.url}/v1/predict", files={"file": ("a.png", colour_png() * 20, "image/png")}, timeout=30)
+        httpx.post(
+            f"{live.url}/v1/predict", files={"file": ("a.png", colour_png() * 20, "image/png")}, timeout=30
+        )
     assert set(Path(private_tmp).iterdir()) == before

@@ -220,7 +220,9 @@ def _decode_or_reject(data: bytes) -> None:
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
 
 
-_FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+_FUZZ = settings(
+    max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
 
 
 @_FUZZ
@@ -230,7 +232,9 @@ def test_b15_arbitrary_bytes_give_a_tensor_or_a_rejection(data):
 
 
 @_FUZZ
-@given(st.sampled_from(list(images._MAGIC)).flatmap(lambda m: st.binary(max_size=2048).map(lambda b: m[0] + b)))
+@given(
+    st.sampled_from(list(images._MAGIC)).flatmap(lambda m: st.binary(max_size=2048).map(lambda b: m[0] + b))
+)
 def test_b15_bytes_behind_a_valid_magic_give_a_tensor_or_a_rejection(data):
     _decode_or_reject(data)
 

@@ -149,13 +149,27 @@ def _check_run_invariants(run: Path) -> int:
 def _kill_loop(tmp_path: Path, cycles: int, seed: int) -> list[tuple[str, int, int]]:
     data = write_colour_dataset(tmp_path / "data", per_class=8, size=16, seed=4)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     rng = random.Random(seed)
     history, last_epoch, kills = [], 0, 0
     for attempt in range(2 * cycles + 1):
         final = kills == cycles or attempt == 2 * cycles
         mode = "none" if final else rng.choice(["timer", "replace", "fsync"])
-        args = [sys.executable, "-c", _CHILD, str(data), str(run), str(rng.randrange(1 << 30)), mode, str(EPOCHS)]
+        args = [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(data),
+            str(run),
+            str(rng.randrange(1 << 30)),
+            mode,
+            str(EPOCHS),
+        ]
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=300)
         if final:
@@ -206,7 +220,7 @@ def test_e28_kill_between_model_write_and_hash_manifest_keeps_a_loadable_model(t
             Path(str(path) + HASH_SUFFIX).unlink()
         code = f"""
         import os, signal, sys
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        sys.path.insert(0, {str(ROOT / "tests")!r})
         from security.conftest import tiny_model
         from imagerec.training.run_dir import save_model_file
         real, calls = os.replace, []
@@ -220,7 +234,13 @@ def test_e28_kill_between_model_write_and_hash_manifest_keeps_a_loadable_model(t
         os.replace = hook
         save_model_file(tiny_model(), __import__("pathlib").Path({str(path)!r}))
         """
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
         assert load_model_file(path).name == "tiny", when  # old or new model, but always one that verifies
         assert verify_hash(path) in (first, hashlib.sha256(path.read_bytes()).hexdigest())
@@ -236,7 +256,17 @@ def test_e29_nan_stops_training_and_keeps_the_last_good_model(tmp_path):
     good_hash = verify_hash(rd.model)
     good_pointer = (rd.backup / "latest").read_text()
     with pytest.raises(TrainingDiverged, match="training diverged"):
-        imagerec.train(data, out=run.path, epochs=4, batch_size=8, seed=0, resume=True, learning_rate=1e30, schedule="constant", **QUIET)
+        imagerec.train(
+            data,
+            out=run.path,
+            epochs=4,
+            batch_size=8,
+            seed=0,
+            resume=True,
+            learning_rate=1e30,
+            schedule="constant",
+            **QUIET,
+        )
     assert verify_hash(rd.model) == good_hash
     assert (rd.backup / "latest").read_text() == good_pointer
     model = rd.load_model()
@@ -248,7 +278,9 @@ def test_e30_same_seed_gives_identical_weights_and_a_different_seed_does_not(tmp
     data = write_colour_dataset(tmp_path / "data", per_class=6, size=16, seed=6)
     hashes, configs = [], []
     for i, seed in enumerate((7, 7, 8)):
-        run = imagerec.train(data, out=tmp_path / f"run{i}", epochs=1, batch_size=8, seed=seed, deterministic=True, **QUIET)
+        run = imagerec.train(
+            data, out=tmp_path / f"run{i}", epochs=1, batch_size=8, seed=seed, deterministic=True, **QUIET
+        )
         hashes.append(_weights_hash(RunDir(run.path).load_model()))
         configs.append(json.loads((run.path / "config.json").read_text()))
     assert hashes[0] == hashes[1]

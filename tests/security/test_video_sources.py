@@ -53,11 +53,19 @@ def test_d25_cli_refuses_pseudo_protocols_and_playlists_unless_allowed(tmp_path)
     playlist.write_text("#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n")
     disguised = tmp_path / "movie.mp4"
     disguised.write_text("#EXTM3U\nfile:///etc/passwd\n")
-    for source in ("concat:/etc/passwd", "subfile:,,start,0,end,0,,:/etc/passwd", "file:///etc/passwd", playlist, disguised):
+    for source in (
+        "concat:/etc/passwd",
+        "subfile:,,start,0,end,0,,:/etc/passwd",
+        "file:///etc/passwd",
+        playlist,
+        disguised,
+    ):
         with pytest.raises(VideoError, match="allow-any-source"):
             check_cli_source(source)
     assert check_cli_source(playlist, allow_any=True).kind == "file"
-    assert check_cli_source("rtsp://127.0.0.1:8554/cam").kind == "stream"  # the operator may name local cameras
+    assert (
+        check_cli_source("rtsp://127.0.0.1:8554/cam").kind == "stream"
+    )  # the operator may name local cameras
 
 
 def test_d26_stream_that_accepts_then_never_sends_times_out(tmp_path):

@@ -2,7 +2,15 @@ import json
 
 
 def test_trained_run_is_complete(trained_run):
-    for name in ("model.keras", "model.keras.sha256.json", "labels.json", "config.json", "manifest.csv", "history.csv", "metrics.json"):
+    for name in (
+        "model.keras",
+        "model.keras.sha256.json",
+        "labels.json",
+        "config.json",
+        "manifest.csv",
+        "history.csv",
+        "metrics.json",
+    ):
         assert (trained_run / name).exists(), name
     assert json.loads((trained_run / "labels.json").read_text()) == ["blue", "green", "red"]
 

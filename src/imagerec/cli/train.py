@@ -47,14 +47,14 @@ def train(
     num_workers: int = typer.Option(2, "--num-workers", help="Ray Train workers (with --ray)."),
 ) -> None:
     """Train a classifier and write a run directory (model, labels, config, split, history, metrics, logs)."""
+    from functools import partial
+
     from imagerec.training.trainer import train as train_run
 
     if ray or ray_address:
         from imagerec.distributed.ray import train_with_ray
 
-        train_run = lambda data, out, **kw: train_with_ray(
-            data, out, num_workers=num_workers, address=ray_address, **kw
-        )  # noqa: E731
+        train_run = partial(train_with_ray, num_workers=num_workers, address=ray_address)
     train_run(
         data, out, resume=resume, force=force,
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,

@@ -43,7 +43,11 @@ def video(
     ),
     top_k: int = typer.Option(None, "--top-k", help="(label, score) pairs per frame (default 3)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Most frames per model call (default 16)."),
-    runtime: str = typer.Option("auto", "--runtime", help="auto (fastest export that passed parity, else keras) | keras | tflite | onnx (exports must exist)."),
+    runtime: str = typer.Option(
+        "auto",
+        "--runtime",
+        help="auto (fastest export that passed parity, else keras) | keras | tflite | onnx (exports must exist).",
+    ),
     show: bool = typer.Option(False, "--show", help="Show a window (needs a GUI build of OpenCV)."),
     allow_any_source: bool = typer.Option(
         False, "--allow-any-source", help="Also open FFmpeg pseudo-protocols and playlists."

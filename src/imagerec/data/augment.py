@@ -91,7 +91,9 @@ def random_erasing(images, rate: float = 0.5, max_area: float = 0.25, seed: int 
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    draw = _uniform([batch, 4], 0.0, 1.0, seed, key)  # one op: independent columns (one seed per op repeats draws)
+    draw = _uniform(
+        [batch, 4], 0.0, 1.0, seed, key
+    )  # one op: independent columns (one seed per op repeats draws)
     side = tf.sqrt(0.02 + draw[:, 0] * (max_area - 0.02))
     eh = tf.cast(side * hf, tf.int32)
     ew = tf.cast(side * wf, tf.int32)

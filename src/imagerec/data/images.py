@@ -108,13 +108,17 @@ def _read_source(source: Any, limit: int) -> tuple[bytes, str]:
     elif hasattr(source, "read"):
         data, name = source.read(limit + 1), str(getattr(source, "name", "<stream>"))
         if not isinstance(data, (bytes, bytearray)):
-            raise ImageRejected("unreadable", f"{name}: the stream gave {type(data).__name__}, expected bytes (open it in 'rb' mode)")
+            raise ImageRejected(
+                "unreadable",
+                f"{name}: the stream gave {type(data).__name__}, expected bytes (open it in 'rb' mode)",
+            )
         data = bytes(data)
     else:
         raise TypeError(f"expected a path, bytes or a file object, got {type(source).__name__}")
     if len(data) > limit:
         raise ImageRejected(
-            "image_too_large", f"{name}: file is larger than the limit of {limit} bytes (set IMAGEREC_MAX_FILE_BYTES)"
+            "image_too_large",
+            f"{name}: file is larger than the limit of {limit} bytes (set IMAGEREC_MAX_FILE_BYTES)",
         )
     return data, name
 
@@ -178,7 +182,9 @@ def _check_png_chunks(data: bytes, name: str) -> None:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
-            raise ImageRejected("truncated", f"{name}: PNG chunk {kind!r} runs past the end of the file (truncated)")
+            raise ImageRejected(
+                "truncated", f"{name}: PNG chunk {kind!r} runs past the end of the file (truncated)"
+            )
         if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != struct.unpack(">I", data[end : end + 4])[0]:
             raise ImageRejected("corrupt", f"{name}: PNG chunk {kind!r} fails its CRC check (corrupt file)")
         if kind == b"IEND":
@@ -373,7 +379,12 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
 def image_info(path: str | os.PathLike) -> dict[str, Any]:
     """Header facts for the scan: format, size, mode, frames (cheap: no full decode, allowed formats only)."""
     with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
-        return {"format": img.format, "size": img.size, "mode": img.mode, "frames": getattr(img, "n_frames", 1)}
+        return {
+            "format": img.format,
+            "size": img.size,
+            "mode": img.mode,
+            "frames": getattr(img, "n_frames", 1),
+        }
 
 
 DecodeFn = Callable[[Any], np.ndarray]

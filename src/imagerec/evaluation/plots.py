@@ -19,7 +19,9 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    matplotlib.rcParams["text.parse_math"] = False  # class names are user text: "$x$" must not become mathtext
+    matplotlib.rcParams["text.parse_math"] = (
+        False  # class names are user text: "$x$" must not become mathtext
+    )
     import matplotlib.pyplot as plt
 
     return plt

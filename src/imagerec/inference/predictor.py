@@ -47,7 +47,9 @@ def get_runtime(name: str) -> Callable:
     except ImportError:
         pass
     if name not in RUNTIMES:
-        raise ImagerecError(f"unknown or unavailable runtime {name!r}; choose one of keras, {', '.join(RUNTIMES) or '(none exported)'}")
+        raise ImagerecError(
+            f"unknown or unavailable runtime {name!r}; choose one of keras, {', '.join(RUNTIMES) or '(none exported)'}"
+        )
     return RUNTIMES[name]
 
 

@@ -20,7 +20,6 @@ import types
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-
 _SPAWN_LOCK = threading.Lock()
 
 
@@ -72,7 +71,9 @@ class DecodePool:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
         # Start all the processes now (each submit to a pool without an idle worker spawns one), with a blank
         # ``__main__``: "spawn" would otherwise re-run the parent's main script in every worker (the ``imagerec``
         # CLI, or a user's script that builds the app without an ``if __name__ == "__main__"`` guard and would load

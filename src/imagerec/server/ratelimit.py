@@ -30,7 +30,9 @@ class RateLimiter:
         0.0
     """
 
-    def __init__(self, rate: float, burst: float | None = None, max_clients: int = 10_000, clock=time.monotonic):
+    def __init__(
+        self, rate: float, burst: float | None = None, max_clients: int = 10_000, clock=time.monotonic
+    ):
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.rate = float(rate)

@@ -104,10 +104,14 @@ class RunDir:
     def require(self, *names: str) -> RunDir:
         """Raise :class:`RunError` unless this is a complete run (model, labels, config, plus ``names``)."""
         if not self.path.is_dir():
-            raise RunError(f"run directory {str(self.path)!r} does not exist; train one with 'imagerec train'")
+            raise RunError(
+                f"run directory {str(self.path)!r} does not exist; train one with 'imagerec train'"
+            )
         for name in (MODEL_FILE, "labels.json", "config.json", *names):
             if not (self.path / name).exists():
-                raise RunError(f"run {str(self.path)!r} is incomplete: {name} is missing (was training finished?)")
+                raise RunError(
+                    f"run {str(self.path)!r} is incomplete: {name} is missing (was training finished?)"
+                )
         version = self.read_config().get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(
@@ -214,7 +218,10 @@ def prescan_keras_file(path: Path) -> None:
     """
     path = Path(path)
     if path.suffix != ".keras":
-        raise _refuse(path, f"format {path.suffix or '(no suffix)'} is not allowed (h5, SavedModel, pickle are never loaded)")
+        raise _refuse(
+            path,
+            f"format {path.suffix or '(no suffix)'} is not allowed (h5, SavedModel, pickle are never loaded)",
+        )
     if path.is_symlink() or not path.is_file():
         raise _refuse(path, "not a regular file (a directory, symlink or missing)")
     size = path.stat().st_size
@@ -231,11 +238,20 @@ def prescan_keras_file(path: Path) -> None:
             raise _refuse(path, "not a zip archive")
         count, cd_size = endrec[zipfile._ECD_ENTRIES_TOTAL], endrec[zipfile._ECD_SIZE]
         if count > MAX_MODEL_MEMBERS or cd_size > MAX_CENTRAL_DIRECTORY:
-            raise _refuse(path, f"{count} archive members / {cd_size}-byte directory (at most {MAX_MODEL_MEMBERS})")
+            raise _refuse(
+                path, f"{count} archive members / {cd_size}-byte directory (at most {MAX_MODEL_MEMBERS})"
+            )
         try:
             with zipfile.ZipFile(fh) as zf:
                 config = _scan_members(path, zf)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, struct.error, UnicodeError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            OSError,
+            EOFError,
+            struct.error,
+            UnicodeError,
+        ) as exc:
             raise _refuse(path, f"broken zip archive ({exc})") from None
     _scan_config(path, config)
 
@@ -259,7 +275,9 @@ def _scan_members(path: Path, zf: zipfile.ZipFile) -> Any:
             raise _refuse(path, f"symlink archive member {name!r}")
         if info.file_size > max(info.compress_size, 1) * MAX_RATIO and info.file_size > 1 << 20:
             ratio = info.file_size / max(info.compress_size, 1)
-            raise _refuse(path, f"member {name!r} declares {info.file_size} bytes, {ratio:.0f}x its compressed size")
+            raise _refuse(
+                path, f"member {name!r} declares {info.file_size} bytes, {ratio:.0f}x its compressed size"
+            )
         total += info.file_size
     if total > MAX_MODEL_UNCOMPRESSED:
         raise _refuse(path, f"archive expands to {total} bytes (at most {MAX_MODEL_UNCOMPRESSED})")
@@ -289,7 +307,9 @@ def _scan_config(path: Path, config: Any) -> None:
             module = node.get("module")
             if "module" in node and module is not None:
                 if not isinstance(module, str) or module.split(".", 1)[0] not in _ALLOWED_PACKAGES:
-                    raise _refuse(path, f"model config names module {module!r} (only keras modules are allowed)")
+                    raise _refuse(
+                        path, f"model config names module {module!r} (only keras modules are allowed)"
+                    )
             registered = node.get("registered_name")
             if isinstance(registered, str) and ">" in registered and not registered.startswith("imagerec>"):
                 raise _refuse(path, f"model config needs a custom object {registered!r}")
