@@ -11,16 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}  # as in tests/conftest.py
-
-
-def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """The same generator as tests/conftest.py:make_image (the trained run learnt these)."""
-    base = np.array(colour, dtype=np.float32)[None, None, :]
-    img = base + rng.normal(0, 25, (size, size, 3))
-    y, x = rng.integers(0, size - 8, 2)
-    img[y : y + 8, x : x + 8] = 255 - base
-    return np.clip(img, 0, 255).astype(np.uint8)
+from imagefixtures import COLOURS, make_image  # noqa: F401 - make_image is re-exported to the server tests
 
 
 class LiveServer:
