@@ -44,6 +44,33 @@ def _conv(x, filters, side: int, bn_max_side: int, momentum: float, strides: int
     return layers.ReLU()(x)
 
 
+def _stem(image_size: int, channels: int, momentum: float):
+    """Inputs, rescaling, and stride-2 conv stems down to at most 32 px: ``(inputs, x, side)``."""
+    from keras import layers
+
+    inputs = _inputs(image_size, channels)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    side = image_size
+    while side > 32:
+        side = (side + 1) // 2
+        x = _conv(x, 32, side, 0, momentum, strides=2)
+    return inputs, x, side
+
+
+def _flat_head(inputs, x, num_classes: int, units: int, dropout_in: float, dropout_out: float, name: str):
+    """Flatten (keeps where things are), dropout, dense ``units``, dropout, logits, float32 softmax."""
+    import keras
+    from keras import layers
+
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout_in)(x)
+    x = layers.Dense(units, activation="relu")(x)
+    x = layers.Dropout(dropout_out)(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 @register_model(
     "imagerec-cnn",
     "imagerec default: conv 32 | pool | conv 32 | pool | conv 64 + BN, flatten, dense 512, dropout; "
@@ -60,29 +87,17 @@ def imagerec_cnn(image_size, channels, num_classes, config):
     seeds) at 9.1 MFLOPs per image, vs 93.0-93.1% at 13.9 MFLOPs and 2x the training time for
     ``imagerec-cnn-wide`` (bench/RESULTS-training.md).
     """
-    import keras
     from keras import layers
 
     momentum = getattr(config, "bn_momentum", None) or 0.9
     dropout = max(config.dropout, 0.25)
-    inputs = _inputs(image_size, channels)
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    side = image_size
-    while side > 32:
-        side = (side + 1) // 2
-        x = _conv(x, 32, side, 0, momentum, strides=2)
+    inputs, x, side = _stem(image_size, channels, momentum)
     x = _conv(x, 32, side, 8, momentum)
     for filters in (32, 64):
         x = layers.MaxPooling2D()(x)
         side //= 2
         x = _conv(x, filters, side, 8, momentum)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(512, activation="relu")(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="imagerec_cnn")
+    return _flat_head(inputs, x, num_classes, 512, dropout, dropout, "imagerec_cnn")
 
 
 @register_model(
@@ -97,26 +112,16 @@ def imagerec_cnn_wide(image_size, channels, num_classes, config):
     BatchNorm) run on 1/2 and 1/4 of the side. The head flattens the small final map (keeping where things are,
     which global pooling throws away; worth ~4 points on Fashion-MNIST) into a dense layer with dropout.
     """
-    import keras
     from keras import layers
 
     momentum = getattr(config, "bn_momentum", None) or 0.9
-    inputs = _inputs(image_size, channels)
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    side = image_size
-    while side > 32:
-        side = (side + 1) // 2
-        x = _conv(x, 32, side, 0, momentum, strides=2)
+    inputs, x, side = _stem(image_size, channels, momentum)
     x = _conv(x, 32, side, 16, momentum)
     for filters in (32, 64):
         x = layers.MaxPooling2D()(x)
         side //= 2
         x = _conv(x, filters, side, 16, momentum)
         x = _conv(x, filters, side, 16, momentum)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(max(config.dropout, 0.3))(x)
-    x = layers.Dense(128, activation="relu")(x)
-    x = layers.Dropout(config.dropout)(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="imagerec_cnn_wide")
+    return _flat_head(
+        inputs, x, num_classes, 128, max(config.dropout, 0.3), config.dropout, "imagerec_cnn_wide"
+    )
