@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,16 +174,15 @@ def _check(sample: Sample) -> tuple[ScannedImage | dict[str, str], Image.Image |
     return scanned, img
 
 
-def _check_many(samples: list[Sample]) -> list[ScannedImage | dict[str, str]]:
-    return [check_file(s) for s in samples]
-
-
-def _check_many_keep(samples: list[Sample]) -> list[tuple[ScannedImage | dict[str, str], np.ndarray | None]]:
+def _check_many(
+    samples: list[Sample], keep: bool = False
+) -> list[tuple[ScannedImage | dict[str, str], np.ndarray | None]]:
+    """Check each sample; with ``keep``, also return the decoded pixels of images up to ``KEEP_MAX_PIXELS``."""
     out = []
     for sample in samples:
         scanned, img = _check(sample)
-        keep = img is not None and img.width * img.height <= KEEP_MAX_PIXELS
-        out.append((scanned, np.asarray(img) if keep else None))
+        kept = keep and img is not None and img.width * img.height <= KEEP_MAX_PIXELS
+        out.append((scanned, np.asarray(img) if kept else None))
     return out
 
 
@@ -205,7 +205,7 @@ def scan_dataset(
     source = data if isinstance(data, DatasetSource) else load_source(data)
     workers = workers or default_workers()
     samples = source.samples
-    check = _check_many_keep if keep_decoded else _check_many
+    check = partial(_check_many, keep=keep_decoded)
     if workers > 1 and len(samples) >= 256:
         step = max(64, min(512, len(samples) // (workers * 4)))
         chunks = [samples[i : i + step] for i in range(0, len(samples), step)]
@@ -214,13 +214,12 @@ def scan_dataset(
     else:
         results = check(samples)
     decoded: dict[str, np.ndarray] = {}
-    if keep_decoded:
-        kept = 0
-        for scanned, pixels in results:
-            if pixels is not None and kept <= KEEP_MAX_BYTES:
-                decoded[scanned.path] = pixels
-                kept += pixels.nbytes
-        results = [scanned for scanned, _ in results]
+    kept = 0
+    for scanned, pixels in results:
+        if pixels is not None and kept <= KEEP_MAX_BYTES:
+            decoded[scanned.path] = pixels
+            kept += pixels.nbytes
+    results = [scanned for scanned, _ in results]
     images = [r for r in results if isinstance(r, ScannedImage)]
     invalid = list(source.invalid) + [r for r in results if isinstance(r, dict)]
     result = ScanResult(
