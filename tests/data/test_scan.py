@@ -174,3 +174,20 @@ def test_near_duplicate_search_equals_brute_force():
         groups.setdefault(c, []).append(f"{i}.png")
     expected = sorted(sorted(g) for g in groups.values() if len(g) > 1)
     assert find_duplicates(images)[1] == expected
+
+
+def test_grey_signature_shortcut_equals_the_ycbcr_route():
+    """Grey images skip the YCbCr conversion: the signature must equal Pillow's conversion of the same image."""
+    from imagerec.data.scan import thumbnail
+
+    rng = np.random.default_rng(4)
+    for shape in [(28, 28), (13, 40), (64, 9)]:
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        luma, blue, red = img.convert("YCbCr").split()
+        box = Image.Resampling.BOX
+        expected = (
+            luma.resize((8, 8), box).tobytes()
+            + blue.resize((4, 4), box).tobytes()
+            + red.resize((4, 4), box).tobytes()
+        )
+        assert thumbnail(img) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,22 @@ def test_transfer_learning_run_from_a_local_weights_file(colour_data, tmp_path):
     np.testing.assert_array_equal(
         backbone.layers[first].get_weights()[0], source.layers[first].get_weights()[0]
     )
+
+
+def test_the_scan_runs_before_tensorflow_is_imported(tmp_path: Path):
+    """``train`` scans the data first, so the scan can use forked worker processes (unsafe once TF has started)."""
+    import subprocess
+    import sys
+
+    write_colour_dataset(tmp_path / "data", per_class=4)
+    code = (
+        "import sys\n"
+        "import imagerec.training.fit as fit\n"
+        "scan = fit.scan_dataset\n"
+        "seen = []\n"
+        "fit.scan_dataset = lambda *a, **k: seen.append('tensorflow' in sys.modules) or scan(*a, **k)\n"
+        "import imagerec\n"
+        f"imagerec.train({str(tmp_path / 'data')!r}, out={str(tmp_path / 'run')!r}, epochs=1, log=lambda m: None)\n"
+        "assert seen == [False], seen\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
