@@ -86,15 +86,31 @@ def test_classifier_stream_yields_predictions_for_a_video_file(classifier, clip)
 
 
 def test_smoothing_reduces_label_switches(classifier, tmp_path):
-    """A 'red' clip with 25% single-frame flashes of other colours: EMA smoothing rides over the flashes."""
+    """A 'red' clip with 25% single-frame flashes of other colours: EMA smoothing rides over the flashes.
+
+    The smoothed probabilities must be exactly the EMA of the raw ones (checked per frame), so the test does not
+    depend on how confident this session's tiny model happens to be (CI once trained one whose red frames scored
+    ~0.45, so a fixed 'a third of the switches' bar failed); the flicker check only asks for fewer switches.
+    """
     rng = np.random.default_rng(7)
     labels = ["red" if rng.random() > 0.25 else str(rng.choice(["green", "blue"])) for _ in range(60)]
     noisy = write_clip(tmp_path / "noisy.mp4", labels, seed=2)
-    raw = [r.label for r in stream(classifier, noisy, smooth=0.0)]
-    smooth = [r.label for r in stream(classifier, noisy, smooth=0.8)]
-    assert switches(raw) >= 10
-    assert switches(smooth) <= switches(raw) // 3
-    assert smooth.count("red") >= max(raw.count("red"), 45)
+    names = classifier.labels
+    raw = list(stream(classifier, noisy, smooth=0.0, top_k=len(names)))
+    smooth = list(stream(classifier, noisy, smooth=0.8, top_k=len(names)))
+    assert switches([r.label for r in raw]) >= 10
+
+    def vector(result):
+        probs = dict(result.top_k)
+        return np.array([probs[n] for n in names], dtype=np.float64)
+
+    state = None
+    for r, s in zip(raw, smooth, strict=True):
+        state = vector(r) if state is None else 0.8 * state + 0.2 * vector(r)
+        np.testing.assert_allclose(vector(s), state, atol=1e-5)
+        assert s.label == names[int(np.argmax(state))]
+    assert switches([r.label for r in smooth]) < switches([r.label for r in raw])
+    assert [r.label for r in smooth].count("red") >= [r.label for r in raw].count("red")
 
 
 def test_every_fps_threshold_roi(classifier, clip, tmp_path):
