@@ -63,13 +63,16 @@ def read_frames(path: Path) -> tuple[int, float, tuple[int, int]]:
 
 @contextmanager
 def mjpeg_server(
-    colour: str, frames: int = 45, fps: float = 30.0, connections: int | None = None
+    colour: str, frames: int = 45, fps: float = 30.0, connections: int | None = None, hang: bool = False
 ) -> Iterator[str]:
     """Serve ``frames`` JPEG frames of ``colour`` as ``multipart/x-mixed-replace`` on 127.0.0.1; yields the URL.
 
-    After ``connections`` connections (None: no limit) it answers 404, like a camera that went away.
+    After ``connections`` connections (None: no limit) it answers 404, like a camera that went away. With ``hang``
+    it goes silent instead: each connection stays open without another byte after its frames, and the connections
+    after ``connections`` are accepted and never answered (a stream that stalls mid-stream, then a dead endpoint).
     """
     served = []
+    released = threading.Event()
     import cv2
 
     rng = np.random.default_rng(3)
@@ -79,7 +82,10 @@ def mjpeg_server(
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             served.append(1)
             if connections is not None and len(served) > connections:
-                self.send_error(404)
+                if hang:
+                    released.wait()
+                else:
+                    self.send_error(404)
                 return
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
@@ -90,6 +96,8 @@ def mjpeg_server(
                     self.wfile.write(f"Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n")
                     self.wfile.flush()
                     time.sleep(1.0 / fps)
+                if hang:
+                    released.wait()
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
@@ -103,6 +111,7 @@ def mjpeg_server(
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
     finally:
+        released.set()
         server.shutdown()
         server.server_close()
 

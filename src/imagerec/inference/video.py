@@ -2,8 +2,11 @@
 
 Three stages, so capture never waits for the model:
 
-1. a *reader* thread decodes frames with OpenCV (open/read timeouts, reconnect with back-off for streams that drop);
-   for live sources it keeps only the newest frame and counts the stale ones it drops;
+1. a *reader* thread hands frames on. Live sources (cameras, stream URLs) are captured in a supervised child process
+   (:mod:`imagerec.inference.video_capture`: killed when silent beyond the open/read timeouts, restarted with
+   back-off when it drops, hangs or dies); the thread only takes the newest frame from it. Files, and streams forced
+   to ``live=False``, are decoded by the thread itself: a file cannot hang on the network, and this saves two copies
+   per frame. Live sources keep only the newest frame and count the stale ones dropped;
 2. a *worker* thread crops the region of interest, converts BGR to RGB, runs the serving preprocessing
    (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
    (``classifier.predict_proba``);
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.inference.smoothing import EMASmoother
+from imagerec.inference.video_capture import LiveCapture, back_off
 from imagerec.inference.video_config import FrameResult, VideoConfig
 from imagerec.inference.video_sources import Source, VideoError, import_cv2, open_capture, parse_source
 
@@ -89,6 +93,8 @@ class VideoStream:
         self.frame_size: tuple[int, int] | None = None  # (width, height)
         self.summary: dict[str, Any] | None = None
         self._frames: Any = _LatestSlot() if self.live else queue.Queue(maxsize=2 * config.batch_size)
+        self._capture: LiveCapture | None = None
+        self._next_t = 0.0
         self._results: queue.Queue = queue.Queue(maxsize=8)
         self._stop = threading.Event()
         self._opened = threading.Event()
@@ -107,8 +113,9 @@ class VideoStream:
         if not self._started:
             self._started = True
             self._t0 = self._heartbeat = time.monotonic()
+            reader = self._capture_loop if self.source.live and self.live else self._read_loop
             threading.Thread(
-                target=self._guard(self._read_loop, self._frames), name="imagerec-video-reader", daemon=True
+                target=self._guard(reader, self._frames), name="imagerec-video-reader", daemon=True
             ).start()
             threading.Thread(
                 target=self._guard(self._work_loop, self._results), name="imagerec-video-worker", daemon=True
@@ -126,6 +133,11 @@ class VideoStream:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def capture_pid(self) -> int | None:
+        """Process id of the current capture process of a live source (None for files or between processes)."""
+        return self._capture.pid if self._capture is not None else None
 
     def __enter__(self) -> VideoStream:
         return self.start()
@@ -176,9 +188,31 @@ class VideoStream:
             except queue.Full:
                 self._heartbeat = time.monotonic()  # waiting on the consumer is progress, not a stall
 
+    def _touch(self) -> None:
+        self._heartbeat = time.monotonic()
+
+    def _frame(self, index: int, time_s: float, image: np.ndarray) -> _Frame:
+        if self.frame_size is None:
+            self.frame_size = (image.shape[1], image.shape[0])
+            self._opened.set()
+        classify = index % self.config.every == 0
+        if self.config.fps > 0:
+            classify = time_s + 1e-9 >= self._next_t
+            if classify:
+                self._next_t = max(self._next_t + 1.0 / self.config.fps, time_s)
+        return _Frame(index, time_s, image, classify)
+
+    def _capture_loop(self) -> None:
+        capture = self._capture = LiveCapture(self.source, self.config, self._stop, self._touch)
+        for index, captured_at, image in capture.frames():
+            self.source_fps = capture.fps
+            self._put(self._frames, self._frame(index, captured_at - self._t0, image))
+        if capture.ended_by is not None:
+            self._ended_by = capture.ended_by
+        self._put(self._frames, _END)
+
     def _read_loop(self) -> None:
         cfg, attempt, index = self.config, 0, 0
-        next_t = 0.0
         while not self._stop.is_set():
             cap = (
                 open_capture(self.source, cfg.open_timeout_s, cfg.read_timeout_s)
@@ -197,19 +231,11 @@ class VideoStream:
                 if not ok or image is None:
                     break
                 attempt = 0
-                if self.frame_size is None:
-                    self.frame_size = (image.shape[1], image.shape[0])
-                    self._opened.set()
                 if self.live or not self.source_fps:
                     time_s = self._heartbeat - self._t0
                 else:
                     time_s = index / self.source_fps
-                classify = index % cfg.every == 0
-                if cfg.fps > 0:
-                    classify = time_s + 1e-9 >= next_t
-                    if classify:
-                        next_t = max(next_t + 1.0 / cfg.fps, time_s)
-                self._put(self._frames, _Frame(index, time_s, image, classify))
+                self._put(self._frames, self._frame(index, time_s, image))
                 index += 1
                 self._counts["read"] = index
             cap.release()
@@ -228,10 +254,7 @@ class VideoStream:
                 self._ended_by = f"source lost after {cfg.reconnects} reconnect attempts"
                 break
             self._reconnects += 1
-            delay = min(8.0, 0.5 * 2 ** (attempt - 1))
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not self._stop.wait(0.1):
-                self._heartbeat = time.monotonic()
+            back_off(attempt, self._stop, self._touch)
         self._put(self._frames, _END)
 
     def _reopen(self):
@@ -339,18 +362,23 @@ class VideoStream:
         for seg in segments:
             seg["start_s"], seg["end_s"] = round(seg["start_s"], 3), round(seg["end_s"], 3)
         dropped = self._frames.dropped if isinstance(self._frames, _LatestSlot) else 0
+        reconnects, read = self._reconnects, self._counts["read"]
+        if self._capture is not None:
+            dropped += self._capture.dropped
+            reconnects += self._capture.reconnects
+            read = self._capture.frames_read
         self.summary = {
             "source": str(self.source),
             "live": self.live,
             "frame_size": list(self.frame_size) if self.frame_size else None,
             "source_fps": round(self.source_fps, 3),
-            "frames_read": self._counts["read"],
+            "frames_read": read,
             "frames_classified": self._counts["classified"],
             "frames_dropped": dropped,
             "frames_yielded": self._counts["yielded"],
             "wall_s": round(wall, 3),
             "processing_fps": round(self._counts["yielded"] / wall, 1),
-            "reconnects": self._reconnects,
+            "reconnects": reconnects,
             "ended_by": self._ended_by,
             "segments": segments,
         }

@@ -24,7 +24,8 @@ class VideoConfig:
         threshold: answer ``unknown`` below this confidence (None = the run's calibrated threshold; 0 = off).
         top_k: ``(label, score)`` pairs per result.
         batch_size: most frames per model call.
-        open_timeout_s / read_timeout_s: a source that opens or sends no frame within this raises VideoError.
+        open_timeout_s / read_timeout_s: a source that opens or sends no frame within this raises VideoError (a
+            live source's capture process still silent 1 s later, e.g. stuck inside FFmpeg, is killed).
         reconnects: consecutive attempts to reopen a live stream that drops (back-off 0.5 s, 1 s, 2 s, ... up to
             8 s; the count restarts once a frame arrives).
         live: treat the source as live (keep only the newest frame); None = cameras and URLs are live.
