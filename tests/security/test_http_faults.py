@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,11 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from imagerec.server.batching import Batcher, WorkerStalled
 from server.conftest import LiveServer
 
 from .http_helpers import HealthProbe, colour_png
+from .shared import COLOURS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,6 +143,95 @@ def test_c21_stalled_model_returns_504_at_the_deadline_and_health_stays_fast(tra
         response, _ = _post(server.url, image)
         assert response.status_code == 200, response.text  # the worker is free again
         assert response.json()["predictions"][0]["label"] == "red"
+
+
+@pytest.fixture
+def never_released():
+    """An event no test sets: a call waiting on it is deadlocked for the whole test; teardown frees the thread."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _recycles(url: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return float(re.search(r"^imagerec_model_worker_recycles_total (\S+)$", text, re.M).group(1))
+
+
+def test_c21_a_model_call_stuck_forever_is_abandoned_and_a_fresh_worker_serves(trained, never_released):
+    """The first model call after start-up deadlocks and never returns during the test: only a recycled worker can
+    serve the next requests (the C21 test above frees its stall, so it cannot tell)."""
+    import httpx
+
+    from imagerec.server.app import ServeSettings, create_app
+
+    clf = _fresh_classifier(trained)
+    real, armed, stuck = clf.predict_proba, threading.Event(), []
+
+    def deadlocking(batch):
+        if armed.is_set() and not stuck:  # the first call once armed (the start-up warm-up is let through)
+            stuck.append(threading.current_thread())
+            never_released.wait()
+        return real(batch)
+
+    clf.predict_proba = deadlocking
+    # deadline 1 s; the stuck call is abandoned at stall_s = 2 x the deadline
+    app = create_app(clf, ServeSettings(timeout_s=1.0, max_batch=4, decode_workers=0))
+    with LiveServer(app) as server, HealthProbe(server.url) as probe:
+        armed.set()
+        response, seconds = _post(server.url, colour_png())
+        assert response.status_code in (503, 504), response.text
+        assert 0.9 < seconds < 4.0, seconds  # at the deadline
+        deadline = time.monotonic() + 10
+        while _recycles(server.url) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for seed, label in enumerate(list(COLOURS) * 2):
+            response, _ = _post(server.url, colour_png(COLOURS[label], seed=seed))
+            assert response.status_code == 200, response.text
+            assert response.json()["predictions"][0]["label"] == label
+        assert stuck and stuck[0].is_alive()  # the first call is still stuck in its abandoned thread
+        assert _recycles(server.url) == 1
+        assert re.search(
+            r"^imagerec_model_workers_stalled 1\.0$", httpx.get(f"{server.url}/metrics").text, re.M
+        )
+        assert httpx.get(f"{server.url}/readyz").status_code == 200  # 1 stuck worker is under the cap of 4
+    assert probe.failures == 0 and probe.median_ms < 100, (probe.median_ms, probe.max_ms)
+
+
+def test_c21_stuck_workers_are_capped_and_readiness_follows(never_released):
+    """At ``max_stalled`` stuck workers the batcher is unhealthy and starts no further thread; it recovers when the
+    stuck calls return."""
+
+    def model(batch):
+        if batch.max() > 0:
+            never_released.wait()
+        return np.zeros((len(batch), 2), np.float32)
+
+    stuck_image, image = np.ones((2, 2, 1)), np.zeros((2, 2, 1))
+
+    async def go():
+        batcher = Batcher(model, max_batch=1, max_wait_ms=0, stall_s=0.2, max_stalled=1)
+        await batcher.start()
+        with pytest.raises(WorkerStalled):
+            await batcher.submit_many([stuck_image])
+        assert (batcher.recycles, batcher.stalled, batcher.healthy) == (1, 1, False)
+        assert (await batcher.submit_many([image]))[0].shape == (2,)  # the fresh worker serves
+        worker = batcher._worker
+        with pytest.raises(WorkerStalled):
+            await batcher.submit_many([stuck_image])
+        assert batcher.recycles == 1 and batcher._worker is worker  # at the cap: no third thread
+        never_released.set()  # both stuck calls return; the abandoned thread exits
+        assert (await asyncio.wait_for(batcher.submit_many([image]), 5))[0].shape == (2,)
+        for _ in range(100):
+            if batcher.healthy:
+                break
+            await asyncio.sleep(0.02)
+        assert (batcher.stalled, batcher.healthy, batcher.recycles) == (0, True, 1)
+        await batcher.stop()
+
+    asyncio.run(go())
 
 
 # C22 (+ C18's bound address, on the real CLI) ---------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from imagerec.errors import ImagerecError, ImageRejected
 from imagerec.inference.smoothing import EMASmoother
-from imagerec.server.batching import Batcher, QueueFull
+from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
 from imagerec.server.metrics import ServerMetrics
@@ -61,6 +61,8 @@ class ServeSettings:
     rate_limit: float = 0.0  # requests per second per API key (or client IP); 0 = off
     decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
     threshold: float | None = None  # 'unknown' below it; None = the run's calibrated threshold; 0 = off
+    stall_s: float = 0.0  # abandon a model call (replace its worker) after this; 0 = 2 x timeout_s
+    max_stalled: int = 4  # abandoned workers still stuck at once before /readyz answers 503 (no flag)
 
     def validate(self) -> ServeSettings:
         checks = [
@@ -73,6 +75,8 @@ class ServeSettings:
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"),
             (self.rate_limit >= 0, f"--rate-limit must be >= 0 (0 = off), got {self.rate_limit}"),
+            (self.stall_s >= 0, f"stall_s must be >= 0 (0 = 2 x timeout_s), got {self.stall_s}"),
+            (self.max_stalled >= 1, f"max_stalled must be >= 1, got {self.max_stalled}"),
             (
                 self.decode_workers >= 0,
                 f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}",
@@ -111,6 +115,9 @@ class Service:
             max_queue=settings.max_queue,
             on_batch=self.metrics.batch_size.observe,
             prepare=classifier.preprocess,
+            stall_s=settings.stall_s or 2 * settings.timeout_s,
+            max_stalled=settings.max_stalled,
+            on_recycle=self.metrics.recycles.inc,
         )
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="imagerec-decode"
@@ -190,6 +197,8 @@ class Service:
         for index, row in enumerate(rows):
             if isinstance(row, ImageRejected):
                 raise _rejected(row, (names or [None] * len(rows))[index])
+            if isinstance(row, WorkerStalled):
+                raise HTTPError(503, "model_stalled", f"{row}; retry", {"Retry-After": "1"})
             if isinstance(row, BaseException):
                 raise row
         return np.stack(rows)
@@ -211,6 +220,11 @@ class Service:
         while len(self.sessions) > self.settings.max_sessions:
             self.sessions.popitem(last=False)
         return smoother
+
+    @property
+    def serving(self) -> bool:
+        """Ready: warmed up, and fewer than ``max_stalled`` abandoned model workers are stuck."""
+        return self.ready and self.batcher.healthy
 
     def model_info(self) -> dict[str, Any]:
         return {"name": self.clf.name, "version": self.clf.version}
@@ -296,11 +310,19 @@ def create_app(classifier, settings: ServeSettings | None = None):
     async def readyz():
         if not service.ready:
             return _error_response(503, "not_ready", "model is still warming up")
+        if not service.batcher.healthy:
+            return _error_response(
+                503,
+                "model_stalled",
+                f"{service.batcher.stalled} model calls are stuck (the cap is {settings.max_stalled}); "
+                "restart the server",
+            )
         return json_response({"status": "ready", "model": service.model_info()})
 
     @api.get("/metrics")
     async def metrics():
         service.metrics.queue_depth.set(service.batcher.depth)
+        service.metrics.stalled.set(service.batcher.stalled)
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 

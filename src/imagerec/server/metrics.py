@@ -18,7 +18,8 @@ ROUTES = (
 
 
 class ServerMetrics:
-    """Request counts by route and status, latency, batch sizes, predictions by class, queue depth."""
+    """Request counts by route and status, latency, batch sizes, predictions by class, queue depth, model worker
+    recycles and stalled workers."""
 
     def __init__(self, labels: list[str]):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -50,6 +51,16 @@ class ServerMetrics:
             self.predictions.labels(label=label)
         self.queue_depth = Gauge(
             "imagerec_queue_depth", "Images waiting for the model", registry=self.registry
+        )
+        self.recycles = Counter(
+            "imagerec_model_worker_recycles",
+            "Model workers abandoned after a stalled call and replaced by a fresh one",
+            registry=self.registry,
+        )
+        self.stalled = Gauge(
+            "imagerec_model_workers_stalled",
+            "Abandoned model workers whose call has still not returned",
+            registry=self.registry,
         )
 
     @staticmethod

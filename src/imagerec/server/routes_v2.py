@@ -191,7 +191,7 @@ def register(api, service) -> None:
 
     @api.get("/v2/health/ready")
     async def ready():
-        if not service.ready:
+        if not service.serving:
             return json_response({"ready": False}, status=503)
         return json_response({"ready": True})
 
@@ -205,7 +205,9 @@ def register(api, service) -> None:
     @api.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         check_model(name)
-        return json_response({"name": clf.name, "ready": service.ready}, status=200 if service.ready else 503)
+        return json_response(
+            {"name": clf.name, "ready": service.serving}, status=200 if service.serving else 503
+        )
 
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
