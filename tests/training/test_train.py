@@ -239,3 +239,29 @@ def test_the_scan_runs_before_tensorflow_is_imported(tmp_path: Path):
         "assert seen == [False], seen\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_best_model_is_written_before_the_checkpoint_that_records_it(colour_data, tmp_path, monkeypatch):
+    """A kill between the two writes must never leave a checkpoint whose recorded best has no model file."""
+    from imagerec.training import callbacks
+
+    writes: list[tuple[str, float | None]] = []
+    real_save, real_ckpt = callbacks.save_model_file, callbacks.AtomicBackupAndRestore._save_model
+
+    def save(model, path):
+        writes.append(("model", None))
+        return real_save(model, path)
+
+    def ckpt(self):
+        writes.append(("ckpt", self.best))
+        return real_ckpt(self)
+
+    monkeypatch.setattr(callbacks, "save_model_file", save)
+    monkeypatch.setattr(callbacks.AtomicBackupAndRestore, "_save_model", ckpt)
+    imagerec.train(colour_data, out=tmp_path / "run", epochs=3, **TINY, **QUIET)
+    assert [kind for kind, _ in writes[:2]] == ["model", "ckpt"], writes  # epoch 1 is always a new best
+    best_seen = None
+    for i, (kind, best) in enumerate(writes):
+        if kind == "ckpt" and best != best_seen:  # this checkpoint records a new best: its model came first
+            assert writes[i - 1][0] == "model", writes
+            best_seen = best

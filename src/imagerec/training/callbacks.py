@@ -121,6 +121,10 @@ class AtomicBestModel(keras.callbacks.Callback):
     """Save the model to ``path`` (atomically, with its hash manifest) whenever ``monitor`` improves.
 
     NaN weights are never published: an epoch whose loss is not finite is skipped.
+
+    Put it *before* the backup callback: the model file of a new best epoch must be on disk before the checkpoint
+    that records that best score. In the other order a kill between the two writes resumed with "best already
+    reached" and never published that epoch's model (or kept an older, worse file).
     """
 
     def __init__(
@@ -136,8 +140,14 @@ class AtomicBestModel(keras.callbacks.Callback):
         self.best: float | None = None
 
     def on_train_begin(self, logs=None):
-        if self.backup is not None and self.backup.best is not None and self.path.exists():
-            self.best = self.backup.best
+        self._synced = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # after every on_train_begin, so the backup has restored its best score by now
+        if not self._synced:
+            self._synced = True
+            if self.backup is not None and self.backup.best is not None and self.path.exists():
+                self.best = self.backup.best
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

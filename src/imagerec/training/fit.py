@@ -196,8 +196,8 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     )
     monitor = "val_accuracy" if n_val else "accuracy"
     callbacks = [
+        AtomicBestModel(run.model, monitor=monitor, backup=backup),  # before the backup: see its docstring
         backup,
-        AtomicBestModel(run.model, monitor=monitor, backup=backup),
         NaNGuard(t.learning_rate),
         keras.callbacks.CSVLogger(str(run.history), append=bool(previous)),
         keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
