@@ -9,7 +9,7 @@ hide its queueing, which is the wrk2 fix for coordinated omission). Concurrency 
 - open file descriptors and files in the server's TMPDIR, before and after.
 
 Usage:
-    python bench/soak.py [--run RUN] [--seconds 150] [--rps 20] [--concurrency 16] [--json out.json]
+    python bench/soak.py [--run RUN] [--seconds 600] [--rps 50] [--concurrency 16] [--json out.json]
 
 Without ``--run`` it trains a tiny 3-class run first (about a minute on 2 cores).
 """
@@ -233,8 +233,8 @@ def summarise(result: dict, warmup_s: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="run directory to serve (default: train a tiny one)")
-    parser.add_argument("--seconds", type=float, default=150.0)
-    parser.add_argument("--rps", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--rps", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bad-ratio", type=float, default=0.10)
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds excluded from the RSS slope")

@@ -289,3 +289,22 @@ def test_cors_off_by_default_and_allow_list(classifier, client):
         assert good.headers["access-control-allow-origin"] == "https://ok.example"
     with pytest.raises(ImagerecError, match="cannot be combined"):
         create_app(classifier, ServeSettings(cors_origins=("*",), cors_credentials=True))
+
+
+def test_stall_flags_reach_the_batcher_and_bad_values_are_one_line(trained_run, monkeypatch, capsys):
+    from imagerec.cli import main
+
+    def check(live) -> None:
+        batcher = live.app.service.batcher
+        assert (batcher.stall_s, batcher.max_stalled) == (3.0, 2)
+
+    serve_cli(
+        monkeypatch,
+        [str(trained_run), "--decode-workers", "0", "--stall-s", "3", "--max-stalled", "2"],
+        check,
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(trained_run), "--max-stalled", "0"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imagerec: error:") and "max_stalled must be >= 1" in err[-1], err

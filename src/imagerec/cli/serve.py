@@ -49,6 +49,14 @@ def serve(
         "--threshold",
         help="Answer 'unknown' below this confidence (default: the run's calibrated threshold, if any; 0 = off).",
     ),
+    stall_s: float = typer.Option(
+        0.0,
+        "--stall-s",
+        help="Abandon a model call stuck this long and start a fresh model worker (0 = 2 x --timeout-s).",
+    ),
+    max_stalled: int = typer.Option(
+        4, "--max-stalled", help="Stuck model calls at once before /readyz answers 503 (restart the server)."
+    ),
     runtime: str = typer.Option(
         "auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
     ),
@@ -64,7 +72,8 @@ def serve(
         host=host, port=port, api_key=api_key or None, workers=workers, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb, max_files=max_files,
         timeout_s=timeout_s, cors_origins=tuple(cors_origin), cors_credentials=cors_allow_credentials,
-        rate_limit=rate_limit, decode_workers=decode_workers, threshold=threshold,
+        rate_limit=rate_limit, decode_workers=decode_workers, threshold=threshold, stall_s=stall_s,
+        max_stalled=max_stalled,
     ).validate()  # fmt: skip
     options = dict(
         host=host,

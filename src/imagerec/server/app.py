@@ -62,7 +62,7 @@ class ServeSettings:
     decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
     threshold: float | None = None  # 'unknown' below it; None = the run's calibrated threshold; 0 = off
     stall_s: float = 0.0  # abandon a model call (replace its worker) after this; 0 = 2 x timeout_s
-    max_stalled: int = 4  # abandoned workers still stuck at once before /readyz answers 503 (no flag)
+    max_stalled: int = 4  # abandoned workers still stuck at once before /readyz answers 503
 
     def validate(self) -> ServeSettings:
         checks = [
