@@ -45,3 +45,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """Start a daemon thread that ends this (child) process once ``parent_pid`` is no longer its parent.
+
+    For the spawned helpers (decode workers, video capture): when the parent is killed, or exits without shutting
+    them down, they are re-parented and would otherwise live on, blocked in a queue read or inside FFmpeg.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="imagerec-exit-with-parent", daemon=True).start()

@@ -324,3 +324,43 @@ def test_c22_a_crashing_decoder_fails_one_request_and_the_server_survives(cli_se
     assert crashed is not None and crashed >= 500
     response, _ = _post(url, image)
     assert response.status_code == 200
+
+
+def _live_children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` and that are not zombies (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_c22_a_killed_server_leaves_no_decoder_process_behind(cli_server):
+    """Runs last in this module: it SIGKILLs the shared CLI server. Its spawned decode workers (and the
+    multiprocessing resource tracker) must notice and exit, not live on as orphans."""
+    proc, _, _ = cli_server
+    children = _live_children(proc.pid)
+    assert children, "the server has no decode worker process"
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(children), f"orphaned processes after the server was killed: {_alive(children)}"

@@ -37,6 +37,7 @@ import numpy as np
 
 from imagerec.inference.video_config import VideoConfig
 from imagerec.inference.video_sources import Source, VideoError, import_cv2, open_capture
+from imagerec.utils import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +123,12 @@ class FrameChannel:
 
 
 # the child process -----------------------------------------------------------------------------------------------
-def _exit_with_parent(parent_pid: int) -> None:
-    while True:  # a child blocked inside FFmpeg would otherwise outlive a parent that was killed
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(0)
-
-
 def _child_main(
     conn, lock, target: int | str, kind: str, timeouts: tuple[float, float], parent_pid: int
 ) -> None:
     """One connection: open, report ``("opened", fps, shape, dtype)``, publish frames until the source ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group; the parent decides
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    exit_with_parent(parent_pid)  # a child blocked inside FFmpeg would otherwise outlive a killed parent
     source, shm, cap, channel = Source(target, kind), None, None, None
     try:
         conn.send(("ready",))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
 import sys
 import threading
 import types
@@ -48,6 +49,12 @@ def _decode(data: bytes, image_size: tuple[int, int], channels: int, resize: str
         return _Failure("error", type(exc).__name__, str(exc)[:500])
 
 
+def _init_worker(parent_pid: int) -> None:
+    from imagerec.utils import exit_with_parent
+
+    exit_with_parent(parent_pid)  # a killed (or uncleanly stopped) server must not leave decoders behind
+
+
 def _ping() -> int:
     import imagerec.data.images  # noqa: F401 - preload numpy + PIL so the first request is not slow
 
@@ -72,7 +79,10 @@ class DecodePool:
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn")
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         # Start all the processes now (each submit to a pool without an idle worker spawns one), with a blank
         # ``__main__``: "spawn" would otherwise re-run the parent's main script in every worker (the ``imagerec``
