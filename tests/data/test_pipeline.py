@@ -188,3 +188,23 @@ def test_scan_keeps_decoded_pixels_from_worker_processes(tmp_path: Path):
     for path, pixels in list(result.decoded.items())[::37]:
         channels = 1 if pixels.ndim == 2 else 3
         assert np.array_equal(pixels.reshape(9, 11, channels), load_image(path, None, channels))
+
+
+def test_training_epochs_visit_every_image_once_in_a_new_order_without_autotuning():
+    """The index shuffle: each epoch is a permutation of all images (pixels stay paired with their labels), the
+    order changes between epochs, and autotuning is off (its thread stalled iterator teardown by up to 10 s)."""
+    n = 50
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 4, 4, 1), np.uint8)
+    labels = np.arange(n, dtype=np.int32)
+    ds = make_dataset(
+        [], [], PipelineSpec(4, 1, batch_size=16), training=True, seed=3, arrays=(images, labels)
+    )
+    assert ds.options().autotune.enabled is False
+    epochs = []
+    for _ in range(2):
+        xs, ys = _collect(ds)
+        assert sorted(ys.tolist()) == list(range(n))
+        assert np.array_equal(xs[:, 0, 0, 0], ys.astype(np.float32))  # each image still has its own label
+        epochs.append(ys.tolist())
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(n))
+    assert [int(y.shape[0]) for _, y in ds] == [16, 16, 16, 2]

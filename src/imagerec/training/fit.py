@@ -35,7 +35,9 @@ class TrainingInterrupted(RunError):
 def _one_hot(ds, num_classes: int):
     import tensorflow as tf
 
-    return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    from imagerec.data.pipeline import parallel_calls
+
+    return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=parallel_calls())
 
 
 def _class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
