@@ -326,29 +326,24 @@ def test_c22_a_crashing_decoder_fails_one_request_and_the_server_survives(cli_se
     assert response.status_code == 200
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pids) -> set[int]:
+    """The processes of ``pids`` that exist and are not zombies."""
+    return {pid for pid in pids if (stat := _stat(pid)) is not None and stat[0] != "Z"}
+
+
 def _live_children(pid: int) -> set[int]:
-    """Processes whose parent is ``pid`` and that are not zombies (from /proc)."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+    """Living (non-zombie) processes whose parent is ``pid``."""
+    candidates = (int(p.name) for p in Path("/proc").glob("[0-9]*"))
+    return {child for child in _alive(candidates) if (stat := _stat(child)) is not None and stat[1] == pid}
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")

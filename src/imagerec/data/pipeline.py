@@ -128,15 +128,15 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    autotune = parallel_calls()
+    n_calls = parallel_calls()
     if spec.cache == "none" and arrays is None:
         ds = _streaming_dataset(rows, class_names, spec, training, seed)
     else:
         images, labels = arrays if arrays is not None else load_arrays(rows, class_names, spec)
         # Shuffle indices, not images: a full-size shuffle (exact, every epoch) of int64 scalars, then one gather
-        # per batch. Shuffling (image, label) elements in a 50k buffer sliced and copied every image one by one;
-        # it cost 0.33 s of pipeline CPU per Fashion-MNIST epoch (0.25 s now) and, now and then, a 9-10 s stall
-        # while the buffer refilled at the start of an epoch (seen in 4 of ~40 epochs on the 2-core box).
+        # per batch. Shuffling (image, label) elements in a 50k buffer sliced and copied every image one by one:
+        # 0.33 s of pipeline CPU per Fashion-MNIST epoch against 0.25 s now, first batch 170 -> 90 ms. (The 9-10 s
+        # epoch-start stalls were the autotuner, not the buffer: see dataset_options.)
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         ds = tf.data.Dataset.range(len(labels))
         if training:
@@ -144,7 +144,7 @@ def make_dataset(
         ds = ds.batch(spec.batch_size, drop_remainder=False).map(
             lambda idx: (tf.gather(images_t, idx), tf.gather(labels_t, idx)), deterministic=True
         )
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune, deterministic=True)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=n_calls, deterministic=True)
     if training and augment is not None:
         # One stateless key per batch position from a seeded stream: the same seed repeats every augmented epoch even
         # though batches are augmented in parallel (stateful random ops would not). The stream restarts each epoch,
@@ -152,7 +152,7 @@ def make_dataset(
         keys = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, keys)).map(
             lambda xy, key: (augment(xy[0], key=key), xy[1]),
-            num_parallel_calls=autotune,
+            num_parallel_calls=n_calls,
             deterministic=spec.deterministic,
         )
     return ds.with_options(dataset_options(spec.deterministic or not training)).prefetch(PREFETCH_BATCHES)
