@@ -206,14 +206,13 @@ def test_e28_kill_9_at_random_points_always_resumes(tmp_path):
     proc, out, err = _train_child(tmp_path / "data", tmp_path / "uninterrupted", 0, "none")
     assert proc.returncode == 0 and "FINISHED" in out, err[-3000:]
     resumed, reference = _final_metrics(tmp_path / "run"), _final_metrics(tmp_path / "uninterrupted")
-    # Tolerance: none. Measured with kill seeds 0-3 and with a kill forced between the backup commit and the
-    # best-model write: val and test accuracy 1.0 vs 1.0 every time. Why exact is honest: with op determinism an
+    # Tolerance: none. Measured with kill seeds 0-3 and with a kill forced between the two checkpoint writes: val and test accuracy 1.0 vs 1.0 every time. Why exact is honest: with op determinism an
     # uninterrupted run is bit-reproducible (two runs: identical weights) and every epoch before a resume replays
     # bit for bit; the best val accuracy (1.0) is reached in the first epoch here and cannot be beaten. Any looser
     # bound would say nothing: val and test hold 3 images each, so the next step is a whole image (33 points).
     # Not compared: the weights. After a resume the remaining epochs see a different shuffle/augmentation stream,
-    # so the last epoch differs (accuracy on 60 fresh images 0.47 uninterrupted, 0.77-0.97 resumed), and a kill
-    # between the backup commit and the best-model write publishes a later epoch's (equally scored) model.
+    # so the last epoch differs (accuracy on 60 fresh images 0.47 uninterrupted, 0.77-0.97 resumed). (The best
+    # model is now written before the checkpoint that records it, so a kill between the two no longer loses it.)
     assert resumed == reference, (resumed, reference)
 
 
