@@ -170,7 +170,9 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 18
     raise RuntimeError("server did not become ready")
 
 
-def start_server(kind: str, run: str, port: int, workers: int, runtime: str = "keras") -> subprocess.Popen:
+def start_server(
+    kind: str, run: str, port: int, workers: int, runtime: str = "keras", extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(paths))
     if kind == "naive":
@@ -179,18 +181,56 @@ def start_server(kind: str, run: str, port: int, workers: int, runtime: str = "k
         script = Path(sys.executable).with_name("imagerec")
         imagerec = [str(script)] if script.exists() else [sys.executable, "-m", "imagerec"]
         cmd = [*imagerec, "serve", run, "--port", str(port), "--workers", str(workers), "--runtime", runtime]
+        cmd += list(extra)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of ``pid`` and its child processes, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # children are listed by the thread that started them
+        try:
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    for p in pids:
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            key = "main" if task.name == str(pid) else ("child" if p != pid else name)
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def measure(kind: str, args, requests_for, runtime: str = "keras") -> dict:
     port = free_port()
-    proc = start_server(kind, args.run, port, args.workers, runtime)
+    proc = start_server(kind, args.run, port, args.workers, runtime, tuple(args.serve_args.split()))
     try:
         wait_ready(port, "/readyz" if kind == "imagerec" else "/docs", proc)
         path = "/v1/predict" if kind == "imagerec" else "/predict"
+        before, client_before = cpu_seconds(proc.pid), time.process_time()
         result = asyncio.run(
             drive(port, requests_for(path, port), args.seconds, args.concurrency, procs=args.client_procs)
         )
+        after, client_cpu = cpu_seconds(proc.pid), time.process_time() - client_before
+        # CPU per request, by where it was spent: the server's event-loop thread (HTTP, routing, JSON), its other
+        # threads (model, decode threads, TensorFlow's pools), its child processes (decoders, uvicorn workers),
+        # and this load generator (warm-up included, so slightly pessimistic)
+        used = {key: after[key] - before.get(key, 0.0) for key in after}
+        n = max(result["requests"], 1)
+        main = used.pop("main", 0.0)
+        child = used.pop("child", 0.0)
+        result["cpu_ms_per_request"] = {
+            "server_event_loop": round(1e3 * main / n, 3),
+            "server_other_threads": round(1e3 * sum(used.values()) / n, 3),
+            "server_child_processes": round(1e3 * child / n, 3),
+            "load_generator": round(1e3 * client_cpu / n, 3),
+        }
     finally:
         proc.terminate()
         try:
@@ -200,7 +240,7 @@ def measure(kind: str, args, requests_for, runtime: str = "keras") -> dict:
     label = (
         "naive FastAPI + model.predict"
         if kind == "naive"
-        else f"imagerec serve --runtime {runtime} --workers {args.workers}"
+        else f"imagerec serve --runtime {runtime} --workers {args.workers} {args.serve_args}".strip()
     )
     return {"server": label, **result}
 
@@ -248,6 +288,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["naive", "imagerec"], default=None)
     parser.add_argument(
         "--runtimes", default="keras", help="comma-separated runtimes for imagerec serve (keras,tflite)"
+    )
+    parser.add_argument(
+        "--serve-args", default="", help="extra 'imagerec serve' options, e.g. '--decode-workers 0'"
     )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(

@@ -33,3 +33,16 @@ def write_colour_dataset(
         for i in range(per_class):
             Image.fromarray(make_image(colour, rng, size)).save(root / name / f"{name}_{i:03d}.{fmt}")
     return root
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``imagerec ARGS`` in-process: ``(exit code, stdout, stderr)``."""
+    from imagerec.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

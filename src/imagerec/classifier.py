@@ -27,7 +27,7 @@ UNKNOWN = "unknown"
 class Classifier:
     """A trained model with its labels, preprocessing contract and calibration."""
 
-    def __init__(self, run_dir: RunDir, model, runtime: str = "keras", runtime_fn=None):
+    def __init__(self, run_dir: RunDir, model, runtime: str = "keras", runtime_fn=None, tta: bool = False):
         self.run_dir = run_dir
         config = run_dir.read_config()
         self.config = config
@@ -40,6 +40,10 @@ class Classifier:
         self.runtime = runtime
         info = {"image_size": self.image_size, "channels": self.channels, "run_dir": run_dir.path}
         self._run = runtime_fn or get_runtime(runtime)(model, info)
+        self.tta = tta
+        if tta:
+            check_flip_tta(config)
+            self._run = with_flip_tta(self._run)
         calib = read_json(run_dir.calibration) if run_dir.calibration.exists() else {}
         self.temperature: float = float(calib.get("temperature", 1.0))
         self.threshold: float | None = calib.get("threshold")
@@ -48,7 +52,7 @@ class Classifier:
 
     # construction -----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, run: str | os.PathLike, runtime: str = "auto") -> Classifier:
+    def load(cls, run: str | os.PathLike, runtime: str = "auto", tta: bool = False) -> Classifier:
         """Load a run directory, or an exported artifact (``.tflite``, ``.onnx``, SavedModel folder).
 
         A run's Keras model is loaded with Keras ``safe_mode`` after a pre-scan and hash check; an exported
@@ -62,6 +66,8 @@ class Classifier:
                 (a thorough one); Keras when nothing was recorded),
                 ``keras``, or an export of the run: ``tflite``, ``onnx``, ``savedmodel`` or an export directory
                 name such as ``tflite-int8`` (looked up in ``RUN/exports/``).
+            tta: test-time augmentation: average the probabilities of each image and its mirror image (twice the
+                model cost; for runs trained with horizontal flips, see :func:`with_flip_tta`).
 
         Raises:
             RunError: the run is missing or incomplete.
@@ -75,15 +81,15 @@ class Classifier:
 
         if is_artifact_path(run):
             run_dir, name, runtime_fn, version = open_export_runtime(run, runtime)
-            clf = cls(run_dir, None, name, runtime_fn=runtime_fn)
+            clf = cls(run_dir, None, name, runtime_fn=runtime_fn, tta=tta)
             clf.version = version
             return clf
         run_dir = RunDir(run).require()
         export_dir = resolve_runtime(run_dir.path, runtime)
         if export_dir is None:
-            return cls(run_dir, run_dir.load_model(), "keras")
+            return cls(run_dir, run_dir.load_model(), "keras", tta=tta)
         _, name, runtime_fn, _ = open_export_runtime(export_dir, export_dir.name, run_dir)
-        return cls(run_dir, None, name, runtime_fn=runtime_fn)
+        return cls(run_dir, None, name, runtime_fn=runtime_fn, tta=tta)
 
     # inputs -----------------------------------------------------------------------------------------------
     def preprocess(self, x: Any) -> np.ndarray:
@@ -178,7 +184,43 @@ class Classifier:
         return export_run(self, format=format, **kwargs)
 
     def __repr__(self) -> str:
-        return f"Classifier({self.name!r}, {len(self.labels)} classes, {self.image_size}px x{self.channels}, runtime={self.runtime})"
+        tta = ", tta=hflip" if self.tta else ""
+        return f"Classifier({self.name!r}, {len(self.labels)} classes, {self.image_size}px x{self.channels}, runtime={self.runtime}{tta})"
+
+
+def trained_with_flips(config: dict[str, Any]) -> bool | None:
+    """Whether the run's augmentation mirrored images horizontally (None: not recorded)."""
+    from imagerec.data.augment import augment_flips
+
+    preset = ((config.get("config") or {}).get("augment") or {}).get("preset")
+    return augment_flips(preset) if isinstance(preset, str) else None
+
+
+def check_flip_tta(config: dict[str, Any]) -> None:
+    """Refuse flip TTA for a run that never saw mirrored images (digits, text: a mirror is another thing)."""
+    from imagerec.errors import ImagerecError
+
+    if trained_with_flips(config) is False:
+        preset = config["config"]["augment"]["preset"]
+        raise ImagerecError(
+            f"--tta averages each image with its mirror image, but this run was trained without flips "
+            f"(augmentation {preset!r}), so mirrored images are not what it learned; drop --tta"
+        )
+
+
+def with_flip_tta(run_fn):
+    """``batch -> probs`` averaged over the batch and its horizontal mirror (flip test-time augmentation).
+
+    Like fastai's ``Learner.tta`` and Ultralytics' ``augment=True``, reduced to the one view that is exactly
+    label-preserving for a run trained with flips. One model call on the stacked ``2N`` images.
+    """
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        probs = run_fn(np.concatenate([batch, batch[:, :, ::-1]]))
+        return 0.5 * (probs[: len(batch)] + probs[len(batch) :])
+
+    return run
 
 
 def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -17,19 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagefixtures import COLOURS, make_image
+from imagefixtures import COLOURS, make_image, run_cli
 from imagerec.cli import main
 from server.conftest import LiveServer, serve_cli
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def _doubtful_image(clf, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, float, set[str]]:

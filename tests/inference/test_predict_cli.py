@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagerec.cli import main
+from imagefixtures import run_cli as imagerec_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -45,13 +45,7 @@ def _labels(run: Path, paths: list[str]) -> list[str]:
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(["predict", *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return imagerec_cli(capsys, "predict", *args)
 
 
 def test_folder_json_lines(trained_run, images, capsys):

@@ -133,3 +133,20 @@ def test_default_bind_is_loopback():
 def test_openapi_documents_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "post" in paths["/v1/predict"] and "/v2/models/{name}/infer" in paths and "/v1/model" in paths
+
+
+def test_the_start_up_heap_is_frozen_while_serving_and_released_after(classifier):
+    """A full garbage collection over TensorFlow's heap paused the event loop for 0.25-0.3 s under load (the p99
+    of the serving benchmark): the service freezes what is alive after warm-up and unfreezes it when it stops."""
+    import gc
+
+    import httpx
+    from tests.server.conftest import LiveServer
+
+    from imagerec.server.app import ServeSettings, create_app
+
+    gc.unfreeze()
+    with LiveServer(create_app(classifier, ServeSettings(decode_workers=0))) as live:
+        assert httpx.get(f"{live.url}/readyz", timeout=30).status_code == 200
+        assert gc.get_freeze_count() > 10_000  # TensorFlow + Keras + the model
+    assert gc.get_freeze_count() == 0

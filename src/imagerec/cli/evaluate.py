@@ -63,11 +63,16 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="test | val (| train): which part of the run's split."),
     top_k: int = typer.Option(5, "--top-k", help="k of the top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Average each image with its mirror image (runs trained with flips; 2x the cost).",
+    ),
 ) -> None:
     """Metrics, pictures and report.html of RUN on its held-out split (written to RUN/evaluation/)."""
     from imagerec.evaluation import evaluate as evaluate_run
 
-    metrics = evaluate_run(run, data=data, split=split, top_k=top_k)
+    metrics = evaluate_run(run, data=data, split=split, top_k=top_k, tta=tta)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return

@@ -78,6 +78,11 @@ def predict(
     ),
     out: Path = typer.Option(None, "--out", help="With --ray: results.parquet or results.jsonl."),
     num_workers: int = typer.Option(2, "--num-workers", help="With --ray: model actors."),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Average each image with its mirror image (runs trained with flips; 2x the cost).",
+    ),
 ) -> None:
     """Classify images; unreadable files are reported one by one and the exit code is 1 if any failed."""
     from imagerec.classifier import Classifier
@@ -89,6 +94,8 @@ def predict(
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ImagerecError(f"--threshold must be in [0, 1] (0 = never 'unknown'), got {threshold}")
     if ray or ray_address or out is not None:
+        if tta:
+            raise ImagerecError("--tta is not available with --ray; run without --ray, or drop --tta")
         _predict_with_ray(run, paths, out, num_workers, batch_size, top_k, ray_address, runtime, threshold)
         return
     files, missing = expand_paths(paths)
@@ -96,7 +103,7 @@ def predict(
         raise ImagerecError(
             f"no image files found in {', '.join(paths)}; expected image files, folders or globs"
         )
-    clf = Classifier.load(run, runtime=runtime)
+    clf = Classifier.load(run, runtime=runtime, tta=tta)
     writer = _Writer(output_format, top_k)
     failed = 0
     for item in missing:

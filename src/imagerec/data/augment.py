@@ -36,6 +36,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "flip": Preset("horizontal flip + small translation (objects, clothes)", flip=True, translate=0.1),
     "hflip": Preset("horizontal flip only (cheapest; short schedules on large datasets)", flip=True),
+    "hflip-erase": Preset(
+        "horizontal flip + random erasing (regularises long schedules on small images)", flip=True, erase=0.5
+    ),
     "default": Preset(
         "horizontal flip, translation, rotation, zoom, contrast",
         flip=True,
@@ -58,6 +61,12 @@ PRESETS: dict[str, Preset] = {
     ),  # fmt: skip
 }
 AUGMENT_PRESETS: dict[str, str] = {name: row.description for name, row in PRESETS.items()}
+
+
+def augment_flips(preset: str) -> bool | None:
+    """Whether ``preset`` mirrors images horizontally (None for an unknown or unresolved name)."""
+    row = PRESETS.get(preset)
+    return None if row is None else row.flip
 
 
 def resolve_preset(preset: str, image_size: int, channels: int) -> str:

@@ -37,7 +37,12 @@ REPORT_ISSUES = 24
 
 
 def evaluate(
-    run: str | os.PathLike, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+    run: str | os.PathLike,
+    data: str | None = None,
+    split: str = "test",
+    top_k: int = 5,
+    write: bool = True,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run on its own held-out ``split`` (default ``test``) or on ``data`` with the same class names.
 
@@ -48,6 +53,7 @@ def evaluate(
         split: ``test`` or ``val`` (or ``train``) of the run's manifest, when ``data`` is None.
         top_k: k of ``top_k_accuracy``.
         write: write ``RUN/evaluation/`` (metrics.json, predictions.csv, pictures, report.html).
+        tta: average each image with its mirror image (runs trained with horizontal flips only).
 
     Returns:
         The content of ``metrics.json``: ``accuracy``, ``top_k_accuracy``, ``macro``, ``weighted``,
@@ -59,7 +65,9 @@ def evaluate(
     """
     from imagerec.classifier import Classifier
 
-    return evaluate_classifier(Classifier.load(run), data=data, split=split, top_k=top_k, write=write)
+    return evaluate_classifier(
+        Classifier.load(run, tta=tta), data=data, split=split, top_k=top_k, write=write
+    )
 
 
 def evaluate_classifier(
@@ -85,6 +93,7 @@ def evaluate_classifier(
         temperature=clf.temperature,
         threshold=clf.threshold,
         model_sha256=clf.version,
+        tta="hflip" if getattr(clf, "tta", False) else None,
         imagerec_version=imagerec.__version__,
     )
     if clf.temperature != 1.0:

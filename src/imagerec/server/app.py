@@ -138,10 +138,14 @@ class Service:
         await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
         if self.decode_procs is not None:
             await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
+        freeze_heap()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        import gc
+
+        gc.unfreeze()  # an app embedded in a longer-lived process hands its heap back to the collector
         await self.batcher.stop()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_procs is not None:
@@ -228,6 +232,19 @@ class Service:
 
     def model_info(self) -> dict[str, Any]:
         return {"name": self.clf.name, "version": self.clf.version}
+
+
+def freeze_heap() -> None:
+    """Move every object alive after start-up (TensorFlow, Keras and the model: millions of them) out of the
+    garbage collector's reach, as long-running servers do (CPython's ``gc.freeze``).
+
+    Otherwise each full collection walks that whole heap while the event loop waits: measured as 0.25-0.3 s
+    pauses a few times in 10 s under load, which set the p99 latency.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _rejected(exc: ImageRejected, name: str | None) -> HTTPError:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.config import RunConfig
+from imagerec.data.augment import augment_flips
 from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make_dataset
 from imagerec.data.scan import scan_dataset
 from imagerec.data.sources import load_source
@@ -53,18 +54,24 @@ def _class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int,
     return {c: out.get(c, 1.0) for c in range(num_classes)}
 
 
-def _evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+def _evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int, flips: bool = False) -> dict[str, float]:
+    """Accuracy and top-5 of ``model`` on ``(x, y)``; with ``flips`` (a run trained with mirrored images) also the
+    accuracy with flip test-time augmentation (``imagerec evaluate --tta``)."""
     if len(y) == 0:
         return {}
     probs = predict_arrays(model, x, batch_size)
     top1 = probs.argmax(1)
     k = min(5, probs.shape[1])
     topk = np.argsort(-probs, axis=1)[:, :k]
-    return {
+    out = {
         "accuracy": float((top1 == y).mean()),
         f"top{k}_accuracy": float((topk == y[:, None]).any(1).mean()),
         "num_images": int(len(y)),
     }
+    if flips:
+        mirrored = predict_arrays(model, np.ascontiguousarray(x[:, :, ::-1]), batch_size)
+        out["accuracy_tta"] = float(((probs + mirrored).argmax(1) == y).mean())
+    return out
 
 
 def predict_arrays(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -240,9 +247,10 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     if not run.model.exists():
         run.save_model(model)
     best = run.load_model()
+    flips = bool(augment_flips(config.augment.preset))
     metrics = {
-        "val": _evaluate(best, *arrays["val"], t.batch_size),
-        "test": _evaluate(best, *arrays["test"], t.batch_size),
+        "val": _evaluate(best, *arrays["val"], t.batch_size, flips),
+        "test": _evaluate(best, *arrays["test"], t.batch_size, flips),
         "epochs_completed": _latest_epoch(backup),
         "fit_seconds": round(fit_seconds, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
@@ -254,7 +262,13 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     run.write_json("metrics.json", metrics)
     log(
         f"done in {metrics['total_seconds']:.0f}s: val accuracy {metrics['val'].get('accuracy', float('nan')):.4f}, "
-        f"test accuracy {metrics['test'].get('accuracy', float('nan')):.4f}; run saved in {run.path}"
+        f"test accuracy {metrics['test'].get('accuracy', float('nan')):.4f}"
+        + (
+            f" ({metrics['test']['accuracy_tta']:.4f} with --tta)"
+            if "accuracy_tta" in metrics["test"]
+            else ""
+        )
+        + f"; run saved in {run.path}"
     )
     return Run(run.path, config_record, metrics)
 

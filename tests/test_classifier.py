@@ -1,0 +1,75 @@
+"""The ``Classifier`` facade: flip test-time augmentation (``--tta``) on a real trained run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from imagefixtures import COLOURS, make_image, run_cli
+from imagerec.classifier import Classifier
+from imagerec.errors import ImagerecError
+
+
+def _batch(n: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    images = [make_image(colour, rng) for colour in list(COLOURS.values()) * (n // len(COLOURS))]
+    # an asymmetric stripe: the mirror image really is a different input
+    for image in images:
+        image[:, :6] = 255
+    return np.stack(images)
+
+
+def test_tta_averages_the_image_and_its_mirror(trained_run):
+    plain = Classifier.load(trained_run, runtime="keras")
+    tta = Classifier.load(trained_run, runtime="keras", tta=True)
+    batch = _batch()
+    direct = plain.predict_proba(batch)
+    mirrored = plain.predict_proba(batch[:, :, ::-1].copy())
+    assert np.abs(direct - mirrored).max() > 1e-4  # the two views differ, so the average is a real test
+    np.testing.assert_allclose(tta.predict_proba(batch), 0.5 * (direct + mirrored), rtol=1e-5, atol=1e-6)
+    assert [p.label for p in tta.predict(list(batch))] == [
+        plain.labels[i] for i in (direct + mirrored).argmax(1)
+    ]
+    assert "tta=hflip" in repr(tta)
+
+
+def test_tta_is_refused_for_a_run_trained_without_flips(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["config"]["augment"]["preset"] = "light"  # translation and zoom, no flips (digits, text)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ImagerecError, match="trained without flips"):
+        Classifier.load(run, tta=True)
+    Classifier.load(run)  # without --tta the run is fine
+
+
+def test_training_reports_tta_accuracy_and_evaluate_tta_matches_it(trained_run, tmp_path, capsys):
+    """The run trained with flips (auto preset): metrics.json carries the TTA test accuracy, and
+    ``imagerec evaluate --tta`` on the same split agrees with it."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy_tta"] <= 1.0
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    code, stdout, err = run_cli(capsys, "evaluate", str(run), "--tta", "--json")
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert out["tta"] == "hflip"
+    assert out["accuracy"] == pytest.approx(metrics["test"]["accuracy_tta"], abs=1e-9)
+
+
+def test_predict_cli_tta_with_ray_is_a_clear_error(trained_run, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys,
+        "predict",
+        str(trained_run),
+        str(tmp_path),
+        "--tta",
+        "--ray",
+        "--out",
+        str(tmp_path / "r.jsonl"),
+    )
+    assert code == 2 and "--tta is not available with --ray" in err
