@@ -252,7 +252,7 @@ def profile(run: str, files: list[bytes]) -> dict:
     from imagerec.classifier import Classifier
     from imagerec.server.uploads import parse_multipart
 
-    clf = Classifier.load(run)
+    clf = Classifier.load(run, runtime="keras")  # "auto" may pick an export, which has no Keras model
     body = build_request("/", files[0], 0).split(b"\r\n\r\n", 1)[1]
     ctype = f"multipart/form-data; boundary={BOUNDARY}"
 

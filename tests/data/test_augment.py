@@ -62,7 +62,12 @@ def test_same_seed_same_augmented_epoch(preset: str):
 
 
 def test_presets_table_names_every_field_of_the_old_layers():
-    assert set(PRESETS) == {"none", "light", "flip", "hflip", "default", "strong"}
+    assert set(PRESETS) == {"none", "light", "flip", "hflip", "hflip-erase", "default", "strong"}
+    assert (
+        PRESETS["hflip-erase"].flip
+        and PRESETS["hflip-erase"].erase == 0.5
+        and not PRESETS["hflip-erase"].translate
+    )
     assert PRESETS["default"].rotate == 0.05 and PRESETS["default"].fill == "reflect"
     assert PRESETS["strong"].erase > 0 and PRESETS["none"] == type(PRESETS["none"])("no augmentation")
     with pytest.raises(ValueError, match="resolve 'auto'"):

@@ -23,8 +23,13 @@ def train(
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: str = typer.Option(None, help="adamw | sgd"),
     schedule: str = typer.Option(None, help="cosine | onecycle | constant"),
-    augment: str = typer.Option(None, help="auto | none | light | flip | hflip | default | strong"),
+    augment: str = typer.Option(
+        None, help="auto | none | light | flip | hflip | hflip-erase | default | strong"
+    ),
     label_smoothing: float = typer.Option(None, "--label-smoothing"),
+    weight_decay: float = typer.Option(
+        None, "--weight-decay", help="AdamW decoupled weight decay (scaled by the learning rate)."
+    ),
     class_weights: str = typer.Option(None, "--class-weights", help="none | auto"),
     early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs (0 = off)."),
     weights: str = typer.Option(None, help="Backbones: imagenet | none | PATH.weights.h5"),
@@ -59,7 +64,7 @@ def train(
         data, out, resume=resume, force=force,
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
         learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
-        class_weights=class_weights, early_stopping=early_stopping, weights=weights,
+        weight_decay=weight_decay, class_weights=class_weights, early_stopping=early_stopping, weights=weights,
         mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic,
     )  # fmt: skip
 

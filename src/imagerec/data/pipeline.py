@@ -142,8 +142,8 @@ def make_dataset(
         if training:
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(spec.batch_size, drop_remainder=False).map(
-            lambda idx: (tf.gather(images_t, idx), tf.gather(labels_t, idx)), deterministic=True
-        )
+            lambda idx: (tf.gather(images_t, idx), tf.gather(labels_t, idx))
+        )  # sequential map: in order by construction
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=n_calls, deterministic=True)
     if training and augment is not None:
         # One stateless key per batch position from a seeded stream: the same seed repeats every augmented epoch even
