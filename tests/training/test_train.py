@@ -82,6 +82,33 @@ def test_refuses_to_overwrite_then_force(colour_data, tmp_path, capsys):
     assert cli([*args, "--force"], capsys)[0] == 0
 
 
+def test_val_zero_trains_on_every_non_test_image(colour_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        colour_data,
+        "--out",
+        out,
+        "--epochs",
+        "2",
+        "--model",
+        "tutorial-cnn",
+        "--batch-size",
+        "8",
+    ]
+    assert cli([*args, "--val", "0", "--test", "0.25"], capsys)[0] == 0
+    with open(out / "manifest.csv") as fh:
+        splits = [r["split"] for r in csv.DictReader(fh)]
+    assert "val" not in splits and splits.count("test") == 9 and splits.count("train") == 27  # 3 classes x 12
+    run = RunDir(out)
+    assert run.read_config()["config"]["data"]["val"] == 0.0
+    metrics = json.loads(run.metrics.read_text())
+    assert metrics["val"] == {} and metrics["test"]["num_images"] == 9
+    assert run.load_model().output_shape == (None, 3)
+    code, _, err = cli(["train", colour_data, "--out", tmp_path / "bad", "--val", "1.5"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "must be in [0, 1)" in err
+
+
 def test_unknown_model_is_one_line_and_writes_nothing(colour_data, tmp_path, capsys):
     code, _, err = cli(["train", colour_data, "--out", tmp_path / "run", "--model", "resnet5"], capsys)
     assert code == 2 and err.count("\n") == 1

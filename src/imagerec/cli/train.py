@@ -37,6 +37,14 @@ def train(
         None, "--mixed-precision", help="auto (bf16 on AVX512-BF16/AMX CPUs and GPUs) | off | bf16"
     ),
     strategy: str = typer.Option(None, help="auto | default | mirrored | multiworker"),
+    val: float = typer.Option(
+        None,
+        "--val",
+        help="Fraction of train held out for validation (default 0.1; 0: train on all of it and keep the epoch with the best training accuracy).",
+    ),
+    test: float = typer.Option(
+        None, "--test", help="Fraction held out for test when the data has no test part (default 0.1)."
+    ),
     seed: int = typer.Option(None),
     deterministic: bool = typer.Option(
         None, "--deterministic/--no-deterministic", help="Op determinism (slower)."
@@ -65,7 +73,7 @@ def train(
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
         learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
         weight_decay=weight_decay, class_weights=class_weights, early_stopping=early_stopping, weights=weights,
-        mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic,
+        mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic, val=val, test=test,
     )  # fmt: skip
 
 
