@@ -18,10 +18,10 @@ from imagefixtures import write_colour_dataset
 EPOCHS = 4
 
 
-def start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+def start_training(data: Path, out: Path, *extra: str, epochs: int = EPOCHS) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--model", "tutorial-cnn",
-           "--epochs", str(EPOCHS), "--batch-size", "2", "--augment", "default", *extra]  # fmt: skip
+           "--epochs", str(epochs), "--batch-size", "2", "--augment", "default", *extra]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -77,7 +77,8 @@ def test_sigkill_mid_epoch_then_resume(big_colour_data, tmp_path):
 
 def test_ctrl_c_saves_a_resumable_state_and_exits_cleanly(big_colour_data, tmp_path):
     out = tmp_path / "run"
-    proc = start_training(big_colour_data, out)
+    # many epochs: on a quiet machine an epoch of this data takes ~0.5 s, so a 4-epoch run could end before the signal
+    proc = start_training(big_colour_data, out, epochs=200)
     wait_for_epoch(proc, out, 1)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
