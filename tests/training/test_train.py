@@ -107,6 +107,7 @@ def test_val_zero_trains_on_every_non_test_image(colour_data, tmp_path, capsys):
     assert run.load_model().output_shape == (None, 3)
     code, _, err = cli(["train", colour_data, "--out", tmp_path / "bad", "--val", "1.5"], capsys)
     assert code == 2 and err.count("\n") == 1 and "must be in [0, 1)" in err
+    assert not (tmp_path / "bad").exists()  # a bad fraction writes nothing
 
 
 def test_unknown_model_is_one_line_and_writes_nothing(colour_data, tmp_path, capsys):
