@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -191,6 +195,56 @@ class NaNGuard(keras.callbacks.TerminateOnNaN):
             )
 
 
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during ``fit``: stop at the next batch boundary, the last complete epoch kept.
+
+    While :meth:`installed` is active, the signal only records itself; this callback raises ``KeyboardInterrupt``
+    at the next batch or epoch boundary, in an ordinary frame. Two reasons not to rely on Python's default
+    handler: it raises wherever the main thread happens to be, which inside TensorFlow can be a ``__del__`` or a
+    weakref callback where the exception is printed as "ignored" and training goes on; and SIGTERM (``kill``,
+    ``docker stop``, a batch scheduler's preemption) would otherwise end the process with no message. The
+    partially trained epoch is never reported to the backup or best-model callbacks, so ``--resume`` continues
+    from the last complete one. A second signal raises at once (the user does not want to wait).
+
+    A SIGINT that was already ignored when the process started (a job started with ``&`` from a script) stays
+    ignored, as POSIX shells intend; SIGTERM still stops such a run cleanly.
+    """
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self):
+        super().__init__()
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopOnSignal]:
+        if (
+            threading.current_thread() is not threading.main_thread()
+        ):  # signal handlers live in the main thread
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in self.NAMES}
+        for sig, old in previous.items():
+            if old is not signal.SIG_IGN:
+                signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _handler(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _check(self, *_args, **_kwargs) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_train_batch_begin = on_train_batch_end = on_test_batch_end = _check
+
+
 class ProgressCallback(keras.callbacks.Callback):
     """A Rich progress bar per epoch on a terminal; one plain line per epoch otherwise (logs, CI)."""
 
@@ -231,10 +285,14 @@ class ProgressCallback(keras.callbacks.Callback):
             )
             self.progress.update(self.task, completed=batch + 1, metrics=text)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def close(self) -> None:
+        """Take the bar down (also when fit ends by an exception: Ctrl-C, divergence), restoring the cursor."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.close()
         logs = logs or {}
         parts = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k != "learning_rate")
         lr = logs.get("learning_rate")

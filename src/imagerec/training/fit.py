@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ from imagerec.training.trainer import (
 
 
 class TrainingInterrupted(RunError):
-    """Ctrl-C: the last complete epoch is saved and ``--resume`` continues from it."""
+    """Ctrl-C or SIGTERM: the last complete epoch is saved and ``--resume`` continues from it."""
 
     exit_code = 130
     code = "interrupted"
@@ -121,6 +122,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         AtomicBestModel,
         NaNGuard,
         ProgressCallback,
+        StopOnSignal,
     )
 
     keras.utils.set_random_seed(config.train.seed)
@@ -204,13 +206,15 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
         run.backup, monitor="val_accuracy" if n_val else "accuracy", history_csv=run.history
     )
     monitor = "val_accuracy" if n_val else "accuracy"
+    stopper = StopOnSignal()
     callbacks = [
+        stopper,  # first: a stop request ends the batch before any other callback sees a partial epoch
         AtomicBestModel(run.model, monitor=monitor, backup=backup),  # before the backup: see its docstring
         backup,
         NaNGuard(t.learning_rate),
         keras.callbacks.CSVLogger(str(run.history), append=bool(previous)),
         keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
-        ProgressCallback(t.epochs, steps, run.log),
+        progress := ProgressCallback(t.epochs, steps, run.log),
         *worker_callbacks(strategy_info, log),
     ]
     if t.early_stopping:
@@ -226,23 +230,30 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
             backbone.trainable = False
         compile_model(model, config, steps, phase_one, lr)
     try:
-        _fit_phases(
-            model,
-            config,
-            backbone,
-            (phase_one, steps, lr),
-            (train_ds, val_ds),
-            callbacks,
-            weights,
-            backup,
-            strategy,
-        )
+        with stopper.installed():
+            _fit_phases(
+                model,
+                config,
+                backbone,
+                (phase_one, steps, lr),
+                (train_ds, val_ds),
+                callbacks,
+                weights,
+                backup,
+                strategy,
+            )
     except KeyboardInterrupt:
         done = _latest_epoch(backup)
-        raise TrainingInterrupted(
-            f"training interrupted during epoch {done + 1}; epoch {done} is saved in {str(run.path)!r}; "
+        by = " by SIGTERM" if stopper.signum == signal.SIGTERM else ""
+        err = TrainingInterrupted(
+            f"training interrupted{by} during epoch {done + 1}; epoch {done} is saved in {str(run.path)!r}; "
             f"continue with: imagerec train {data} --out {run.path} --resume"
-        ) from None
+        )
+        # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+        err.exit_code = 128 + int(stopper.signum or signal.SIGINT)
+        raise err from None
+    finally:
+        progress.close()
     fit_seconds = time.perf_counter() - fit_t0
     if not run.model.exists():
         run.save_model(model)
