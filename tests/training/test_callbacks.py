@@ -1,34 +1,64 @@
-"""``StopOnSignal`` in-process: the handlers it installs, what it restores, and an inherited ignored SIGINT."""
+"""``StopOnSignal``: the handlers it installs, what it restores, an inherited ignored SIGINT, a second signal."""
 
 from __future__ import annotations
 
 import os
 import signal
-
-import pytest
+import subprocess
+import sys
 
 from imagerec.training.callbacks import StopOnSignal
 
 
 def test_a_signal_is_only_recorded_then_raised_at_the_next_boundary_and_handlers_are_restored():
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    stopper = StopOnSignal()
-    with stopper.installed():
-        stopper.on_train_batch_end(0)  # nothing requested yet: no-op
-        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest without the handler
-        assert stopper.signum == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt):
-            stopper.on_train_batch_end(1)
-        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait for a boundary
-            os.kill(os.getpid(), signal.SIGINT)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even under &
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        stopper = StopOnSignal()
+        with stopper.installed():
+            assert signal.getsignal(signal.SIGINT) == stopper._handler
+            assert signal.getsignal(signal.SIGTERM) == stopper._handler  # so the kill below cannot end pytest
+            stopper.on_train_batch_end(0)  # nothing requested yet: no-op
+            os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised here
+            assert stopper.signum == signal.SIGINT
+            raised = False
+            try:
+                stopper.on_train_batch_end(1)
+            except KeyboardInterrupt:
+                raised = True
+            assert raised
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_an_inherited_ignored_sigint_stays_ignored():
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
     try:
-        with StopOnSignal().installed():
+        stopper = StopOnSignal()
+        with stopper.installed():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            assert signal.getsignal(signal.SIGTERM) == stopper._handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == term
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_a_second_signal_ends_the_process_at_once_by_that_signal():
+    code = (
+        "import os, signal, time\n"
+        "from imagerec.training.callbacks import StopOnSignal\n"
+        "s = StopOnSignal()\n"
+        "with s.installed():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert s.signum == signal.SIGTERM\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "print('survived')\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+    assert "survived" not in proc.stdout
+    assert "imagerec: SIGTERM again: stopping now; --resume continues" in proc.stderr

@@ -24,15 +24,28 @@ def start_training(
     """Start ``imagerec train`` as a foreground process on a terminal would be: SIGINT at its default.
 
     A child inherits an *ignored* SIGINT (a runner that started pytest with ``&`` from a script ignores it in the
-    whole tree, and Python then keeps it ignored), so the disposition is set explicitly rather than inherited.
+    whole tree, and Python then keeps it ignored), so the disposition is set explicitly rather than inherited: in
+    this process around ``Popen`` (exec keeps SIG_IGN and resets a Python handler to SIG_DFL), not with a
+    ``preexec_fn``, which is unsafe in a process that has threads.
     """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--model", "tutorial-cnn",
            "--epochs", str(epochs), "--batch-size", "2", "--augment", "default", *extra]  # fmt: skip
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
-    )  # fmt: skip
+    old = signal.signal(signal.SIGINT, signal.default_int_handler if sigint is signal.SIG_DFL else sigint)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait for the process; kill it (it would keep training on the CI's CPUs) if it does not end in time."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err = proc.communicate()[1]
+        pytest.fail(f"the run did not stop within {timeout} s of the signal: {err[-2000:]}")
 
 
 def wait_for_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 300) -> None:
@@ -101,7 +114,7 @@ def test_ctrl_c_saves_a_resumable_state_and_exits_cleanly(big_colour_data, tmp_p
     wait_for_epoch(proc, out, 1)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = finish(proc)
     assert proc.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("imagerec: error: training interrupted during epoch")
@@ -122,7 +135,7 @@ def test_sigterm_stops_cleanly_even_where_sigint_is_ignored_and_the_run_resumes(
     wait_for_epoch(proc, out, 2)  # the ignored SIGINT did not stop it
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    err = finish(proc)
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
     done = completed_epochs(out)
@@ -139,3 +152,52 @@ def test_sigterm_stops_cleanly_even_where_sigint_is_ignored_and_the_run_resumes(
     assert f"epoch {done + 1}/{done + 1}" in resumed.stderr and "epoch 1/" not in resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == done + 1
     assert history_epochs(out) == list(range(done + 1))
+
+
+def test_a_signal_during_the_last_epochs_save_is_not_lost_and_resume_finishes_the_run(tmp_path):
+    """No batch boundary follows the last epoch's saves; the stop must still be acted on, not dropped."""
+    data = write_colour_dataset(tmp_path / "colours", per_class=8, seed=3)
+    out = tmp_path / "run"
+    code = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as on a terminal, even if run with &
+        "from imagerec.training.callbacks import AtomicBackupAndRestore as B\n"
+        "save = B._save_model\n"
+        "def patched(self):\n"
+        "    save(self)\n"
+        "    if self._current_epoch == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "B._save_model = patched\n"
+        "from imagerec.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        "tutorial-cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "imagerec: error: training interrupted after its last epoch; all 2 epochs are saved"
+    )
+    assert not (out / "metrics.json").exists() and history_epochs(out) == [0, 1]
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--resume"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "epoch 1/" not in resumed.stderr and "epoch 2/" not in resumed.stderr  # nothing trained again
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 2

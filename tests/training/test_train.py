@@ -241,6 +241,8 @@ def test_transfer_learning_run_from_a_local_weights_file(colour_data, tmp_path):
     )  # fmt: skip
     assert run.metrics["epochs_completed"] == 2
     assert run.config["config"]["model"]["weights"] == str(path)
+    with open(run.path / "history.csv") as fh:  # phase two appends to phase one's rows, never replaces them
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1]
     model = RunDir(run.path).load_model()
     backbone = get_backbone_layer(model)
     # phase one froze the backbone, phase two unfroze only its top 5 layers: the bottom layers are the file's

@@ -204,7 +204,8 @@ class StopOnSignal(keras.callbacks.Callback):
     weakref callback where the exception is printed as "ignored" and training goes on; and SIGTERM (``kill``,
     ``docker stop``, a batch scheduler's preemption) would otherwise end the process with no message. The
     partially trained epoch is never reported to the backup or best-model callbacks, so ``--resume`` continues
-    from the last complete one. A second signal raises at once (the user does not want to wait).
+    from the last complete one. A second signal ends the process at once by the signal's default action (the
+    backup is kill-safe); if a step hangs in native code without returning to Python, ``kill -9`` does.
 
     A SIGINT that was already ignored when the process started (a job started with ``&`` from a script) stays
     ignored, as POSIX shells intend; SIGTERM still stops such a run cleanly.
@@ -223,26 +224,52 @@ class StopOnSignal(keras.callbacks.Callback):
         ):  # signal handlers live in the main thread
             yield self
             return
-        previous = {sig: signal.getsignal(sig) for sig in self.NAMES}
-        for sig, old in previous.items():
-            if old is not signal.SIG_IGN:
-                signal.signal(sig, self._handler)
+        sigs = set(self.NAMES)
+        with _signals_blocked(sigs):
+            previous = {sig: signal.getsignal(sig) for sig in sigs}
+            for sig, old in previous.items():
+                if old is not signal.SIG_IGN:
+                    signal.signal(sig, self._handler)
         try:
             yield self
         finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            with _signals_blocked(
+                sigs
+            ):  # a signal now waits for the restored handler instead of splitting this
+                for sig, old in previous.items():
+                    signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
     def _handler(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        # a second signal: the user will not wait. The backup is kill-safe, so die by the signal's default action
+        # (from the kernel, not a Python exception that could land in a __del__ and be dropped).
+        print(
+            f"imagerec: {self.NAMES.get(signum, signum)} again: stopping now; --resume continues from the last "
+            "complete epoch",
+            file=sys.stderr,
+            flush=True,
+        )
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+
+    def check(self, *_args, **_kwargs) -> None:
+        """Raise ``KeyboardInterrupt`` if a stop was requested (called at every batch and epoch boundary)."""
         if self.signum is not None:
             raise KeyboardInterrupt
-        self.signum = signum
 
-    def _check(self, *_args, **_kwargs) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
+    on_epoch_begin = on_train_batch_begin = on_train_batch_end = on_test_batch_end = check
 
-    on_epoch_begin = on_train_batch_begin = on_train_batch_end = on_test_batch_end = _check
+
+@contextlib.contextmanager
+def _signals_blocked(sigs: set[int]) -> Iterator[None]:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class ProgressCallback(keras.callbacks.Callback):

@@ -208,7 +208,7 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
     monitor = "val_accuracy" if n_val else "accuracy"
     stopper = StopOnSignal()
     callbacks = [
-        stopper,  # first: a stop request ends the batch before any other callback sees a partial epoch
+        stopper,  # raises at batch/epoch boundaries: a half-done epoch never reaches on_epoch_end
         AtomicBestModel(run.model, monitor=monitor, backup=backup),  # before the backup: see its docstring
         backup,
         NaNGuard(t.learning_rate),
@@ -242,12 +242,17 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
                 backup,
                 strategy,
             )
+            stopper.check()  # a signal during the last epoch's saves: no batch boundary follows
     except KeyboardInterrupt:
         done = _latest_epoch(backup)
         by = " by SIGTERM" if stopper.signum == signal.SIGTERM else ""
+        where = (
+            f"after its last epoch; all {done} epochs are saved in {str(run.path)!r}; evaluate and finish"
+            if done >= t.epochs
+            else f"during epoch {done + 1}; epoch {done} is saved in {str(run.path)!r}; continue"
+        )
         err = TrainingInterrupted(
-            f"training interrupted{by} during epoch {done + 1}; epoch {done} is saved in {str(run.path)!r}; "
-            f"continue with: imagerec train {data} --out {run.path} --resume"
+            f"training interrupted{by} {where} with: imagerec train {data} --out {run.path} --resume"
         )
         # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
         err.exit_code = 128 + int(stopper.signum or signal.SIGINT)
@@ -286,6 +291,8 @@ def fit_run(data, run: RunDir, config: RunConfig, previous: dict[str, Any] | Non
 
 def _fit_phases(model, config, backbone, plan, datasets, callbacks, weights, backup, strategy):
     """Phase one (all layers, or the head over a frozen backbone); phase two: fine-tune the backbone's top."""
+    import keras
+
     t = config.train
     phase_one, steps, lr = plan
     train_ds, val_ds = datasets
@@ -299,6 +306,9 @@ def _fit_phases(model, config, backbone, plan, datasets, callbacks, weights, bac
             verbose=0,
         )
     if backbone is not None and phase_one < t.epochs:
+        for cb in callbacks:  # phase two's on_train_begin would otherwise reopen history.csv with "w"
+            if isinstance(cb, keras.callbacks.CSVLogger):
+                cb.append = True
         with strategy.scope():
             _unfreeze_top(backbone, config.model.fine_tune_layers)
             compile_model(model, config, steps, t.epochs - phase_one, lr / 10)
