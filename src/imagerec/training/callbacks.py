@@ -219,9 +219,8 @@ class StopOnSignal(keras.callbacks.Callback):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopOnSignal]:
-        if (
-            threading.current_thread() is not threading.main_thread()
-        ):  # signal handlers live in the main thread
+        # signal handlers live in the main thread
+        if threading.current_thread() is not threading.main_thread():
             yield self
             return
         sigs = set(self.NAMES)
@@ -233,9 +232,8 @@ class StopOnSignal(keras.callbacks.Callback):
         try:
             yield self
         finally:
-            with _signals_blocked(
-                sigs
-            ):  # a signal now waits for the restored handler instead of splitting this
+            # a signal arriving now waits for the restored handler instead of splitting this swap
+            with _signals_blocked(sigs):
                 for sig, old in previous.items():
                     signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
