@@ -16,6 +16,7 @@ import pytest
 from imagefixtures import write_colour_dataset
 
 EPOCHS = 4
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 def start_training(
@@ -28,14 +29,19 @@ def start_training(
     this process around ``Popen`` (exec keeps SIG_IGN and resets a Python handler to SIG_DFL), not with a
     ``preexec_fn``, which is unsafe in a process that has threads.
     """
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--model", "tutorial-cnn",
            "--epochs", str(epochs), "--batch-size", "2", "--augment", "default", *extra]  # fmt: skip
     old = signal.signal(signal.SIGINT, signal.default_int_handler if sigint is signal.SIG_DFL else sigint)
     try:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def resume(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``imagerec train DATA --out RUN --resume [extra]``, run to its end."""
+    cmd = [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--resume", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
@@ -83,10 +89,7 @@ def test_sigkill_mid_epoch_then_resume(big_colour_data, tmp_path):
     assert not (out / "metrics.json").exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name and p.is_file() and p.stat().st_size == 0]
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "imagerec", "train", str(big_colour_data), "--out", str(out), "--resume"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
+    resumed = resume(big_colour_data, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_completed"] == EPOCHS
@@ -143,11 +146,7 @@ def test_sigterm_stops_cleanly_even_where_sigint_is_ignored_and_the_run_resumes(
     assert last.startswith(f"imagerec: error: training interrupted by SIGTERM during epoch {done + 1}; ")
     assert history_epochs(out) == list(range(done)) and not (out / "metrics.json").exists()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "imagerec", "train", str(big_colour_data), "--out", str(out), "--resume",
-         "--epochs", str(done + 1)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
+    resumed = resume(big_colour_data, out, "--epochs", str(done + 1))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"epoch {done + 1}/{done + 1}" in resumed.stderr and "epoch 1/" not in resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == done + 1
@@ -171,7 +170,6 @@ def test_a_signal_during_the_last_epochs_save_is_not_lost_and_resume_finishes_th
         "from imagerec.cli import main\n"
         "main(sys.argv[1:])\n"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     args = [
         "train",
         str(data),
@@ -185,7 +183,7 @@ def test_a_signal_during_the_last_epochs_save_is_not_lost_and_resume_finishes_th
         "4",
     ]
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=ENV
     )
     assert proc.returncode == 130, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -194,10 +192,7 @@ def test_a_signal_during_the_last_epochs_save_is_not_lost_and_resume_finishes_th
     )
     assert not (out / "metrics.json").exists() and history_epochs(out) == [0, 1]
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "imagerec", "train", str(data), "--out", str(out), "--resume"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    resumed = resume(data, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "epoch 1/" not in resumed.stderr and "epoch 2/" not in resumed.stderr  # nothing trained again
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 2
