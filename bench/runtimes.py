@@ -103,8 +103,8 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
     from imagerec.export import onnx as onnx_export
     from imagerec.export import tflite
     from imagerec.export.benchmark import PeakRSS, measure
-    from imagerec.inference.predictor import KerasRuntime
     from imagerec.models.registry import build_model
+    from imagerec.runtime.keras import KerasRuntime
 
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)

@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from imagerec.classifier import Classifier
-    from imagerec.cli.predict import expand_paths
+    from imagerec.data.paths import expand_paths
     from imagerec.distributed.ray import init_ray, predict_with_ray
 
     work = Path(tempfile.mkdtemp(prefix="imagerec-scale-"))

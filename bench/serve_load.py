@@ -33,7 +33,7 @@ def naive_app(run: str):
     from fastapi import FastAPI, UploadFile
 
     from imagerec.data.images import load_image
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
 
     run_dir = RunDir(run)
     model = run_dir.load_model()

@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from imagerec import Classifier  # noqa: E402
-from imagerec.inference.video import VideoConfig  # noqa: E402
-from imagerec.inference.video_output import run_video  # noqa: E402
+from imagerec.video.output import run_video  # noqa: E402
+from imagerec.video.stream import VideoConfig  # noqa: E402
 
 SIZE = (320, 240)
 HOLD = 15

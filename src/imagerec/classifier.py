@@ -16,9 +16,9 @@ import numpy as np
 
 from imagerec.data.images import load_image
 from imagerec.errors import ImageRejected
-from imagerec.inference.prediction import Prediction, PredictionError
-from imagerec.inference.predictor import get_runtime, softmax_temperature
-from imagerec.training.run_dir import RunDir
+from imagerec.prediction import Prediction, PredictionError
+from imagerec.run import RunDir
+from imagerec.runtime import get_runtime
 from imagerec.utils import read_json
 
 UNKNOWN = "unknown"
@@ -77,7 +77,7 @@ class Classifier:
             >>> Classifier.load("runs/fmnist", runtime="tflite").predict("shoe.png")
             >>> Classifier.load("runs/fmnist/exports/tflite-int8/model.tflite")
         """
-        from imagerec.export.formats import is_artifact_path, open_export_runtime, resolve_runtime
+        from imagerec.runtime.exported import is_artifact_path, open_export_runtime, resolve_runtime
 
         if is_artifact_path(run):
             run_dir, name, runtime_fn, version = open_export_runtime(run, runtime)
@@ -173,7 +173,7 @@ class Classifier:
 
     def stream(self, source: Any, **kwargs: Any) -> Iterator[Any]:
         """Classify a video file, camera index or stream URL; an iterator of ``FrameResult`` (see ``inference.video``)."""
-        from imagerec.inference.video import stream
+        from imagerec.video.stream import stream
 
         return stream(self, source, **kwargs)
 
@@ -232,3 +232,35 @@ def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def softmax_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities by a temperature (T=1: unchanged), via their logs."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EMASmoother:
+    """Smooth a stream of probability vectors of one source (a video, a browser camera session)."""
+
+    def __init__(self, alpha: float = 0.6):
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self.state: np.ndarray | None = None
+
+    def update(self, probs: np.ndarray) -> np.ndarray:
+        """Fold one probability vector in and return the smoothed vector."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.state is None or self.alpha == 0.0:
+            self.state = probs.copy()
+        else:
+            self.state = self.alpha * self.state + (1.0 - self.alpha) * probs
+        return self.state.astype(np.float32)
+
+    def reset(self) -> None:
+        self.state = None

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, top_k_accuracy_score
 
+from imagerec.classifier import softmax_temperature
 from imagerec.evaluation.calibration import fit_temperature, nll, suggest_threshold
 from imagerec.evaluation.metrics import compute_metrics, expected_calibration_error, reliability_bins
-from imagerec.inference.predictor import softmax_temperature
 
 LABELS = ["cat", "dog", "fox", "owl"]
 
@@ -122,7 +122,7 @@ def test_hostile_class_names_are_drawn_and_escaped(tmp_path):
 
     from imagerec.evaluation import plots
     from imagerec.evaluation.report import render_html
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
 
     labels = ["$\\frac{a$", "<script>x</script>", "ok"]
     y = np.array([0, 1, 2, 2])

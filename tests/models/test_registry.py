@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from imagerec.config import ModelConfig
 from imagerec.errors import ImagerecError
 from imagerec.models.registry import build_model, count_flops, get_model_spec, list_models
+from imagerec.settings import ModelConfig
 
 HEAVY = {"mobilenetv3large", "efficientnetv2b0", "resnet50v2"}  # 20-30 s each to build and trace on 2 cores
 NAMES = [pytest.param(s.name, marks=pytest.mark.slow) if s.name in HEAVY else s.name for s in list_models()]

@@ -67,7 +67,7 @@ def tiny_model(extra_layer=None):
 @pytest.fixture
 def tiny_model_file(tmp_path) -> Path:
     """A genuine imagerec model file (``model.keras`` + its sha256 manifest) in a fresh folder."""
-    from imagerec.training.run_dir import save_model_file
+    from imagerec.run import save_model_file
 
     path = tmp_path / "good" / "model.keras"
     save_model_file(tiny_model(), path)
@@ -78,7 +78,7 @@ def rewrite_config(src: Path, dst: Path, edit) -> Path:
     """Copy a ``.keras`` archive with ``edit(config_dict)`` applied to its config.json; write a matching manifest."""
     import zipfile
 
-    from imagerec.training.run_dir import HASH_SUFFIX
+    from imagerec.run import HASH_SUFFIX
     from imagerec.utils import sha256_file
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def rewrite_config(src: Path, dst: Path, edit) -> Path:
 
 
 def write_manifest(path: Path) -> None:
-    from imagerec.training.run_dir import HASH_SUFFIX
+    from imagerec.run import HASH_SUFFIX
     from imagerec.utils import sha256_file
 
     Path(str(path) + HASH_SUFFIX).write_text(json.dumps({"file": path.name, "sha256": sha256_file(path)}))

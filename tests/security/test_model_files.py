@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from imagerec.errors import ModelFileError
-from imagerec.training.run_dir import HASH_SUFFIX, load_model_file, prescan_keras_file, save_model_file
+from imagerec.run import HASH_SUFFIX, load_model_file, prescan_keras_file, save_model_file
 
 from .conftest import rewrite_config, tiny_model, write_manifest
 from .shared import COLOURS, make_image
@@ -255,7 +255,7 @@ def test_a4_hostile_archives_are_refused_by_the_prescan_fast_and_small(tiny_mode
     results = bounded(
         f"""
         from pathlib import Path
-        from imagerec.training.run_dir import prescan_keras_file
+        from imagerec.run import prescan_keras_file
         paths = {json.dumps({k: str(v) for k, v in archives.items()})}
         print(json.dumps({{k: measure(prescan_keras_file, Path(v)) for k, v in paths.items()}}))
         """
@@ -298,7 +298,7 @@ def test_a4_genuine_file_loads_through_a_private_copy_that_is_removed(tiny_model
 
 def test_a4_symlinked_model_file_is_refused(tiny_model_file, tmp_path, keras_spy):
     """A run whose ``model.keras`` is a symlink (to a genuine file, manifest intact) is refused before Keras."""
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
 
     run = tmp_path / "linked-run"
     run.mkdir()

@@ -17,7 +17,7 @@ import pytest
 
 import imagerec
 from imagerec.errors import DataError
-from imagerec.training.run_dir import RunDir, prescan_keras_file, verify_hash
+from imagerec.run import RunDir, prescan_keras_file, verify_hash
 
 from .shared import write_colour_dataset
 
@@ -223,12 +223,12 @@ def test_e28_kill_9_twenty_times(tmp_path):
 
 def test_e28_kill_between_model_write_and_hash_manifest_keeps_a_loadable_model(tmp_path, bounded):
     """The narrowest window: the new model.keras is in place, its manifest not yet (or the reverse)."""
-    from imagerec.training.run_dir import load_model_file
+    from imagerec.run import load_model_file
 
     from .conftest import tiny_model
 
     path = tmp_path / "run" / "model.keras"
-    from imagerec.training.run_dir import HASH_SUFFIX, save_model_file
+    from imagerec.run import HASH_SUFFIX, save_model_file
 
     for when in ("first_save", "after_model", "after_manifest_tmp"):
         save_model_file(tiny_model(), path)
@@ -240,7 +240,7 @@ def test_e28_kill_between_model_write_and_hash_manifest_keeps_a_loadable_model(t
         import os, signal, sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from security.conftest import tiny_model
-        from imagerec.training.run_dir import save_model_file
+        from imagerec.run import save_model_file
         real, calls = os.replace, []
         def hook(src, dst):
             calls.append(dst)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from imagerec.inference.video_sources import (
+from imagerec.video.sources import (
     VideoError,
     check_cli_source,
     open_capture,

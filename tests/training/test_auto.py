@@ -21,8 +21,8 @@ def test_augmentation_follows_size_data_and_schedule():
 
 
 def test_resolve_fills_every_choice_and_records_it(colour_data):
-    from imagerec.config import RunConfig
     from imagerec.data.scan import scan_dataset
+    from imagerec.settings import RunConfig
 
     resolved = auto.resolve(RunConfig(), scan_dataset(colour_data), n_train=28)
     assert resolved.data.image_size == 32 and resolved.data.channels == 3

@@ -14,7 +14,7 @@ import imagerec
 from imagefixtures import COLOURS, make_image, write_colour_dataset
 from imagerec.cli import main
 from imagerec.errors import DataError, ImagerecError, RunError
-from imagerec.training.run_dir import RunDir
+from imagerec.run import RunDir
 
 QUIET = {"log": lambda *_: None}
 TINY = {"model": "tutorial-cnn", "batch_size": 8, "seed": 0}

@@ -85,7 +85,7 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Regenerate RUN/evaluation/report.html (evaluates first when there is no evaluation yet)."""
     from imagerec.evaluation import evaluate as evaluate_run
     from imagerec.evaluation import write_report
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
 
     run_dir = RunDir(run).require()
     if not (run_dir.evaluation / "metrics.json").exists():

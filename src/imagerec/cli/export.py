@@ -61,7 +61,7 @@ def export(
 
 
 def _print_default_runtime(run: Path) -> None:
-    from imagerec.export.formats import RUNTIME_RECORD
+    from imagerec.runtime.exported import RUNTIME_RECORD
     from imagerec.utils import read_json
 
     record = read_json(run / "exports" / RUNTIME_RECORD)

@@ -11,7 +11,7 @@ from imagerec.cli.app import app
 
 
 def _roi(text: str | None) -> tuple[int, int, int, int] | None:
-    from imagerec.inference.video_sources import VideoError
+    from imagerec.video.sources import VideoError
 
     if not text:
         return None
@@ -62,9 +62,9 @@ def video(
 ) -> None:
     """Classify frames of a video file, camera or stream; write an annotated video and JSON lines; print a summary."""
     from imagerec.classifier import Classifier
-    from imagerec.inference.video import VideoConfig
-    from imagerec.inference.video_output import check_output, format_summary, run_video
-    from imagerec.inference.video_sources import check_cli_source
+    from imagerec.video.output import check_output, format_summary, run_video
+    from imagerec.video.sources import check_cli_source
+    from imagerec.video.stream import VideoConfig
 
     config = VideoConfig.from_overrides(
         every=every, fps=fps, smooth=smooth, roi=_roi(roi), threshold=threshold, top_k=top_k,

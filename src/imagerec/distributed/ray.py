@@ -149,7 +149,7 @@ def train_with_ray(
             f"Ray training failed: {_root_cause(exc)}; rerun the same command to continue from the last complete "
             f"epoch in {out}/backup (--force starts over)"
         ) from None
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
     from imagerec.training.trainer import Run
     from imagerec.utils import read_json
 
@@ -264,8 +264,8 @@ def predict_with_ray(
     Returns:
         ``{"images", "failed", "seconds", "images_per_second", "out"}``.
     """
-    from imagerec.cli.predict import expand_paths
-    from imagerec.training.run_dir import RunDir
+    from imagerec.data.paths import expand_paths
+    from imagerec.run import RunDir
 
     out = Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:

@@ -263,7 +263,7 @@ def worker_run(
     as Keras ``BackupAndRestore`` does); a failed peer becomes one readable :class:`ImagerecError`.
     """
     from imagerec.errors import RunError
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
 
     tf_config = read_tf_config()
     cluster = num_workers(tf_config) > 1

@@ -75,9 +75,9 @@ def evaluate_classifier(
 ) -> dict[str, Any]:
     """:func:`evaluate` for an already loaded :class:`imagerec.Classifier` (``Classifier.evaluate`` calls it)."""
     import imagerec
+    from imagerec.classifier import softmax_temperature
     from imagerec.errors import DataError
     from imagerec.evaluation.data import load_eval_set, predict_raw
-    from imagerec.inference.predictor import softmax_temperature
 
     if top_k < 1:
         raise DataError(f"--top-k must be at least 1, got {top_k}")

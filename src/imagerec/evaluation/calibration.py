@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.classifier import softmax_temperature
 from imagerec.errors import DataError
 from imagerec.evaluation.metrics import expected_calibration_error
-from imagerec.inference.predictor import softmax_temperature
 
 DEFAULT_TARGET_ACCURACY = 0.95
 T_BOUNDS = (0.05, 20.0)

@@ -238,7 +238,7 @@ def write_report(run) -> Path:
         >>> imagerec.evaluation.write_report("runs/fmnist")
     """
     from imagerec.errors import RunError
-    from imagerec.training.run_dir import RunDir
+    from imagerec.run import RunDir
     from imagerec.utils import atomic_write_text, read_json
 
     run_dir = run if isinstance(run, RunDir) else RunDir(run).require()

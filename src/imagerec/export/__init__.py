@@ -29,7 +29,7 @@ from imagerec.export.formats import (
     get_format,
     tree_sha256,
 )
-from imagerec.training.run_dir import RunDir
+from imagerec.run import RunDir
 from imagerec.utils import atomic_write_json, sha256_file
 
 REPRESENTATIVE_IMAGES = 200
@@ -118,7 +118,7 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
 
 def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any]], images) -> None:
     from imagerec.export.benchmark import quick_default_runtime
-    from imagerec.inference.predictor import KerasRuntime
+    from imagerec.runtime.keras import KerasRuntime
 
     keras_fn = (
         classifier._run

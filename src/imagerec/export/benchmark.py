@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from imagerec.errors import ImagerecError
-from imagerec.export.formats import RUNTIME_RECORD, is_export_dir, open_export_runtime, verify_export
+from imagerec.export.formats import is_export_dir
 from imagerec.export.parity import accuracy, batched, evaluation_images
+from imagerec.runtime.exported import RUNTIME_RECORD, open_export_runtime, verify_export
 from imagerec.utils import atomic_write_json, read_json
 
 BATCH_SIZES = (1, 8, 64)

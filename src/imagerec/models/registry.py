@@ -56,7 +56,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def build_model(name: str, image_size: int, channels: int, num_classes: int, config=None):
     """Build registry model ``name`` for ``image_size``x``image_size``x``channels`` inputs and ``num_classes``."""
-    from imagerec.config import ModelConfig
+    from imagerec.settings import ModelConfig
 
     spec = get_model_spec(name)
     if image_size < spec.min_size:

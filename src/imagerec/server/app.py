@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.classifier import EMASmoother
 from imagerec.errors import ImagerecError, ImageRejected
-from imagerec.inference.smoothing import EMASmoother
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body

@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from imagerec.config import RunConfig
 from imagerec.data.scan import ScanResult
 from imagerec.models.registry import get_model_spec
+from imagerec.settings import RunConfig
 
 GREY_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "LA", "F"}
 

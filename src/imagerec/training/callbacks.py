@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from imagerec.errors import ImagerecError
-from imagerec.training.run_dir import save_model_file
+from imagerec.run import save_model_file
 from imagerec.utils import atomic_write_json, read_json
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.config import RunConfig
 from imagerec.data.augment import augment_flips
 from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make_dataset
 from imagerec.data.scan import scan_dataset
 from imagerec.data.sources import load_source
 from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for, write_manifest
 from imagerec.errors import ImagerecError, RunError
+from imagerec.run import FORMAT_VERSION, RunDir
+from imagerec.settings import RunConfig
 from imagerec.training import auto
-from imagerec.training.run_dir import FORMAT_VERSION, RunDir
 from imagerec.training.trainer import (
     Run,
     _check_resume,

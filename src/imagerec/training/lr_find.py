@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imagerec.config import RunConfig
 from imagerec.errors import ImagerecError
+from imagerec.settings import RunConfig
 
 
 @dataclass

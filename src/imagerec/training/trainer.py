@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.config import RunConfig
 from imagerec.errors import ImagerecError, RunError
-from imagerec.training.run_dir import FORMAT_VERSION, RunDir
+from imagerec.run import FORMAT_VERSION, RunDir
+from imagerec.settings import RunConfig
 
 #: Settings a resumed run must share with its checkpoint; everything else (epochs, learning rate...) may change.
 MUST_MATCH = (("model", "name"), ("data", "image_size"), ("data", "channels"), ("data", "resize"))

@@ -1,4 +1,4 @@
-"""RELIABILITY 26: live sources are captured in a supervised child process (imagerec.inference.video_capture).
+"""RELIABILITY 26: live sources are captured in a supervised child process (imagerec.video.capture).
 
 A stream that stalls mid-stream times out within the read timeout and is reopened with back-off; a capture process
 that is killed or hangs is replaced while the parent (and every other stream) carries on; the frame channel holds
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from videofactory import mjpeg_server
 
-from imagerec.inference.video import stream
-from imagerec.inference.video_capture import GRACE_S, FrameChannel, LiveCapture
-from imagerec.inference.video_config import VideoConfig
-from imagerec.inference.video_sources import parse_source
+from imagerec.video.capture import GRACE_S, FrameChannel, LiveCapture
+from imagerec.video.config import VideoConfig
+from imagerec.video.sources import parse_source
+from imagerec.video.stream import stream
 
 pytest.importorskip("cv2")
-LOGGER = "imagerec.inference.video_capture"
+LOGGER = "imagerec.video.capture"
 
 
 @pytest.fixture(scope="module")

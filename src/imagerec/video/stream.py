@@ -3,14 +3,14 @@
 Three stages, so capture never waits for the model:
 
 1. a *reader* thread hands frames on. Live sources (cameras, stream URLs) are captured in a supervised child process
-   (:mod:`imagerec.inference.video_capture`: killed when silent beyond the open/read timeouts, restarted with
+   (:mod:`imagerec.video.capture`: killed when silent beyond the open/read timeouts, restarted with
    back-off when it drops, hangs or dies); the thread only takes the newest frame from it. Files, and streams forced
    to ``live=False``, are decoded by the thread itself: a file cannot hang on the network, and this saves two copies
    per frame. Live sources keep only the newest frame and count the stale ones dropped;
 2. a *worker* thread crops the region of interest, converts BGR to RGB, runs the serving preprocessing
    (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
    (``classifier.predict_proba``);
-3. the caller's thread (this iterator) applies the shared EMA smoothing (``imagerec.inference.smoothing``), the
+3. the caller's thread (this iterator) applies the shared EMA smoothing (``imagerec.classifier``), the
    ``unknown`` threshold and the label timeline, and yields one :class:`FrameResult` per frame, in order.
 
 Example:
@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.inference.smoothing import EMASmoother
-from imagerec.inference.video_capture import LiveCapture, back_off
-from imagerec.inference.video_config import FrameResult, VideoConfig
-from imagerec.inference.video_sources import Source, VideoError, import_cv2, open_capture, parse_source
+from imagerec.classifier import EMASmoother
+from imagerec.video.capture import LiveCapture, back_off
+from imagerec.video.config import FrameResult, VideoConfig
+from imagerec.video.sources import Source, VideoError, import_cv2, open_capture, parse_source
 
 UNKNOWN = "unknown"
 _END = object()
@@ -390,8 +390,8 @@ def stream(classifier, source: Any, config: VideoConfig | None = None, **overrid
     Args:
         classifier: a loaded :class:`imagerec.Classifier`.
         source: a video file path, a camera index (``0``) or a stream URL. Not checked against pseudo-protocols:
-            use :func:`imagerec.inference.video_sources.check_cli_source` (the CLI does) or
-            :func:`~imagerec.inference.video_sources.validate_remote_source` for sources named by others.
+            use :func:`imagerec.video.sources.check_cli_source` (the CLI does) or
+            :func:`~imagerec.video.sources.validate_remote_source` for sources named by others.
         config: a :class:`VideoConfig`; keyword overrides (``every=2``, ``smooth=0.8``, ``roi=(0, 0, 64, 64)``,
             ``threshold=0.5``...) replace its fields.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.inference.video_sources import VideoError
+from imagerec.video.sources import VideoError
 
 
 @dataclass(frozen=True)

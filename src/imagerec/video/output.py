@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.inference.video import FrameResult, VideoConfig, VideoStream, stream
-from imagerec.inference.video_sources import VideoError, check_cli_source, import_cv2
+from imagerec.video.sources import VideoError, check_cli_source, import_cv2
+from imagerec.video.stream import FrameResult, VideoConfig, VideoStream, stream
 
 #: container suffix -> OpenCV fourcc
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}

@@ -14,7 +14,7 @@ frames and publishes them into a :class:`FrameChannel` in shared memory. The par
   shared memory, about 1 ms per 1080p frame).
 
 Every stream has its own child, so a hung source stalls nothing else. Video files are read in a thread by
-:mod:`imagerec.inference.video` (a file cannot hang on the network, and a thread needs no copies).
+:mod:`imagerec.video.stream` (a file cannot hang on the network, and a thread needs no copies).
 
 Programs that stream from a live source must guard their entry point with ``if __name__ == "__main__":`` (the
 ``spawn`` start method imports the main module in the child), as for any ``multiprocessing`` program.
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.inference.video_config import VideoConfig
-from imagerec.inference.video_sources import Source, VideoError, import_cv2, open_capture
 from imagerec.utils import exit_with_parent
+from imagerec.video.config import VideoConfig
+from imagerec.video.sources import Source, VideoError, import_cv2, open_capture
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from videofactory import held, mjpeg_server, read_frames, silent_server, write_clip
 
-from imagerec.inference.video import VideoConfig, stream
-from imagerec.inference.video_output import run_video
-from imagerec.inference.video_sources import VideoError
+from imagerec.video.output import run_video
+from imagerec.video.sources import VideoError
+from imagerec.video.stream import VideoConfig, stream
 
 pytest.importorskip("cv2")
 COLOUR_ORDER = ("red", "green", "blue", "red")

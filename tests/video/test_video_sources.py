@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from imagerec.inference.video_sources import (
+from imagerec.video.sources import (
     VideoError,
     check_cli_source,
     parse_source,
