@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not ours to print
 
-__version__ = "0.1.0"
+from imagerec.version import __version__
 
 __all__ = ["Classifier", "train", "evaluate", "scan_dataset", "__version__"]
 

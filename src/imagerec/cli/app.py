@@ -15,9 +15,9 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        import imagerec
+        from imagerec.version import __version__
 
-        typer.echo(f"imagerec {imagerec.__version__}")
+        typer.echo(f"imagerec {__version__}")
         raise typer.Exit()
 
 

@@ -74,10 +74,10 @@ def evaluate_classifier(
     clf, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
 ) -> dict[str, Any]:
     """:func:`evaluate` for an already loaded :class:`imagerec.Classifier` (``Classifier.evaluate`` calls it)."""
-    import imagerec
     from imagerec.classifier import softmax_temperature
     from imagerec.errors import DataError
     from imagerec.evaluation.data import load_eval_set, predict_raw
+    from imagerec.version import __version__
 
     if top_k < 1:
         raise DataError(f"--top-k must be at least 1, got {top_k}")
@@ -94,7 +94,7 @@ def evaluate_classifier(
         threshold=clf.threshold,
         model_sha256=clf.version,
         tta="hflip" if getattr(clf, "tta", False) else None,
-        imagerec_version=imagerec.__version__,
+        imagerec_version=__version__,
     )
     if clf.temperature != 1.0:
         from imagerec.evaluation.metrics import expected_calibration_error

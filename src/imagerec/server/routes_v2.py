@@ -179,7 +179,7 @@ def register(api, service) -> None:
 
     @api.get("/v2")
     async def server_metadata():
-        from imagerec import __version__
+        from imagerec.version import __version__
 
         return json_response(
             {"name": "imagerec", "version": __version__, "extensions": ["binary_tensor_data"]}

@@ -75,10 +75,10 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import tensorflow as tf
 
-    import imagerec
+    from imagerec.version import __version__
 
     return {
-        "imagerec": imagerec.__version__,
+        "imagerec": __version__,
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
