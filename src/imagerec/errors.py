@@ -6,6 +6,9 @@ exit code 2; the server turns :class:`ImageRejected` into a 4xx JSON body with i
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ImagerecError(Exception):
     """A user-facing error: the message says what was received, what was expected and how to fix it."""
@@ -54,3 +57,16 @@ class ImageRejected(ImagerecError):
         super().__init__(message)
         self.code = code
         self.status = self._STATUS.get(code, 400)
+
+
+def did_you_mean(key: str, choices: Iterable[str]) -> str:
+    """The hint that ends an "unknown name" error: ``"; did you mean 'epochs'?"``, or ``""`` if none is close.
+
+    Every "unknown key / setting / option / model" error in imagerec builds its hint here, so they read alike.
+
+    Example:
+        >>> did_you_mean("epoch", ["epochs", "seed"])
+        "; did you mean 'epochs'?"
+    """
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

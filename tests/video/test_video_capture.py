@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from videofactory import mjpeg_server
 
+from imagerec.settings import VideoConfig
 from imagerec.video.capture import GRACE_S, FrameChannel, LiveCapture
-from imagerec.video.config import VideoConfig
 from imagerec.video.sources import parse_source
 from imagerec.video.stream import stream
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imagerec.errors import ImagerecError
+from imagerec.errors import ImagerecError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,7 @@ def list_models() -> list[ModelSpec]:
 def get_model_spec(name: str) -> ModelSpec:
     _ensure_loaded()
     if name not in MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, MODELS)
         raise ImagerecError(f"unknown model {name!r}{hint} (see 'imagerec models': {', '.join(MODELS)})")
     return MODELS[name]
 

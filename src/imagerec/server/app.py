@@ -3,7 +3,8 @@
 Example:
     >>> import uvicorn
     >>> from imagerec import Classifier
-    >>> from imagerec.server.app import ServeSettings, create_app
+    >>> from imagerec.server.app import create_app
+    >>> from imagerec.settings import ServeSettings
     >>> uvicorn.run(create_app(Classifier.load("runs/fmnist"), ServeSettings()), host="127.0.0.1", port=8000)
 
 No route loads, replaces or names a model file: the model is fixed when the app is built.
@@ -18,18 +19,19 @@ import json
 import os
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imagerec.classifier import EMASmoother
-from imagerec.errors import ImagerecError, ImageRejected
+from imagerec.errors import ImageRejected
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
 from imagerec.server.metrics import ServerMetrics
+from imagerec.settings import ServeSettings
 
 STATIC = Path(__file__).with_name("static")
 SMALL_UPLOAD = 256 * 1024  # bytes; smaller uploads are decoded in the batcher's worker thread
@@ -38,67 +40,6 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
     "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"
 )
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Settings of ``imagerec serve`` (each is a CLI flag of the same name)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = field(default=None, repr=False)
-    workers: int = 1
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 512
-    max_upload_mb: float = 10.0
-    max_files: int = 16
-    timeout_s: float = 30.0
-    decode_threads: int = 2
-    max_sessions: int = 256
-    cors_origins: tuple[str, ...] = ()
-    cors_credentials: bool = False
-    rate_limit: float = 0.0  # requests per second per API key (or client IP); 0 = off
-    decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
-    threshold: float | None = None  # 'unknown' below it; None = the run's calibrated threshold; 0 = off
-    stall_s: float = 0.0  # abandon a model call (replace its worker) after this; 0 = 2 x timeout_s
-    max_stalled: int = 4  # abandoned workers still stuck at once before /readyz answers 503
-
-    def validate(self) -> ServeSettings:
-        checks = [
-            (self.max_batch >= 1, f"--max-batch must be >= 1, got {self.max_batch}"),
-            (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
-            (self.max_queue >= 1, f"--max-queue must be >= 1, got {self.max_queue}"),
-            (self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"),
-            (self.max_files >= 1, f"--max-files must be >= 1, got {self.max_files}"),
-            (self.timeout_s > 0, f"--timeout-s must be > 0, got {self.timeout_s}"),
-            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-            (self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"),
-            (self.rate_limit >= 0, f"--rate-limit must be >= 0 (0 = off), got {self.rate_limit}"),
-            (self.stall_s >= 0, f"stall_s must be >= 0 (0 = 2 x timeout_s), got {self.stall_s}"),
-            (self.max_stalled >= 1, f"max_stalled must be >= 1, got {self.max_stalled}"),
-            (
-                self.decode_workers >= 0,
-                f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}",
-            ),
-            (
-                self.threshold is None or 0.0 <= self.threshold <= 1.0,
-                f"--threshold must be in [0, 1] (0 = never 'unknown'), got {self.threshold}",
-            ),
-            (
-                not ("*" in self.cors_origins and self.cors_credentials),
-                "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
-                "as the user); list the allowed origins explicitly",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ImagerecError(message)
-        return self
-
-    @property
-    def max_body(self) -> int:
-        return int(self.max_upload_mb * 2**20)
 
 
 class Service:

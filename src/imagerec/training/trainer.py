@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.errors import ImagerecError, RunError
+from imagerec.errors import ImagerecError, RunError, did_you_mean
 from imagerec.run import FORMAT_VERSION, RunDir
 from imagerec.settings import RunConfig
 
@@ -58,12 +58,7 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
         if value is None:
             continue
         if key not in FLAT_KEYS:
-            import difflib
-
-            close = difflib.get_close_matches(key, FLAT_KEYS, n=1)
-            raise ImagerecError(
-                f"unknown training option {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-            )
+            raise ImagerecError(f"unknown training option {key!r}{did_you_mean(key, FLAT_KEYS)}")
         section, name = FLAT_KEYS[key]
         config = config.override(section, **{name: value})
     return config

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.settings import VideoConfig
 from imagerec.utils import exit_with_parent
-from imagerec.video.config import VideoConfig
 from imagerec.video.sources import Source, VideoError, import_cv2, open_capture
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from imagerec.classifier import EMASmoother
+from imagerec.settings import VideoConfig
 from imagerec.video.capture import LiveCapture, back_off
-from imagerec.video.config import FrameResult, VideoConfig
+from imagerec.video.config import FrameResult
 from imagerec.video.sources import Source, VideoError, import_cv2, open_capture, parse_source
 
 UNKNOWN = "unknown"
