@@ -135,8 +135,13 @@ def test_mirrored_strategy_on_two_logical_cpus(colour_data, tmp_path):
     assert info["per_replica_batch_size"] == 4 and info["global_batch_size"] == 8
     assert info["learning_rate"] == pytest.approx(2 * info["base_learning_rate"])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs_completed"] == 2 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["epochs_completed"] == 2
     from imagerec import Classifier
 
     clf = Classifier.load(run, runtime="keras")  # the mirrored model saves and loads like any other
-    assert clf.predict(next((colour_data / "red").iterdir()))[0].label in ("red", "green", "blue")
+    paths = sorted(colour_data.glob("*/*.png"))
+    right = [r.label == path.parent.name for path, r in zip(paths, clf.predict(paths), strict=True)]
+    # the two replicas learnt the colours together (chance is 1/3; a replica whose gradients were lost or
+    # doubled would not get here in 2 epochs)
+    assert sum(right) / len(right) >= 0.8, (sum(right), len(right), metrics)
+    assert metrics["val"]["accuracy"] >= 2 / 3 and metrics["test"]["accuracy"] >= 2 / 3, metrics

@@ -106,6 +106,29 @@ from pathlib import Path
 data, out, seed, mode = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = random.Random(seed)
 import imagerec, tensorflow  # the kill clock starts once the libraries are loaded (start-up is not the point)
+if os.environ.get("TRACE"):  # record the weights each fit starts from and ends each epoch with (sha256)
+    import hashlib, json, keras
+    trace, real_fit = {"start": None, "epochs": {}}, keras.Model.fit
+    def digest(model):
+        return hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+    def dump():
+        Path(os.environ["TRACE"]).write_text(json.dumps(trace))
+    class Trace(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):  # after BackupAndRestore's on_train_begin
+            if trace["start"] is None:
+                trace["start"] = digest(self.model); dump()
+        def on_epoch_end(self, epoch, logs=None):  # first in the list: before the checkpoint is written
+            trace["epochs"][str(epoch + 1)] = digest(self.model); dump()
+    def fit(self, *args, callbacks=None, **kwargs):
+        return real_fit(self, *args, callbacks=[Trace(), *(callbacks or [])], **kwargs)
+    keras.Model.fit = fit
+if mode.startswith("epoch"):  # kill -9 right after the checkpoint of epoch N is published (backup/latest)
+    real_replace, nth = os.replace, int(mode[5:])
+    def replace_then_kill(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if str(dst).endswith("latest") and (Path(dst).parent / Path(dst).read_text().strip()).name == f"ckpt-{nth:04d}":
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_kill
 if mode == "timer":  # kill -9 at a random instant of the run
     threading.Timer(rng.uniform(0.2, 4.0), os.kill, (os.getpid(), signal.SIGKILL)).start()
 if mode in ("replace", "fsync"):  # kill -9 right before or right after the n-th rename / fsync of the run
@@ -148,13 +171,17 @@ def _check_run_invariants(run: Path) -> int:
     return int(meta["epoch"])
 
 
-def _train_child(data: Path, run: Path, seed: int, mode: str) -> tuple[subprocess.Popen, str, str]:
-    """One ``_CHILD`` process: train (or resume) ``run``; ``mode`` picks where it kills itself (``none``: never)."""
+def _train_child(
+    data: Path, run: Path, seed: int, mode: str, trace: Path | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """One ``_CHILD`` process: train (or resume) ``run``; ``mode`` picks where it kills itself (``none``: never,
+    ``epochN``: right after epoch N's checkpoint); with ``trace``, weight digests go there (see ``_CHILD``)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "src"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "CUDA_VISIBLE_DEVICES": "",
+        **({"TRACE": str(trace)} if trace else {}),
     }
     args = [sys.executable, "-c", _CHILD, str(data), str(run), str(seed), mode, str(EPOCHS)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -214,6 +241,28 @@ def test_e28_kill_9_at_random_points_always_resumes(tmp_path):
     # so the last epoch differs (accuracy on 60 fresh images 0.47 uninterrupted, 0.77-0.97 resumed). (The best
     # model is now written before the checkpoint that records it, so a kill between the two no longer loses it.)
     assert resumed == reference, (resumed, reference)
+
+
+def test_e28_resume_after_a_kill_continues_from_the_checkpoint_not_from_scratch(tmp_path):
+    """A kill -9 right after epoch 2's checkpoint, then ``--resume``: the weights training restarts from are
+    exactly epoch 2's, and only the remaining epochs run. A resume that ignored the checkpoint (fresh weights, or
+    all epochs again) fails here, although its final accuracy would match (see the test above)."""
+    data = write_colour_dataset(tmp_path / "data", per_class=8, size=16, seed=4)
+    run = tmp_path / "run"
+    proc, _, err = _train_child(data, run, 0, "epoch2", trace=tmp_path / "killed.json")
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    assert _check_run_invariants(run) == 2 and not (run / "metrics.json").exists()
+    proc, out, err = _train_child(data, run, 0, "none", trace=tmp_path / "resumed.json")
+    assert proc.returncode == 0 and "FINISHED" in out, err[-3000:]
+    killed = json.loads((tmp_path / "killed.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert sorted(killed["epochs"]) == ["1", "2"]
+    assert resumed["start"] == killed["epochs"]["2"]  # continues from epoch 2's weights...
+    assert resumed["start"] not in (killed["start"], killed["epochs"]["1"])  # ...not from scratch or epoch 1
+    assert sorted(resumed["epochs"], key=int) == [str(e) for e in range(3, EPOCHS + 1)]  # only the rest
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == EPOCHS
+    with open(run / "history.csv") as fh:
+        assert [int(line.split(",")[0]) for line in fh.readlines()[1:]] == list(range(EPOCHS))
 
 
 @pytest.mark.slow

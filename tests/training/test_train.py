@@ -183,7 +183,9 @@ def test_nan_loss_is_one_line_and_keeps_the_last_good_model(colour_data, tmp_pat
     RunDir(out).load_model()  # still loads (hash manifest matches)
 
 
-def test_class_weights_auto(tmp_path):
+def test_class_weights_auto(tmp_path, monkeypatch):
+    import keras
+
     from imagerec.training.fit import _class_weights
 
     weights = _class_weights(np.array([0] * 8 + [1] * 2 + [2] * 2), 3, "auto")
@@ -197,8 +199,26 @@ def test_class_weights_auto(tmp_path):
         (data / name).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(make_image(COLOURS[name], rng)).save(data / name / f"{i}.png")
+    seen = []  # the class_weight each keras.Model.fit call received (the real fit then runs)
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, class_weight=None, **kwargs):
+        seen.append(class_weight)
+        return real_fit(self, *args, class_weight=class_weight, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
     run = imagerec.train(data, out=tmp_path / "run", epochs=1, class_weights="auto", **TINY, **QUIET)
     assert run.config["config"]["train"]["class_weights"] == "auto"
+    with open(run.path / "manifest.csv") as fh:
+        train = [r["label"] for r in csv.DictReader(fh) if r["split"] == "train"]
+    counts = {name: train.count(name) for name in run.config["class_names"]}
+    balanced = {i: len(train) / (3 * counts[name]) for i, name in enumerate(run.config["class_names"])}
+    assert len(seen) == 1 and seen[0] == pytest.approx(balanced), (seen, counts)
+    assert (
+        seen[0][run.config["class_names"].index("red")] < 1 < seen[0][run.config["class_names"].index("blue")]
+    )
+    imagerec.train(data, out=tmp_path / "run0", epochs=1, class_weights="none", **TINY, **QUIET)
+    assert seen[1] is None
     with pytest.raises(ImagerecError, match="unknown class_weights 'balanced'; choose none or auto"):
         imagerec.train(data, out=tmp_path / "run2", epochs=1, class_weights="balanced", **TINY, **QUIET)
 
