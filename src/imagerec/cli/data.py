@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import data_app
+from imagerec.cli.options import option
+from imagerec.settings import DataConfig, TrainConfig
 
 
 @data_app.command("inspect")
@@ -64,9 +66,15 @@ def split(
         ..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."
     ),
     out: Path = typer.Option(..., "--out", help="Manifest CSV to write (path,label,split,sha256)."),
-    val: float = typer.Option(0.1, help="Validation fraction per class (when the data has no val/ part)."),
-    test: float = typer.Option(0.1, help="Test fraction per class (when the data has no test/ part)."),
-    seed: int = typer.Option(42, help="Seed of the split: the same seed and data give the same manifest."),
+    val: float = option(
+        DataConfig, "val", help="Validation fraction per class (when the data has no val/ part)."
+    ),
+    test: float = option(
+        DataConfig, "test", help="Test fraction per class (when the data has no test/ part)."
+    ),
+    seed: int = option(
+        TrainConfig, "seed", help="Seed of the split: the same seed and data give the same manifest."
+    ),
 ) -> None:
     """Write the stratified, seeded train/val/test manifest that training reads (duplicates stay on one side)."""
     from collections import Counter

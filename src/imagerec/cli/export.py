@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
+from imagerec.settings import PARITY_IMAGES
 
 
 def _console():
@@ -33,7 +34,7 @@ def export(
         None, "--out", "-o", help="Export directory (default RUN/exports/<format>[-<quantize>])."
     ),
     parity_images: int = typer.Option(
-        1000, "--parity-images", help="Test images compared with the Keras model."
+        PARITY_IMAGES, "--parity-images", help="Test images compared with the Keras model."
     ),
 ) -> None:
     """Export RUN, check parity with the Keras model on its test split, publish only when parity passes."""

@@ -7,55 +7,62 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
+from imagerec.cli.options import options_of
+from imagerec.settings import ServeSettings
 
+setting = options_of(ServeSettings)
 RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imagerec export' first)."
 
 
 @app.command("serve")
 def serve(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    host: str = typer.Option(
-        "127.0.0.1", help="Address to bind; 0.0.0.0 exposes the service to the network."
+    host: str = setting("host", help="Address to bind; 0.0.0.0 exposes the service to the network."),
+    port: int = setting("port", help="TCP port."),
+    api_key: str = setting(
+        "api_key", "--api-key", envvar="IMAGEREC_API_KEY", help="Require this key (X-API-Key header)."
     ),
-    port: int = typer.Option(8000, help="TCP port."),
-    api_key: str = typer.Option(
-        None, "--api-key", envvar="IMAGEREC_API_KEY", help="Require this key (X-API-Key header)."
+    workers: int = setting("workers", help="Server processes (each loads the model)."),
+    max_batch: int = setting("max_batch", "--max-batch", help="Most images per model call."),
+    max_wait_ms: float = setting("max_wait_ms", "--max-wait-ms", help="Longest wait for a batch to fill."),
+    max_queue: int = setting(
+        "max_queue", "--max-queue", help="Images waiting beyond which requests get 503."
     ),
-    workers: int = typer.Option(1, help="Server processes (each loads the model)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Most images per model call."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
-    max_queue: int = typer.Option(512, "--max-queue", help="Images waiting beyond which requests get 503."),
-    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest request body (413 beyond)."),
-    max_files: int = typer.Option(16, "--max-files", help="Most files in one request."),
-    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Request deadline (504 beyond)."),
-    cors_origin: list[str] = typer.Option(
-        [], "--cors-origin", help="Allow this browser origin (repeatable); off by default."
+    max_upload_mb: float = setting(
+        "max_upload_mb", "--max-upload-mb", help="Largest request body (413 beyond)."
     ),
-    cors_allow_credentials: bool = typer.Option(
-        False, "--cors-allow-credentials", help="Let allowed origins send credentials."
+    max_files: int = setting("max_files", "--max-files", help="Most files in one request."),
+    timeout_s: float = setting("timeout_s", "--timeout-s", help="Request deadline (504 beyond)."),
+    cors_origin: list[str] = setting(
+        "cors_origins", "--cors-origin", help="Allow this browser origin (repeatable); off by default."
     ),
-    rate_limit: float = typer.Option(
-        0.0,
+    cors_allow_credentials: bool = setting(
+        "cors_credentials", "--cors-allow-credentials", help="Let allowed origins send credentials."
+    ),
+    rate_limit: float = setting(
+        "rate_limit",
         "--rate-limit",
         help="Requests per second per API key (or client IP), burst = N; 429 beyond. 0 = off.",
     ),
-    decode_workers: int = typer.Option(
-        1,
+    decode_workers: int = setting(
+        "decode_workers",
         "--decode-workers",
         help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread.",
     ),
-    threshold: float = typer.Option(
-        None,
+    threshold: float = setting(
+        "threshold",
         "--threshold",
         help="Answer 'unknown' below this confidence (default: the run's calibrated threshold, if any; 0 = off).",
     ),
-    stall_s: float = typer.Option(
-        0.0,
+    stall_s: float = setting(
+        "stall_s",
         "--stall-s",
         help="Abandon a model call stuck this long and start a fresh model worker (0 = 2 x --timeout-s).",
     ),
-    max_stalled: int = typer.Option(
-        4, "--max-stalled", help="Stuck model calls at once before /readyz answers 503 (restart the server)."
+    max_stalled: int = setting(
+        "max_stalled",
+        "--max-stalled",
+        help="Stuck model calls at once before /readyz answers 503 (restart the server).",
     ),
     runtime: str = typer.Option(
         "auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
@@ -66,7 +73,7 @@ def serve(
     import uvicorn
 
     from imagerec.classifier import Classifier
-    from imagerec.server.app import ServeSettings, create_app, settings_to_env
+    from imagerec.server.app import create_app, settings_to_env
 
     settings = ServeSettings(
         host=host, port=port, api_key=api_key or None, workers=workers, max_batch=max_batch,

@@ -7,13 +7,20 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
+from imagerec.settings import RunConfig
+
+# Train options default to None (= the config file, else the setting's default or a value chosen from the data);
+# the help texts name these defaults.
+DEFAULTS = RunConfig()
 
 
 @app.command("train")
 def train(
     data: str = typer.Argument(..., help="Folder, split folder, CSV, or builtin:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
-    model: str = typer.Option(None, help="Registry name (see 'imagerec models'); default imagerec-cnn."),
+    model: str = typer.Option(
+        None, help=f"Registry name (see 'imagerec models'); default {DEFAULTS.model.name}."
+    ),
     epochs: int = typer.Option(None, help="Epochs (default: from the dataset size)."),
     image_size: int = typer.Option(
         None, "--image-size", help="Square input side (default: from the images)."
@@ -40,10 +47,12 @@ def train(
     val: float = typer.Option(
         None,
         "--val",
-        help="Fraction of train held out for validation (default 0.1; 0: train on all of it and keep the epoch with the best training accuracy).",
+        help=f"Fraction of train held out for validation (default {DEFAULTS.data.val}; 0: train on all of it and keep the epoch with the best training accuracy).",
     ),
     test: float = typer.Option(
-        None, "--test", help="Fraction held out for test when the data has no test part (default 0.1)."
+        None,
+        "--test",
+        help=f"Fraction held out for test when the data has no test part (default {DEFAULTS.data.test}).",
     ),
     seed: int = typer.Option(None),
     deterministic: bool = typer.Option(

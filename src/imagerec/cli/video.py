@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
+from imagerec.settings import VideoConfig
+
+DEFAULTS = VideoConfig()  # the help texts name these; the options stay None (= the default)
 
 
 def _roi(text: str | None) -> tuple[int, int, int, int] | None:
@@ -36,13 +39,19 @@ def video(
         None, "--every", help="Classify every N-th frame (others carry the last label)."
     ),
     fps: float = typer.Option(None, "--fps", help="Classify at most F frames per second of video."),
-    smooth: float = typer.Option(None, "--smooth", help="EMA smoothing in [0, 1): 0 = off (default 0.6)."),
+    smooth: float = typer.Option(
+        None, "--smooth", help=f"EMA smoothing in [0, 1): 0 = off (default {DEFAULTS.smooth})."
+    ),
     roi: str = typer.Option(None, "--roi", help="Region classified, x,y,w,h in pixels."),
     threshold: float = typer.Option(
         None, "--threshold", help="Answer 'unknown' below this confidence (0 = off)."
     ),
-    top_k: int = typer.Option(None, "--top-k", help="(label, score) pairs per frame (default 3)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Most frames per model call (default 16)."),
+    top_k: int = typer.Option(
+        None, "--top-k", help=f"(label, score) pairs per frame (default {DEFAULTS.top_k})."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help=f"Most frames per model call (default {DEFAULTS.batch_size})."
+    ),
     runtime: str = typer.Option(
         "auto",
         "--runtime",
@@ -53,10 +62,12 @@ def video(
         False, "--allow-any-source", help="Also open FFmpeg pseudo-protocols and playlists."
     ),
     open_timeout_s: float = typer.Option(
-        None, "--open-timeout-s", help="Seconds to open the source (default 10)."
+        None, "--open-timeout-s", help=f"Seconds to open the source (default {DEFAULTS.open_timeout_s:g})."
     ),
     read_timeout_s: float = typer.Option(
-        None, "--read-timeout-s", help="Seconds without a frame before giving up (default 10)."
+        None,
+        "--read-timeout-s",
+        help=f"Seconds without a frame before giving up (default {DEFAULTS.read_timeout_s:g}).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -64,7 +75,6 @@ def video(
     from imagerec.classifier import Classifier
     from imagerec.video.output import check_output, format_summary, run_video
     from imagerec.video.sources import check_cli_source
-    from imagerec.video.stream import VideoConfig
 
     config = VideoConfig.from_overrides(
         every=every, fps=fps, smooth=smooth, roi=_roi(roi), threshold=threshold, top_k=top_k,

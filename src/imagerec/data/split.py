@@ -19,6 +19,7 @@ from pathlib import Path
 
 from imagerec.data.scan import ScanResult
 from imagerec.errors import DataError
+from imagerec.settings import DataConfig, TrainConfig
 from imagerec.utils import atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -73,7 +74,12 @@ def _allocate(groups: list[list], fractions: dict[str, float], rng: random.Rando
     return out
 
 
-def make_split(result: ScanResult, val: float = 0.1, test: float = 0.1, seed: int = 42) -> list[ManifestRow]:
+def make_split(
+    result: ScanResult,
+    val: float = DataConfig.val,
+    test: float = DataConfig.test,
+    seed: int = TrainConfig.seed,
+) -> list[ManifestRow]:
     """Assign every valid image of ``result`` to train, val or test.
 
     Args:

@@ -30,10 +30,10 @@ from imagerec.export.formats import (
     tree_sha256,
 )
 from imagerec.run import RunDir
+from imagerec.settings import PARITY_IMAGES
 from imagerec.utils import atomic_write_json, sha256_file
 
 REPRESENTATIVE_IMAGES = 200
-PARITY_IMAGES = 1000
 
 
 def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A002 - the CLI's word
