@@ -123,7 +123,8 @@ def test_server_answers_unknown_and_threshold_0_turns_it_off(calibrated):
     import httpx
 
     from imagerec.classifier import Classifier
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     files = calibrated["files"]
     doubtful, red = files["doubtful"].read_bytes(), files["red"].read_bytes()

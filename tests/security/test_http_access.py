@@ -21,7 +21,8 @@ def classifier(trained_run):
 
 @pytest.fixture(scope="module")
 def keyed(classifier):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     settings = ServeSettings(api_key=KEY, cors_origins=("https://good.example",))
     with LiveServer(create_app(classifier, settings)) as server:
@@ -102,7 +103,7 @@ def test_c18_default_settings_bind_loopback_only():
     import inspect
 
     from imagerec.cli.serve import serve
-    from imagerec.server.app import ServeSettings
+    from imagerec.settings import ServeSettings
 
     assert ServeSettings().host == "127.0.0.1"
     assert inspect.signature(serve).parameters["host"].default.default == "127.0.0.1"
@@ -124,7 +125,8 @@ def test_c19_preflight_from_a_foreign_origin_gets_no_allow_origin(keyed):
 
 
 def test_c19_wildcard_with_credentials_refuses_to_start(classifier):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     with pytest.raises(ImagerecError, match="cannot be combined"):
         create_app(classifier, ServeSettings(cors_origins=("*",), cors_credentials=True))
@@ -133,7 +135,8 @@ def test_c19_wildcard_with_credentials_refuses_to_start(classifier):
 def test_c19_cors_is_off_by_default(classifier):
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     with LiveServer(create_app(classifier, ServeSettings())) as server:
         response = httpx.options(
@@ -163,7 +166,8 @@ def test_c24_an_upload_is_never_stored_or_served_back(classifier, tmp_path, monk
 
     import httpx
 
-    from imagerec.server.app import STATIC, ServeSettings, create_app
+    from imagerec.server.app import STATIC, create_app
+    from imagerec.settings import ServeSettings
 
     private = tmp_path / "tmp"
     private.mkdir()

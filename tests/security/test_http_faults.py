@@ -60,7 +60,8 @@ def _post(url: str, image: bytes, timeout: float = 30.0):
 
 # C20 -----------------------------------------------------------------------------------------------------
 def test_c20_full_queue_answers_503_at_once_with_retry_after(trained):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     release = threading.Event()
     clf = _stalling(_fresh_classifier(trained), release)
@@ -88,7 +89,8 @@ def test_c20_full_queue_answers_503_at_once_with_retry_after(trained):
 def test_c20_burst_above_the_per_key_rate_gets_429(trained):
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     app = create_app(_fresh_classifier(trained), ServeSettings(api_key="k", rate_limit=5, decode_workers=0))
     with LiveServer(app) as server, httpx.Client(timeout=30, headers={"X-API-Key": "k"}) as client:
@@ -106,7 +108,8 @@ def test_c20_burst_above_the_per_key_rate_gets_429(trained):
 
 # C21 -----------------------------------------------------------------------------------------------------
 def test_c21_stalled_model_returns_504_at_the_deadline_and_health_stays_fast(trained):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     release = threading.Event()
     clf = _stalling(_fresh_classifier(trained), release)
@@ -165,7 +168,8 @@ def test_c21_a_model_call_stuck_forever_is_abandoned_and_a_fresh_worker_serves(t
     serve the next requests (the C21 test above frees its stall, so it cannot tell)."""
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     clf = _fresh_classifier(trained)
     real, armed, stuck = clf.predict_proba, threading.Event(), []

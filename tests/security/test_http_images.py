@@ -20,7 +20,8 @@ def classifier(trained_run):
 
 @pytest.fixture(scope="module")
 def live(classifier):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     with LiveServer(create_app(classifier, ServeSettings(max_upload_mb=4))) as server:
         yield server

@@ -34,7 +34,8 @@ def private_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def live(classifier, private_tmp):
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     with LiveServer(create_app(classifier, ServeSettings(max_upload_mb=LIMIT_MB, max_files=4))) as server:
         yield server

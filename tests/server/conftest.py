@@ -95,7 +95,8 @@ def classifier(trained_run: Path):
 @pytest.fixture(scope="module")
 def server(classifier):
     """The service with default settings except a 2 MB upload limit and 4 files per request."""
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     app = create_app(classifier, ServeSettings(max_upload_mb=2, max_files=4, max_wait_ms=20))
     with LiveServer(app) as live:

@@ -125,7 +125,7 @@ def test_unknown_route_and_method_are_json(client):
 
 
 def test_default_bind_is_loopback():
-    from imagerec.server.app import ServeSettings
+    from imagerec.settings import ServeSettings
 
     assert ServeSettings().host == "127.0.0.1"
 
@@ -143,7 +143,8 @@ def test_the_start_up_heap_is_frozen_while_serving_and_released_after(classifier
     import httpx
     from tests.server.conftest import LiveServer
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     gc.unfreeze()
     with LiveServer(create_app(classifier, ServeSettings(decode_workers=0))) as live:

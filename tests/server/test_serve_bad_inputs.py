@@ -148,7 +148,8 @@ def test_understated_content_length_is_counted(classifier):
     """ASGI level: a body longer than its Content-Length header is still cut at the limit."""
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     app = create_app(classifier, ServeSettings(max_upload_mb=1))
     transport = httpx.ASGITransport(app=app)
@@ -213,7 +214,8 @@ def test_unknown_model_name(client):
 def test_api_key(classifier, colour_pngs):
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     key = "s3cret-key-0123456789"
     with (
@@ -278,7 +280,8 @@ def test_cors_off_by_default_and_allow_list(classifier, client):
     import httpx
 
     from imagerec.errors import ImagerecError
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
 
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/v1/predict", headers=preflight).headers

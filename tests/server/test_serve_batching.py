@@ -91,7 +91,8 @@ def test_full_queue_fails_fast_and_model_errors_reach_callers():
 def test_overload_is_503_with_retry_after(classifier, colour_pngs):
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
     from server.conftest import LiveServer
 
     app = create_app(classifier, ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1))
@@ -117,7 +118,8 @@ def test_overload_is_503_with_retry_after(classifier, colour_pngs):
 def test_deadline_gives_504_and_health_stays_up(classifier, colour_pngs):
     import httpx
 
-    from imagerec.server.app import ServeSettings, create_app
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
     from server.conftest import LiveServer
 
     # the batcher waits up to 2 s for company, the deadline is 0.3 s: the lone request must time out
