@@ -186,11 +186,11 @@ def test_nan_loss_is_one_line_and_keeps_the_last_good_model(colour_data, tmp_pat
 def test_class_weights_auto(tmp_path, monkeypatch):
     import keras
 
-    from imagerec.training.fit import _class_weights
+    from imagerec.training.recipe import class_weights
 
-    weights = _class_weights(np.array([0] * 8 + [1] * 2 + [2] * 2), 3, "auto")
+    weights = class_weights(np.array([0] * 8 + [1] * 2 + [2] * 2), 3, "auto")
     assert weights[1] == pytest.approx(2.0) and weights[0] == pytest.approx(0.5)
-    assert _class_weights(np.array([0, 1]), 2, "none") is None
+    assert class_weights(np.array([0, 1]), 2, "none") is None
     rng = np.random.default_rng(0)
     from PIL import Image
 
@@ -280,10 +280,10 @@ def test_the_scan_runs_before_tensorflow_is_imported(tmp_path: Path):
     write_colour_dataset(tmp_path / "data", per_class=4)
     code = (
         "import sys\n"
-        "import imagerec.training.fit as fit\n"
-        "scan = fit.scan_dataset\n"
+        "import imagerec.training.learner as learner\n"
+        "scan = learner.scan_dataset\n"
         "seen = []\n"
-        "fit.scan_dataset = lambda *a, **k: seen.append('tensorflow' in sys.modules) or scan(*a, **k)\n"
+        "learner.scan_dataset = lambda *a, **k: seen.append('tensorflow' in sys.modules) or scan(*a, **k)\n"
         "import imagerec\n"
         f"imagerec.train({str(tmp_path / 'data')!r}, out={str(tmp_path / 'run')!r}, epochs=1, log=lambda m: None)\n"
         "assert seen == [False], seen\n"

@@ -87,7 +87,7 @@ def init_ray(address: str | None = None, num_cpus: int = 2, timeout: float = CON
 
 
 def _train_loop(cfg: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: ``imagerec.train`` (Ray has set ``TF_CONFIG``)."""
+    """What each Ray Train worker runs: ``imagerec.train``, one Learner per worker (Ray has set ``TF_CONFIG``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ray.train
 
@@ -153,8 +153,7 @@ def train_with_ray(
     from imagerec.training.trainer import Run
     from imagerec.utils import read_json
 
-    run = RunDir(out)
-    return Run(run.path, run.read_config(), read_json(run.metrics))
+    return Run.load(out)
 
 
 def _root_cause(exc: BaseException) -> str:
