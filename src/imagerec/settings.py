@@ -174,7 +174,7 @@ class RunConfig(Settings):
 # --- the HTTP service -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServeSettings(Settings):
-    """Settings of ``imagerec serve`` (each is a CLI flag of the same name) and ``create_app``."""
+    """Settings of ``imagerec serve`` and ``create_app`` (the flags: ``tests/cli/test_defaults.py``, SERVE_FLAGS)."""
 
     _what: ClassVar[str] = "serve setting"
 
