@@ -29,7 +29,7 @@ def __getattr__(name: str):
 
         return train
     if name == "evaluate":
-        from imagerec.evaluation import evaluate
+        from imagerec.classifier import evaluate
 
         return evaluate
     if name == "scan_dataset":

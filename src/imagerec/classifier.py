@@ -7,21 +7,22 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imagerec.data.images import load_image
-from imagerec.errors import ImageRejected
-from imagerec.prediction import Prediction, PredictionError
+from imagerec.errors import ImagerecError, ImageRejected
+from imagerec.prediction import UNKNOWN, Prediction, PredictionError, softmax_temperature
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime
 from imagerec.utils import read_json
 
-UNKNOWN = "unknown"
+__all__ = ["UNKNOWN", "Classifier", "EMASmoother", "evaluate", "softmax_temperature", "with_flip_tta"]
 
 
 class Classifier:
@@ -96,25 +97,72 @@ class Classifier:
         """The exact ``uint8 (S, S, C)`` tensor the model sees for ``x`` (path, bytes, PIL image or array)."""
         return load_image(x, (self.image_size, self.image_size), self.channels, self.resize)
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(N, num_classes)`` for a preprocessed batch ``(N, S, S, C)``."""
+    def raw_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Uncalibrated probabilities ``(N, num_classes)``: the runtime's own output (flip-averaged with ``tta``).
+
+        What temperature scaling is fitted on and what parity compares; answers use :meth:`predict_proba`.
+        """
         if len(batch) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        return softmax_temperature(self._run(batch), self.temperature)
+        return self._run(batch)
 
-    def _results(
-        self, probs: np.ndarray, top_k: int, sources: list[str | None], threshold: float | None
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, num_classes)`` for a preprocessed batch ``(N, S, S, C)``."""
+        return self.calibrated(self.raw_proba(batch))
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` probabilities (:meth:`raw_proba`) rescaled by the run's calibrated temperature (1: unchanged)."""
+        return softmax_temperature(raw, self.temperature)
+
+    def threshold_for(self, threshold: float | None) -> float | None:
+        """The ``unknown`` threshold in force when ``threshold`` is asked for.
+
+        None means the run's calibrated threshold (None when uncalibrated); 0 turns ``unknown`` off.
+        """
+        return self.threshold if threshold is None else (threshold or None)
+
+    def smoother(self, alpha: float = 0.6) -> EMASmoother:
+        """A fresh :class:`EMASmoother` for one stream of this classifier's probabilities (video, camera)."""
+        return EMASmoother(alpha)
+
+    def answers(
+        self,
+        probs: np.ndarray,
+        top_k: int = 5,
+        threshold: float | None = None,
+        sources: list[str | None] | None = None,
+        calibrated: bool = True,
     ) -> list[Prediction]:
+        """THE labelling rule: probabilities ``(N, num_classes)`` -> one :class:`Prediction` per row.
+
+        Every surface answers through it: ``predict``, the server (uploads and the camera's smoothed answer),
+        ``imagerec video`` (the smoothed answer of each frame) and ``predict --ray``.
+
+        Args:
+            probs: calibrated probabilities (:meth:`predict_proba`, possibly smoothed), or raw ones with
+                ``calibrated=False`` (the run's temperature is applied first).
+            top_k: how many ``(label, score)`` pairs each answer carries (clipped to ``1..num_classes``).
+            threshold: answer ``unknown`` below this confidence (see :meth:`threshold_for`: None = the run's
+                calibrated threshold, 0 = off).
+            sources: each row's input name (a path) or None.
+            calibrated: whether ``probs`` already carry the run's temperature.
+
+        Returns:
+            One :class:`Prediction` per row, ``index`` = the row.
+        """
+        probs = np.asarray(probs)
+        if not calibrated:
+            probs = self.calibrated(probs)
+        limit = self.threshold_for(threshold)
         k = max(1, min(top_k, len(self.labels)))
         order = np.argsort(-probs, axis=1)[:, :k]
+        names = sources if sources is not None else [None] * len(probs)
         out = []
         for i, row in enumerate(order):
             conf = float(probs[i, row[0]])
-            label = self.labels[row[0]]
-            if threshold is not None and conf < threshold:
-                label = UNKNOWN
+            label = UNKNOWN if limit is not None and conf < limit else self.labels[row[0]]
             top = [(self.labels[j], float(probs[i, j])) for j in row]
-            out.append(Prediction(label, conf, top, sources[i], i))
+            out.append(Prediction(label, conf, top, names[i], i))
         return out
 
     def predict(
@@ -140,39 +188,60 @@ class Classifier:
             One result per input, in order.
         """
         items = list(x) if isinstance(x, (list, tuple)) else [x]
-        threshold = self.threshold if threshold is None else (threshold or None)
         results: list[Prediction | PredictionError | None] = [None] * len(items)
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
             arrays, where, names = [], [], []
-            for offset, item in enumerate(chunk):
+            for index in range(start, min(start + batch_size, len(items))):
+                item = items[index]
                 name = str(item) if isinstance(item, (str, os.PathLike)) else None
                 try:
                     arrays.append(self.preprocess(item))
                 except ImageRejected as exc:
                     if errors == "raise":
                         raise
-                    results[start + offset] = PredictionError(
-                        name or f"#{start + offset}", exc.code, str(exc)
-                    )
+                    results[index] = PredictionError(name or f"#{index}", exc.code, str(exc))
                     continue
-                where.append(start + offset)
+                where.append(index)
                 names.append(name)
             if arrays:
-                probs = self.predict_proba(np.stack(arrays))
-                for idx, pred in zip(where, self._results(probs, top_k, names, threshold), strict=True):
-                    results[idx] = Prediction(pred.label, pred.confidence, pred.top_k, pred.source, idx)
+                raw = self.raw_proba(np.stack(arrays))
+                answers = self.answers(raw, top_k, threshold, names, calibrated=False)
+                for index, pred in zip(where, answers, strict=True):
+                    results[index] = dataclasses.replace(pred, index=index)
         return results  # type: ignore[return-value]
 
     # other verbs ------------------------------------------------------------------------------------------
-    def evaluate(self, data: str | None = None, split: str = "test", top_k: int = 5) -> dict[str, Any]:
-        """Metrics on the run's own held-out split, or on ``data`` (see ``imagerec.evaluation``)."""
-        from imagerec.evaluation import evaluate_classifier
+    def evaluate(
+        self, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+    ) -> dict[str, Any]:
+        """Metrics on the run's own held-out split, or on ``data`` (see :func:`imagerec.evaluate`)."""
+        from imagerec.evaluation.evaluator import evaluate_classifier
 
-        return evaluate_classifier(self, data=data, split=split, top_k=top_k)
+        return evaluate_classifier(self, data=data, split=split, top_k=top_k, write=write)
+
+    def calibrate(self, split: str = "val", target_accuracy: float | None = 0.95) -> dict[str, Any]:
+        """Fit temperature scaling and an ``unknown`` threshold on ``split``; write ``RUN/calibration.json``.
+
+        This classifier answers with the new calibration at once (see ``imagerec.evaluation.calibrate``).
+        """
+        from imagerec.evaluation.calibration import calibrate
+
+        return calibrate(self, split=split, target_accuracy=target_accuracy)
+
+    def explain(self, image: Any, out: str | os.PathLike, class_name: str | None = None) -> dict[str, Any]:
+        """Grad-CAM of what the model looked at in ``image``, written as a PNG (see ``imagerec.evaluation``)."""
+        from imagerec.evaluation.gradcam import explain
+
+        return explain(self, image, out, class_name=class_name)
+
+    def label_issues(self, splits=("train", "val"), limit: int | None = 50, max_p_given: float = 0.5):
+        """The likeliest mislabelled images of the run's ``splits`` (see ``imagerec.evaluation.issues``)."""
+        from imagerec.evaluation.issues import find_label_issues
+
+        return find_label_issues(self, splits=splits, limit=limit, max_p_given=max_p_given)
 
     def stream(self, source: Any, **kwargs: Any) -> Iterator[Any]:
-        """Classify a video file, camera index or stream URL; an iterator of ``FrameResult`` (see ``inference.video``)."""
+        """Classify a video file, camera index or stream URL; an iterator of ``FrameResult`` (see ``imagerec.video``)."""
         from imagerec.video.stream import stream
 
         return stream(self, source, **kwargs)
@@ -188,6 +257,53 @@ class Classifier:
         return f"Classifier({self.name!r}, {len(self.labels)} classes, {self.image_size}px x{self.channels}, runtime={self.runtime}{tta})"
 
 
+def evaluate(
+    run: str | os.PathLike,
+    data: str | None = None,
+    split: str = "test",
+    top_k: int = 5,
+    write: bool = True,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a run on its own held-out ``split`` (default ``test``) or on ``data`` with the same class names.
+
+    ``imagerec.evaluate``: loads the run's :class:`Classifier` and calls :meth:`Classifier.evaluate`.
+
+    Args:
+        run: the run directory.
+        data: another dataset (folder, split folder, CSV) whose class names are among the run's; its ``split``
+            part is used when it has fixed splits, else all of it.
+        split: ``test`` or ``val`` (or ``train``) of the run's manifest, when ``data`` is None.
+        top_k: k of ``top_k_accuracy``.
+        write: write ``RUN/evaluation/`` (metrics.json, predictions.csv, pictures, report.html).
+        tta: average each image with its mirror image (runs trained with horizontal flips only).
+
+    Returns:
+        The content of ``metrics.json``: ``accuracy``, ``top_k_accuracy``, ``macro``, ``weighted``,
+        ``per_class``, ``confusion_matrix``, ``labels``, ``num_images``, ``ece``, ``roc_auc_ovr`` and more.
+
+    Raises:
+        RunError: the run is missing files or was written by another version.
+        DataError: the dataset has unknown class names or the split is empty.
+
+    Example:
+        >>> m = imagerec.evaluate("runs/fmnist")
+        >>> m["accuracy"], m["macro"]["f1"], m["per_class"]["Shirt"]["recall"]
+    """
+    return Classifier.load(run, tta=tta).evaluate(data=data, split=split, top_k=top_k, write=write)
+
+
+def compare(runs: list[str | os.PathLike], split: str = "test") -> list[dict[str, Any]]:
+    """Side-by-side headline metrics, size and latency of ``runs`` (``imagerec compare``); one row per run.
+
+    Example:
+        >>> rows = imagerec.classifier.compare(["runs/a", "runs/b"])
+    """
+    from imagerec.evaluation.compare import compare_runs
+
+    return compare_runs([Classifier.load(run) for run in runs], split=split)
+
+
 def trained_with_flips(config: dict[str, Any]) -> bool | None:
     """Whether the run's augmentation mirrored images horizontally (None: not recorded)."""
     from imagerec.data.augment import augment_flips
@@ -198,8 +314,6 @@ def trained_with_flips(config: dict[str, Any]) -> bool | None:
 
 def check_flip_tta(config: dict[str, Any]) -> None:
     """Refuse flip TTA for a run that never saw mirrored images (digits, text: a mirror is another thing)."""
-    from imagerec.errors import ImagerecError
-
     if trained_with_flips(config) is False:
         preset = config["config"]["augment"]["preset"]
         raise ImagerecError(
@@ -221,27 +335,6 @@ def with_flip_tta(run_fn):
         return 0.5 * (probs[: len(batch)] + probs[len(batch) :])
 
     return run
-
-
-def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def softmax_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities by a temperature (T=1: unchanged), via their logs."""
-    if temperature == 1.0:
-        return probs
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class EMASmoother:

@@ -20,7 +20,7 @@ from sklearn.metrics import classification_report, confusion_matrix, top_k_accur
 import imagerec
 from imagefixtures import COLOURS, make_image, write_colour_dataset
 from imagerec.cli import main
-from imagerec.errors import DataError, RunError
+from imagerec.errors import DataError, ImagerecError, RunError
 
 PNGS = ("confusion_matrix.png", "per_class_f1.png", "training_curves.png", "reliability.png")
 
@@ -122,7 +122,11 @@ def test_calibrate_writes_temperature_the_classifier_applies(evaluated, tmp_path
 
     run = tmp_path / "run"
     shutil.copytree(evaluated[0], run)
-    rec = calibrate(run, target_accuracy=0.9)
+    with pytest.raises(ImagerecError, match=r"takes a loaded Classifier.*Classifier\.load"):
+        calibrate(run)  # evaluation takes a Classifier; the facade loads runs
+    fitted = imagerec.Classifier.load(run)
+    rec = fitted.calibrate(target_accuracy=0.9)
+    assert fitted.temperature == pytest.approx(rec["temperature"]) and fitted.threshold == rec["threshold"]
     saved = json.loads((run / "calibration.json").read_text())
     for key in ("temperature", "threshold", "ece_before", "ece_after"):
         assert key in saved

@@ -80,6 +80,33 @@ def test_camera_session_smoothing(client, colour_pngs, classifier):
     assert client.post("/v1/predict?session=x&smooth=1.5", content=colour_pngs["red"]).status_code == 400
 
 
+def test_camera_smoothed_label_obeys_the_threshold(classifier, colour_pngs):
+    """A calibrated run answers ``unknown`` below its threshold on upload AND in the camera session's smoothed
+    answer: both come from the same labelling function (the camera once printed a class name there)."""
+    import copy
+
+    import httpx
+    from tests.server.conftest import LiveServer
+
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
+
+    confidence = classifier.predict(colour_pngs["red"], threshold=0)[0].confidence
+    assert confidence < 0.999, "the tiny run is too sure of itself for this test"
+    calibrated = copy.copy(classifier)
+    calibrated.threshold = round(confidence + (1 - confidence) / 2, 6)  # as if calibration.json stored it
+    with LiveServer(create_app(calibrated, ServeSettings(decode_workers=0))) as live:
+        url = f"{live.url}/v1/predict?session=cam-t&smooth=0"
+        item = httpx.post(url, content=colour_pngs["red"], timeout=30).json()["predictions"][0]
+        assert item["label"] == "unknown"
+        assert item["smoothed"]["label"] == "unknown"
+        assert item["smoothed"]["confidence"] == pytest.approx(item["confidence"], abs=1e-6)
+    with LiveServer(create_app(calibrated, ServeSettings(decode_workers=0, threshold=0))) as live:
+        url = f"{live.url}/v1/predict?session=cam-t&smooth=0"
+        item = httpx.post(url, content=colour_pngs["red"], timeout=30).json()["predictions"][0]
+        assert item["label"] == "red" and item["smoothed"]["label"] == "red"
+
+
 def test_model_info(client, classifier):
     info = client.get("/v1/model").json()
     assert info["labels"] == classifier.labels

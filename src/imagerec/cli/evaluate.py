@@ -70,7 +70,7 @@ def evaluate(
     ),
 ) -> None:
     """Metrics, pictures and report.html of RUN on its held-out split (written to RUN/evaluation/)."""
-    from imagerec.evaluation import evaluate as evaluate_run
+    from imagerec.classifier import evaluate as evaluate_run
 
     metrics = evaluate_run(run, data=data, split=split, top_k=top_k, tta=tta)
     if as_json:
@@ -83,7 +83,7 @@ def evaluate(
 @app.command("report")
 def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Regenerate RUN/evaluation/report.html (evaluates first when there is no evaluation yet)."""
-    from imagerec.evaluation import evaluate as evaluate_run
+    from imagerec.classifier import evaluate as evaluate_run
     from imagerec.evaluation import write_report
     from imagerec.run import RunDir
 
@@ -103,9 +103,9 @@ def explain(
     class_name: str = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
 ) -> None:
     """Grad-CAM heatmap of what RUN's model looked at in IMAGE."""
-    from imagerec.evaluation import explain as explain_image
+    from imagerec.classifier import Classifier
 
-    result = explain_image(run, image, out, class_name=class_name)
+    result = Classifier.load(run).explain(image, out, class_name=class_name)
     typer.echo(
         f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}"
     )
@@ -120,7 +120,7 @@ def compare(
     """Side-by-side accuracy, macro F1, ECE, parameters, model file size and latency of RUNS."""
     from rich.table import Table
 
-    from imagerec.evaluation import compare_runs
+    from imagerec.classifier import compare as compare_runs
 
     rows = compare_runs(runs, split=split)
     if as_json:
@@ -154,9 +154,10 @@ def calibrate(
     split: str = typer.Option("val", "--split", help="Held-out split to fit on."),
 ) -> None:
     """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
-    from imagerec.evaluation import calibrate as calibrate_run
+    from imagerec.classifier import Classifier
 
-    rec = calibrate_run(run, split=split, target_accuracy=None if no_threshold else target_accuracy)
+    clf = Classifier.load(run)
+    rec = clf.calibrate(split=split, target_accuracy=None if no_threshold else target_accuracy)
     typer.echo(
         f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
         f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imagerec.errors import ImagerecError
+from imagerec.prediction import Prediction, PredictionError
 
 CONNECT_TIMEOUT_S = 10.0
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
@@ -149,9 +150,7 @@ def train_with_ray(
             f"Ray training failed: {_root_cause(exc)}; rerun the same command to continue from the last complete "
             f"epoch in {out}/backup (--force starts over)"
         ) from None
-    from imagerec.run import RunDir
-    from imagerec.training.trainer import Run
-    from imagerec.utils import read_json
+    from imagerec.training.record import Run
 
     return Run.load(out)
 
@@ -205,8 +204,8 @@ def _schema():
     ])  # fmt: skip
 
 
-def _row(path: str, result) -> dict[str, Any]:
-    if hasattr(result, "code"):
+def _row(path: str, result: Prediction | PredictionError) -> dict[str, Any]:
+    if isinstance(result, PredictionError):
         return {
             "path": path,
             "label": None,
@@ -221,20 +220,16 @@ def _row(path: str, result) -> dict[str, Any]:
 
 
 def _json_line(row: dict[str, Any]) -> str:
-    """The same object ``imagerec predict --format json`` prints for this row."""
+    """The same object ``imagerec predict --format json`` prints for this row: the result's ``to_dict()``."""
+    return json.dumps(_result(row).to_dict())
+
+
+def _result(row: dict[str, Any]) -> Prediction | PredictionError:
+    """The typed result a written row (see :func:`_row`) came from."""
     if row["error_code"] is not None:
-        return json.dumps(
-            {"path": row["path"], "error": {"code": row["error_code"], "message": row["error_message"]}}
-        )
-    top = [{"label": t["label"], "score": round(float(t["score"]), 6)} for t in row["top_k"]]
-    return json.dumps(
-        {
-            "path": row["path"],
-            "label": row["label"],
-            "confidence": round(float(row["confidence"]), 6),
-            "top_k": top,
-        }
-    )
+        return PredictionError(row["path"], row["error_code"], row["error_message"])
+    top = [(t["label"], t["score"]) for t in row["top_k"]]
+    return Prediction(row["label"], row["confidence"], top, source=row["path"])
 
 
 def predict_with_ray(

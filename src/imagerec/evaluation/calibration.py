@@ -12,15 +12,19 @@ that the validation images answered with confidence >= ``t`` are right at least 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagerec.classifier import softmax_temperature
 from imagerec.errors import DataError
 from imagerec.evaluation.metrics import expected_calibration_error
+from imagerec.prediction import softmax_temperature
+
+if TYPE_CHECKING:
+    from imagerec.classifier import Classifier
 
 DEFAULT_TARGET_ACCURACY = 0.95
+CALIBRATION_BATCH = 256
 T_BOUNDS = (0.05, 20.0)
 
 
@@ -70,12 +74,12 @@ def suggest_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) 
 
 
 def calibrate(
-    run, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY
+    clf: Classifier, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY
 ) -> dict[str, Any]:
     """Fit temperature scaling on the run's ``split`` and write ``RUN/calibration.json``.
 
     Args:
-        run: a run directory (or a loaded :class:`imagerec.Classifier`).
+        clf: a loaded :class:`imagerec.Classifier`; it answers with the new calibration at once.
         split: the held-out split to fit on (``val``; ``test`` only if you accept an optimistic test score).
         target_accuracy: the selective accuracy the suggested threshold aims for; None stores no threshold.
 
@@ -87,17 +91,17 @@ def calibrate(
         DataError: the split is empty or the target is not in (0, 1].
 
     Example:
-        >>> imagerec.evaluation.calibrate("runs/fmnist")["temperature"]
+        >>> imagerec.Classifier.load("runs/fmnist").calibrate()["temperature"]
     """
-    from imagerec.classifier import Classifier
-    from imagerec.evaluation.data import predict_raw, run_split
+    from imagerec.evaluation.data import require_classifier, run_split
+    from imagerec.runtime import predict_in_batches
     from imagerec.utils import atomic_write_json
 
+    require_classifier(clf, "calibrate")
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise DataError(f"target accuracy must be in (0, 1], got {target_accuracy}")
-    clf = run if isinstance(run, Classifier) else Classifier.load(run)
     data = run_split(clf, split)
-    raw = predict_raw(clf, data.images).astype(np.float64)
+    raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH).astype(np.float64)
     temperature = fit_temperature(raw, data.y)
     calibrated = softmax_temperature(raw, temperature)
     threshold, coverage = (None, 1.0)
@@ -117,5 +121,5 @@ def calibrate(
         "split": split,
     }
     atomic_write_json(clf.run_dir.calibration, record)
-    clf.temperature, clf.threshold = temperature, record["threshold"]
+    clf.temperature, clf.threshold = record["temperature"], record["threshold"]  # as a reload reads them
     return record

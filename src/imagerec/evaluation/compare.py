@@ -27,14 +27,15 @@ def measure_latency(clf, batch: int = LATENCY_BATCH, repeats: int = LATENCY_REPE
     return float(np.median(times) / batch * 1000)
 
 
-def summarise_run(run, split: str = "test") -> dict[str, Any]:
-    """One column of the comparison: the run's metrics (reused from ``evaluation/metrics.json`` when it was
-    computed on the same split of the run, else computed now without writing), params, file size, latency."""
-    from imagerec.classifier import Classifier
-    from imagerec.evaluation import evaluate_classifier
+def summarise_run(clf, split: str = "test") -> dict[str, Any]:
+    """One column of the comparison for a loaded Classifier: its run's metrics (reused from
+    ``evaluation/metrics.json`` when it was computed on the same split of the run, else computed now without
+    writing), params, file size, latency."""
+    from imagerec.evaluation.data import require_classifier
+    from imagerec.evaluation.evaluator import evaluate_classifier
     from imagerec.utils import read_json
 
-    clf = Classifier.load(run)
+    require_classifier(clf, "compare_runs")
     saved = clf.run_dir.evaluation / "metrics.json"
     metrics = None
     if saved.exists():
@@ -62,13 +63,13 @@ def summarise_run(run, split: str = "test") -> dict[str, Any]:
     }
 
 
-def compare_runs(runs: list, split: str = "test") -> list[dict[str, Any]]:
-    """Summaries of ``runs`` (two or more run directories), in order.
+def compare_runs(classifiers: list, split: str = "test") -> list[dict[str, Any]]:
+    """Summaries of two or more loaded Classifiers (one per run), in order.
 
     Example:
-        >>> rows = imagerec.evaluation.compare_runs(["runs/a", "runs/b"])
+        >>> rows = imagerec.classifier.compare(["runs/a", "runs/b"])   # loads the runs, then calls this
         >>> [r["accuracy"] for r in rows]
     """
-    if len(runs) < 2:
-        raise ImagerecError(f"compare needs at least two runs, got {len(runs)}")
-    return [summarise_run(run, split) for run in runs]
+    if len(classifiers) < 2:
+        raise ImagerecError(f"compare needs at least two runs, got {len(classifiers)}")
+    return [summarise_run(clf, split) for clf in classifiers]

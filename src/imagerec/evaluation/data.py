@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imagerec.errors import DataError, ImageRejected, RunError
+from imagerec.errors import DataError, ImagerecError, ImageRejected, RunError
 
 EVAL_SPLITS = ("train", "val", "test")
 
@@ -114,9 +114,12 @@ def load_eval_set(clf, data: str | None, split: str) -> EvalSet:
     return run_split(clf, split) if data is None else dataset_split(clf, str(data), split)
 
 
-def predict_raw(clf, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Uncalibrated probabilities (temperature 1) for a uint8 batch, through the Classifier's runtime."""
-    if len(images) == 0:
-        return np.zeros((0, len(clf.labels)), np.float32)
-    # the runtime callable is the Classifier's compiled model function; calibration needs it before temperature
-    return np.concatenate([clf._run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+def require_classifier(clf, verb: str) -> None:
+    """Refuse a run path where a loaded Classifier is expected (evaluation never loads a run itself)."""
+    import os
+
+    if isinstance(clf, (str, os.PathLike)):
+        raise ImagerecError(
+            f"{verb} takes a loaded Classifier, got the path {str(clf)!r}; "
+            f"load it first: imagerec.Classifier.load({str(clf)!r})"
+        )

@@ -90,11 +90,11 @@ def _find(model, name: str):
         return None
 
 
-def explain(run, image, out: str | Path, class_name: str | None = None) -> dict:
-    """Write a Grad-CAM picture for one ``image`` (path or bytes) of ``run`` to ``out`` (PNG).
+def explain(clf, image, out: str | Path, class_name: str | None = None) -> dict:
+    """Write a Grad-CAM picture for one ``image`` (path or bytes) seen by ``clf`` to ``out`` (PNG).
 
     Args:
-        run: a run directory or a loaded :class:`imagerec.Classifier`.
+        clf: a loaded :class:`imagerec.Classifier` (Keras runtime).
         image: the image to explain (anything ``Classifier.preprocess`` accepts).
         out: where to write the PNG (original | heatmap overlay).
         class_name: explain this class instead of the predicted one.
@@ -103,12 +103,12 @@ def explain(run, image, out: str | Path, class_name: str | None = None) -> dict:
         ``{"label", "confidence", "explained", "layer", "out"}``.
 
     Example:
-        >>> explain("runs/fmnist", "shoe.png", "heat.png")["label"]
+        >>> imagerec.Classifier.load("runs/fmnist").explain("shoe.png", "heat.png")["label"]
     """
-    from imagerec.classifier import Classifier
+    from imagerec.evaluation.data import require_classifier
     from imagerec.evaluation.plots import image_grid_png
 
-    clf = run if isinstance(run, Classifier) else Classifier.load(run)
+    require_classifier(clf, "explain")
     if clf.model is None:
         raise ImagerecError("Grad-CAM needs the Keras model; load the run with runtime='keras'")
     x = clf.preprocess(image)[None]

@@ -12,36 +12,47 @@ training images that the model memorised wrongly are missed. Each row says ``out
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagerec.errors import DataError
 
+if TYPE_CHECKING:
+    from imagerec.classifier import Classifier
+    from imagerec.evaluation.data import EvalSet
+    from imagerec.prediction import Prediction
+
 DEFAULT_SPLITS = ("train", "val")
+ISSUES_BATCH = 256
 
 
 def rank_issues(
-    paths: list[str],
-    y: np.ndarray,
+    data: EvalSet,
     probs: np.ndarray,
+    answers: list[Prediction],
     labels: list[str],
     split: str,
     max_p_given: float = 0.5,
 ) -> list[dict[str, Any]]:
-    """Rows for the images whose predicted class differs from ``y`` and whose ``p(given) < max_p_given``."""
-    pred = probs.argmax(axis=1)
-    p_given = probs[np.arange(len(y)), y]
+    """Rows for the images whose answer differs from their given class and whose ``p(given) < max_p_given``.
+
+    ``answers`` are the classifier's answers to ``probs`` (``Classifier.answers`` with the threshold off).
+    """
+    p_given = probs[np.arange(len(data.y)), data.y]
     out = []
-    for i in np.nonzero((pred != y) & (p_given < max_p_given))[0]:
+    for i, answer in enumerate(answers):
+        given = labels[int(data.y[i])]
+        if answer.label == given or not p_given[i] < max_p_given:
+            continue
         out.append(
             {
-                "path": paths[i],
+                "path": data.paths[i],
                 "split": split,
-                "given": labels[int(y[i])],
-                "predicted": labels[int(pred[i])],
+                "given": given,
+                "predicted": answer.label,
                 "p_given": float(p_given[i]),
-                "p_predicted": float(probs[i, pred[i]]),
+                "p_predicted": answer.confidence,
                 "out_of_sample": split != "train",
             }
         )
@@ -49,15 +60,15 @@ def rank_issues(
 
 
 def find_label_issues(
-    run,
+    clf: Classifier,
     splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
     limit: int | None = 50,
     max_p_given: float = 0.5,
 ) -> list[dict[str, Any]]:
-    """The likeliest mislabelled images of ``splits`` of ``run``, most suspicious first.
+    """The likeliest mislabelled images of ``splits`` of the classifier's run, most suspicious first.
 
     Args:
-        run: a run directory or a loaded :class:`imagerec.Classifier`.
+        clf: a loaded :class:`imagerec.Classifier`.
         splits: which parts of the run's manifest to check (``train``, ``val``, ``test``).
         limit: keep at most this many rows (None: all).
         max_p_given: only flag images whose given label has a probability below this.
@@ -66,12 +77,12 @@ def find_label_issues(
         Rows with ``path``, ``split``, ``given``, ``predicted``, ``p_given``, ``p_predicted``, ``out_of_sample``.
 
     Example:
-        >>> rows = imagerec.evaluation.find_label_issues("runs/fmnist", limit=20)
+        >>> rows = imagerec.Classifier.load("runs/fmnist").label_issues(limit=20)
     """
-    from imagerec.classifier import Classifier
-    from imagerec.evaluation.data import run_split
+    from imagerec.evaluation.data import require_classifier, run_split
+    from imagerec.runtime import predict_in_batches
 
-    clf = run if isinstance(run, Classifier) else Classifier.load(run)
+    require_classifier(clf, "find_label_issues")
     if not splits:
         raise DataError("name at least one split to check (train, val or test)")
     rows: list[dict[str, Any]] = []
@@ -84,10 +95,9 @@ def find_label_issues(
                 raise
             continue  # an empty part of a multi-split request is not an error
         checked += len(data.y)
-        probs = np.concatenate(
-            [clf.predict_proba(data.images[i : i + 256]) for i in range(0, len(data.y), 256)]
-        )
-        rows += rank_issues(data.paths, data.y, probs, clf.labels, split, max_p_given)
+        probs = predict_in_batches(clf.predict_proba, data.images, ISSUES_BATCH)
+        answers = clf.answers(probs, top_k=1, threshold=0)
+        rows += rank_issues(data, probs, answers, clf.labels, split, max_p_given)
     if not checked:
         raise DataError(f"splits {list(splits)} of run {str(clf.run_dir.path)!r} hold no images")
     rows.sort(key=lambda r: (r["p_given"], r["path"]))

@@ -29,8 +29,9 @@ from imagerec.classifier import EMASmoother
 from imagerec.errors import ImageRejected
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
-from imagerec.server.limits import HTTPError, LimitsMiddleware, error_body
+from imagerec.server.limits import HTTPError, LimitsMiddleware
 from imagerec.server.metrics import ServerMetrics
+from imagerec.server.responses import error_response, json_response
 from imagerec.settings import ServeSettings
 
 STATIC = Path(__file__).with_name("static")
@@ -67,8 +68,8 @@ class Service:
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
         self.ready = False
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
-        # --threshold overrides the run's calibrated threshold; 0 turns 'unknown' off (as Classifier.predict)
-        self.threshold = classifier.threshold if settings.threshold is None else (settings.threshold or None)
+        # the threshold in force (for /v1/model): --threshold, else the run's calibrated one; 0 = off
+        self.threshold = classifier.threshold_for(settings.threshold)
 
     async def start(self) -> None:
         if self.settings.decode_workers >= 1:  # the processes start while the model warms up
@@ -149,10 +150,16 @@ class Service:
         return np.stack(rows)
 
     def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
-        preds = self.clf._results(probs, top_k, names, self.threshold)
+        """The answers to calibrated ``probs`` (``Classifier.answers`` with ``--threshold``), counted by label."""
+        preds = self.clf.answers(probs, top_k, self.settings.threshold, names)
         for pred in preds:
             self.metrics.predictions.labels(label=pred.label).inc()
         return preds
+
+    def smoothed(self, session: str, alpha: float, probs: np.ndarray):
+        """The camera session's answer: ``probs`` folded into its EMA, then labelled like an upload."""
+        state = self.smoother(session, alpha).update(probs)
+        return self.clf.answers(state[None], 1, self.settings.threshold)[0]
 
     def smoother(self, session: str, alpha: float) -> EMASmoother:
         if not _SESSION_RE.match(session):
@@ -193,18 +200,6 @@ def _rejected(exc: ImageRejected, name: str | None) -> HTTPError:
     return HTTPError(exc.status, exc.code, label + str(exc).replace("<bytes>: ", "", 1))
 
 
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None):
-    from starlette.responses import Response
-
-    return Response(json.dumps(obj, separators=(",", ":")), status, headers, media_type="application/json")
-
-
-def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
-    from starlette.responses import Response
-
-    return Response(error_body(code, message), status, headers, media_type="application/json")
-
-
 def create_app(classifier, settings: ServeSettings | None = None):
     """Build the service around ``classifier`` (see the module docstring); returns the outermost ASGI app.
 
@@ -235,22 +230,22 @@ def create_app(classifier, settings: ServeSettings | None = None):
 
     @api.exception_handler(HTTPError)
     async def _http_error(_request, exc: HTTPError):
-        return _error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @api.exception_handler(StarletteHTTPException)
     async def _starlette_error(_request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error_response(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
+        return error_response(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
 
     @api.exception_handler(Exception)
     async def _unexpected(_request, exc: Exception):
-        return _error_response(
+        return error_response(
             500, "internal", f"internal error ({type(exc).__name__}); the server keeps running"
         )
 
@@ -267,9 +262,9 @@ def create_app(classifier, settings: ServeSettings | None = None):
     @api.get("/readyz")
     async def readyz():
         if not service.ready:
-            return _error_response(503, "not_ready", "model is still warming up")
+            return error_response(503, "not_ready", "model is still warming up")
         if not service.batcher.healthy:
-            return _error_response(
+            return error_response(
                 503,
                 "model_stalled",
                 f"{service.batcher.stalled} model calls are stuck (the cap is {settings.max_stalled}); "

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
 from imagerec.server.limits import HTTPError
+from imagerec.server.responses import json_response
 from imagerec.server.uploads import Upload, parse_multipart
 from imagerec.utils import read_json
 
@@ -58,8 +59,6 @@ async def read_uploads(request, max_files: int) -> list[Upload]:
 
 
 def register(api, service) -> None:
-    from imagerec.server.app import json_response
-
     num_classes = len(service.clf.labels)
 
     @api.post("/v1/predict")
@@ -81,12 +80,8 @@ def register(api, service) -> None:
         for upload, pred, row in zip(uploads, preds, probs, strict=True):
             item = {"filename": upload.filename, **pred.to_dict()}
             if session:
-                smoothed = service.smoother(session, alpha).update(row)
-                best = int(smoothed.argmax())
-                item["smoothed"] = {
-                    "label": service.clf.labels[best],
-                    "confidence": round(float(smoothed[best]), 6),
-                }
+                smoothed = service.smoothed(session, alpha, row)
+                item["smoothed"] = {"label": smoothed.label, "confidence": round(smoothed.confidence, 6)}
             out.append(item)
         return json_response({"predictions": out, "model": service.model_info()})
 

@@ -26,6 +26,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the ann
 
 from imagerec.data.images import sniff_format
 from imagerec.server.limits import HTTPError
+from imagerec.server.responses import json_response
 
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
 
@@ -149,8 +150,6 @@ def _input_tensor(spec: Any, binary: bytes, offset: int, limit: int) -> tuple[st
 
 
 def register(api, service) -> None:
-    from imagerec.server.app import json_response
-
     clf = service.clf
     size, _, channels = service.input_shape
     limit = max(service.settings.max_files, service.settings.max_batch)

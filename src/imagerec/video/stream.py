@@ -10,8 +10,8 @@ Three stages, so capture never waits for the model:
 2. a *worker* thread crops the region of interest, converts BGR to RGB, runs the serving preprocessing
    (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
    (``classifier.predict_proba``);
-3. the caller's thread (this iterator) applies the shared EMA smoothing (``imagerec.classifier``), the
-   ``unknown`` threshold and the label timeline, and yields one :class:`FrameResult` per frame, in order.
+3. the caller's thread (this iterator) smooths (``classifier.smoother``), labels like every surface does
+   (``classifier.answers``: top-k, ``unknown`` threshold), keeps the timeline, and yields each :class:`FrameResult`.
 
 Example:
     >>> clf = Classifier.load("runs/fmnist")
@@ -26,18 +26,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from imagerec.classifier import EMASmoother
+from imagerec.prediction import UNKNOWN
 from imagerec.settings import VideoConfig
 from imagerec.video.capture import LiveCapture, back_off
 from imagerec.video.config import FrameResult
 from imagerec.video.sources import Source, VideoError, import_cv2, open_capture, parse_source
 
-UNKNOWN = "unknown"
 _END = object()
 _WATCHDOG_GRACE_S = 2.0
 
@@ -87,9 +87,8 @@ class VideoStream:
         self.source: Source = source if isinstance(source, Source) else parse_source(source)
         self.config = config.validate()
         self.live = self.source.live if config.live is None else config.live
-        threshold = classifier.threshold if config.threshold is None else (config.threshold or None)
-        self.threshold: float | None = threshold
-        self.smoother = EMASmoother(config.smooth)
+        self.threshold: float | None = classifier.threshold_for(config.threshold)
+        self.smoother = classifier.smoother(config.smooth)
         self.source_fps = 0.0
         self.frame_size: tuple[int, int] | None = None  # (width, height)
         self.summary: dict[str, Any] | None = None
@@ -104,10 +103,10 @@ class VideoStream:
         self._ended_by = "end of source"
         self._reconnects = 0
         self._counts = {"read": 0, "classified": 0, "yielded": 0}
-        self._last: tuple[str, float, list[tuple[str, float]]] = (UNKNOWN, 0.0, [])
+        self._last: tuple[str, float, list[tuple[str, float]]] = (UNKNOWN, 0.0, [])  # label, conf, top-k
         self._segments: list[dict[str, Any]] = []
         self._t0 = 0.0
-        self._recent: list[float] = []
+        self._recent: deque[float] = deque(maxlen=30)
 
     # lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> VideoStream:
@@ -261,9 +260,8 @@ class VideoStream:
     def _reopen(self):
         try:
             return open_capture(self.source, self.config.open_timeout_s, self.config.read_timeout_s)
-        except VideoError:
-            cv2 = import_cv2()
-            return cv2.VideoCapture()  # not opened: read() fails at once and the back-off continues
+        except VideoError:  # a capture that is not opened: read() fails at once and the back-off continues
+            return import_cv2().VideoCapture()
 
     # worker thread ---------------------------------------------------------------------------------------
     def _work_loop(self) -> None:
@@ -324,8 +322,6 @@ class VideoStream:
         now = time.monotonic()
         self._counts["yielded"] += 1
         self._recent.append(now)
-        if len(self._recent) > 30:
-            self._recent.pop(0)
         rate = (
             (len(self._recent) - 1) / (now - self._recent[0])
             if len(self._recent) > 1 and now > self._recent[0]
@@ -333,24 +329,18 @@ class VideoStream:
         )
         if probs is not None:
             self._counts["classified"] += 1
-            smoothed = self.smoother.update(probs)
-            labels = self.classifier.labels
-            order = np.argsort(-smoothed)[: max(1, min(self.config.top_k, len(labels)))]
-            conf = float(smoothed[order[0]])
-            label = labels[order[0]] if self.threshold is None or conf >= self.threshold else UNKNOWN
-            self._last = (label, conf, [(labels[j], float(smoothed[j])) for j in order])
-            self._timeline(label, frame.time_s)
-        label, conf, top = self._last
+            smoothed = self.smoother.update(probs)[None]
+            answer = self.classifier.answers(smoothed, self.config.top_k, self.config.threshold)[0]
+            self._last = (answer.label, answer.confidence, answer.top_k)
+            self._timeline(answer.label, frame.time_s)
         image = frame.image if self.config.keep_images else None
-        return FrameResult(frame.index, frame.time_s, label, conf, top, probs is not None, rate, image)
+        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image)
 
     def _timeline(self, label: str, time_s: float) -> None:
-        if self._segments and self._segments[-1]["label"] == label:
-            self._segments[-1]["end_s"] = time_s
-            return
         if self._segments:
             self._segments[-1]["end_s"] = time_s
-        self._segments.append({"label": label, "start_s": time_s, "end_s": time_s})
+        if not self._segments or self._segments[-1]["label"] != label:
+            self._segments.append({"label": label, "start_s": time_s, "end_s": time_s})
 
     def _finish(self) -> None:
         if self.summary is not None:
