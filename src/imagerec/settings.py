@@ -174,7 +174,7 @@ class RunConfig(Settings):
 # --- the HTTP service -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServeSettings(Settings):
-    """Settings of ``imagerec serve`` and ``create_app`` (the flags: ``tests/cli/test_defaults.py``, SERVE_FLAGS)."""
+    """Settings of ``imagerec serve`` and ``create_app``; most are a flag of that name (``--max-batch``)."""
 
     _what: ClassVar[str] = "serve setting"
 
