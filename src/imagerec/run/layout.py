@@ -18,6 +18,7 @@ RUN/
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ class RunDir:
             raise RunError(
                 f"run directory {str(self.path)!r} does not exist; train one with 'imagerec train'"
             )
+        if not self.exists():
+            raise RunError(self._not_a_run())
         for name in (MODEL_FILE, "labels.json", "config.json", *names):
             if not (self.path / name).exists():
                 raise RunError(
@@ -109,6 +112,21 @@ class RunDir:
                 f"expected {FORMAT_VERSION}); retrain it with this version"
             )
         return self
+
+    def _not_a_run(self) -> str:
+        """What to say for a folder that holds no run at all (a dataset folder is the usual mistake)."""
+        from imagerec.data.images import IMAGE_EXTENSIONS
+
+        near = itertools.islice(self.path.rglob("*"), 500)  # a dataset shows images within a few entries
+        has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in near)
+        what = (
+            "a folder of images (a dataset?)" if has_images else "a folder without model.keras or config.json"
+        )
+        return (
+            f"{str(self.path)!r} is not a run directory: it is {what}; a run is the folder that "
+            "'imagerec train DATA --out RUN' writes (model.keras, labels.json, config.json, metrics.json...); "
+            "pass that folder instead"
+        )
 
     def read_config(self) -> dict[str, Any]:
         try:
