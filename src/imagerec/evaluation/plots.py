@@ -171,10 +171,14 @@ def reliability_png(bins: list[dict[str, float]], ece: float, path: str | Path, 
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability diagram{' ' + title if title else ''}: ECE = {ece:.4f}")
-    ax.legend(loc="upper left")
+    fig.suptitle(f"reliability diagram{' ' + title if title else ''}: ECE = {ece:.4f}")
+    # above the bars, not over them: the high-confidence bins (right) and the low ones (left) both hold data
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize="small", frameon=False)
     hist.bar(centers, [b["count"] for b in filled], width=width * 0.95, color="gray")
     hist.set_yscale("symlog")
+    # plain numbers: log-axis labels are mathtext, which text.parse_math=False (see _plt) would print raw
+    hist.yaxis.set_major_formatter(_plt().FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
+    hist.yaxis.set_minor_formatter(_plt().NullFormatter())
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("images")
     hist.set_xlim(0, 1)
