@@ -34,6 +34,7 @@ from imagerec.settings import PARITY_IMAGES
 from imagerec.utils import atomic_write_json, sha256_file
 
 REPRESENTATIVE_IMAGES = 200
+PARITY_BATCH = 64
 
 
 def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A002 - the CLI's word
@@ -88,20 +89,23 @@ def export_records(classifier, format="tflite", quantize=None, out=None, parity_
             f"{str(run_dir.path)!r} is not a run directory (no model.keras); export from the run"
         )
     run_dir.require()
-    from imagerec.export.parity import batched, evaluation_images
+    from imagerec.export.parity import evaluation_images
+    from imagerec.runtime import predict_in_batches
 
     model = (
         classifier.model
         if classifier.runtime == "keras" and classifier.model is not None
         else run_dir.load_model()
     )
-    images, _, split = evaluation_images(classifier, parity_images)
+    images, _, split = evaluation_images(run_dir, parity_images)
     if not len(images):
         raise ExportError(
             f"run {str(run_dir.path)!r}: no readable test or val images in manifest.csv to check parity on; "
             "restore the dataset files at the paths in the manifest"
         )
-    reference = batched(lambda x: model(x.astype("float32"), training=False).numpy(), images)
+    reference = predict_in_batches(
+        lambda x: model(x.astype("float32"), training=False).numpy(), images, PARITY_BATCH
+    )
     # the reference above is the model as the keras runtime runs it; exports are made from its float32 twin
     keras_model, model = model, float32_model(model)
     parent = Path(out) if out is not None and format == "all" else run_dir.exports
@@ -121,7 +125,7 @@ def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any
     from imagerec.runtime.keras import KerasRuntime
 
     keras_fn = (
-        classifier._run
+        classifier.raw_proba
         if classifier.runtime == "keras"
         else KerasRuntime(keras_model, classifier.image_size, classifier.channels)
     )
@@ -132,19 +136,15 @@ def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any
 def _export_one(
     classifier, model, fmt_name: str, quantize: str, dest: Path, check, representative_images: int
 ):
-    from imagerec.export.parity import batched, parity, split_images
+    from imagerec.export.parity import parity, run_spec, split_images
+    from imagerec.runtime import predict_in_batches
 
     fmt = FORMATS[fmt_name]
     images, reference, split = check
-    spec = {
-        "image_size": classifier.image_size,
-        "channels": classifier.channels,
-        "resize": classifier.resize,
-        "labels": list(classifier.labels),
-    }
+    spec = run_spec(classifier.run_dir)
     representative = None
     if quantize == "int8":
-        representative, _ = split_images(classifier, "train", representative_images)
+        representative, _ = split_images(classifier.run_dir, "train", representative_images)
         if not len(representative):
             raise ExportError(
                 f"int8 quantization needs training images to calibrate, but no train row of "
@@ -162,7 +162,7 @@ def _export_one(
         runtime = module.Runtime(
             artifact, None, {"image_size": spec["image_size"], "channels": spec["channels"]}
         )
-        result = parity(reference, batched(runtime, images), quantize, split)
+        result = parity(reference, predict_in_batches(runtime, images, PARITY_BATCH), quantize, split)
         record = _record(classifier, fmt_name, quantize, artifact, spec, result)
         if not result["passed"]:
             raise ExportError(

@@ -32,11 +32,14 @@ import numpy as np
 
 from imagerec.errors import ImagerecError
 from imagerec.export.formats import is_export_dir
-from imagerec.export.parity import accuracy, batched, evaluation_images
+from imagerec.export.parity import accuracy, evaluation_images, run_spec
+from imagerec.run import RunDir
+from imagerec.runtime import get_runtime, predict_in_batches
 from imagerec.runtime.exported import RUNTIME_RECORD, open_export_runtime, verify_export
 from imagerec.utils import atomic_write_json, read_json
 
 BATCH_SIZES = (1, 8, 64)
+ACCURACY_BATCH = 64
 QUICK_SECONDS = 0.3  # per runtime, for the measurement ``imagerec export`` makes
 
 
@@ -208,17 +211,13 @@ def benchmark_run(
     Returns:
         The ``benchmark.json`` record: ``{"runtimes": [...], "fastest": name, "default": name, ...}``.
     """
-    from imagerec.classifier import Classifier
-
     log = log or (lambda _msg: None)
-    keras_clf = Classifier.load(run, runtime="keras")
-    run_path = keras_clf.run_dir.path
-    images, labels, split = evaluation_images(keras_clf, accuracy_images)
+    run_dir = RunDir(run).require()
+    run_path, spec = run_dir.path, run_spec(run_dir)
+    size, channels = spec["image_size"], spec["channels"]
+    images, labels, split = evaluation_images(run_dir, accuracy_images)
     if not len(images):
-        rng = np.random.default_rng(0)
-        images = rng.integers(
-            0, 256, (64, keras_clf.image_size, keras_clf.image_size, keras_clf.channels), np.uint8
-        )
+        images = np.random.default_rng(0).integers(0, 256, (64, size, size, channels), np.uint8)
     batch64 = np.resize(images, (64, *images.shape[1:]))
     rows: dict[str, dict[str, Any]] = {}
     fns: dict[str, Callable] = {}
@@ -230,17 +229,19 @@ def benchmark_run(
         log(f"loading {name}")
         with PeakRSS() as mem:
             if name == "keras":
-                fn, size, passed = keras_clf._run, keras_clf.run_dir.model.stat().st_size, True
+                info = {"image_size": size, "channels": channels, "run_dir": run_path}
+                fn = get_runtime("keras")(run_dir.load_model(), info)
+                nbytes, passed = run_dir.model.stat().st_size, True
             else:
                 record = verify_export(run_path / "exports" / name)
                 fn = open_export_runtime(run_path / "exports" / name, name)[2]
-                size, passed = record["size_bytes"], bool(record["parity"]["passed"])
+                nbytes, passed = record["size_bytes"], bool(record["parity"]["passed"])
             fn(batch64)
         fns[name] = fn
-        probs = batched(fn, images) if len(labels) else None
+        probs = predict_in_batches(fn, images, ACCURACY_BATCH) if len(labels) else None
         rows[name] = {
             "runtime": name,
-            "size_bytes": int(size),
+            "size_bytes": int(nbytes),
             "peak_rss_delta_mb": round(mem.delta / 2**20, 1),
             "accuracy": accuracy(probs, labels) if probs is not None else None,
             "parity_passed": passed,

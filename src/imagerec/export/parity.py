@@ -7,39 +7,54 @@ class probability. An export passes when agreement >= 99% (float formats) or >= 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imagerec.data.images import load_image
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.errors import DataError, ImageRejected
+from imagerec.run import RunDir
 
 THRESHOLDS = {"none": 0.99, "float16": 0.99, "dynamic": 0.99, "int8": 0.97}
 #: a disagreement where the reference's own scores of the two classes differ by less than this is a near-tie
 TIE_MARGIN = {"none": 0.05, "float16": 0.05, "dynamic": 0.05, "int8": 0.1}
 
 
-def split_images(classifier, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 (N,S,S,C), label indices (N,))`` of one split of the classifier's run, via its manifest.
+def run_spec(run_dir: RunDir) -> dict[str, Any]:
+    """The run's preprocessing contract, as every export records it: image size, channels, resize and labels."""
+    config = run_dir.read_config()
+    return {
+        "image_size": int(config["image_size"]),
+        "channels": int(config["channels"]),
+        "resize": config.get("resize", "stretch"),
+        "labels": run_dir.read_labels(),
+    }
 
-    Rows whose file is missing or unreadable are skipped; an empty result has shape ``(0, S, S, C)``.
+
+def split_images(run_dir: RunDir, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (N,S,S,C), label indices (N,))`` of one split of the run, via its manifest.
+
+    Images are decoded as the run's classifier preprocesses them (``load_image`` with the run's size, channels
+    and resize policy). Rows whose file is missing or unreadable are skipped; an empty result has shape
+    ``(0, S, S, C)``.
     """
-    size, channels = classifier.image_size, classifier.channels
+    spec = run_spec(run_dir)
+    size, channels = spec["image_size"], spec["channels"]
     images, labels = [], []
     try:
-        rows = rows_for(read_manifest(classifier.run_dir.manifest), split)
+        rows = rows_for(read_manifest(run_dir.manifest), split)
     except DataError:
         rows = []
-    index = {name: i for i, name in enumerate(classifier.labels)}
+    index = {name: i for i, name in enumerate(spec["labels"])}
     for row in rows:
         if limit is not None and len(images) >= limit:
             break
         if row.label not in index:
             continue
         try:
-            images.append(classifier.preprocess(row.path))
+            images.append(load_image(row.path, (size, size), channels, spec["resize"]))
         except ImageRejected:
             continue
         labels.append(index[row.label])
@@ -48,17 +63,13 @@ def split_images(classifier, split: str, limit: int | None = None) -> tuple[np.n
     return np.stack(images), np.asarray(labels, np.int64)
 
 
-def evaluation_images(classifier, limit: int = 1000) -> tuple[np.ndarray, np.ndarray, str]:
+def evaluation_images(run_dir: RunDir, limit: int = 1000) -> tuple[np.ndarray, np.ndarray, str]:
     """The run's test images (or val when test has none) for parity and accuracy."""
     for split in ("test", "val"):
-        images, labels = split_images(classifier, split, limit)
+        images, labels = split_images(run_dir, split, limit)
         if len(images):
             return images, labels, split
     return images, labels, "none"
-
-
-def batched(fn: Callable, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([fn(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, quantize: str, split: str) -> dict[str, Any]:
@@ -102,4 +113,4 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
     return round(float(np.mean(probs.argmax(1) == labels)), 6) if len(labels) else None
 
 
-__all__ = ["THRESHOLDS", "split_images", "evaluation_images", "batched", "parity", "accuracy", "Path"]
+__all__ = ["THRESHOLDS", "run_spec", "split_images", "evaluation_images", "parity", "accuracy", "Path"]
