@@ -47,6 +47,44 @@ def test_cli_writes_outputs_and_prints_summary(trained_run, tmp_path, capsys):
     assert summary["frames_read"] == 30 and summary["frames_classified"] == 30
     assert summary["segments"][0]["start_s"] == 0.0 and summary["segments"][-1]["end_s"] == pytest.approx(2.0)
     assert read_frames(out)[0] == 30 and len(lines.read_text().splitlines()) == 30
+    assert video_codec(out) == "h264" and "notes" not in summary  # browsers play H.264, not OpenCV's mp4v
+
+
+def video_codec(path: Path) -> str:
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
+         "-of", "default=nw=1:nk=1", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return probe.stdout.strip()
+
+
+def test_without_ffmpeg_the_mp4_is_mpeg4_part2_with_a_note(trained_run, tmp_path, capsys, monkeypatch):
+    from imagerec.video import output
+
+    monkeypatch.setattr(output, "ffmpeg_with_x264", lambda: None)
+    clip = write_clip(tmp_path / "c.mp4", held(("blue",), 5), fps=15.0)
+    out = tmp_path / "a.mp4"
+    code, stdout, _ = run_cli(capsys, str(trained_run), "--source", str(clip), "--out", str(out))
+    assert code == 0 and read_frames(out)[0] == 5
+    assert video_codec(out) == "mpeg4"
+    assert "note: a.mp4: written as MPEG-4 Part 2 (mp4v), which browsers do not play" in stdout
+
+
+def test_odd_frame_sizes_encode_as_h264(tmp_path):
+    """libx264 with yuv420p needs even sides: an odd-sized frame is padded by one pixel, not refused."""
+    import numpy as np
+
+    from imagerec.video.output import AnnotatedWriter
+
+    out = tmp_path / "odd.mp4"
+    writer = AnnotatedWriter(out, 10.0)
+    for _ in range(6):
+        writer.write(np.full((49, 65, 3), (0, 0, 255), np.uint8))
+    assert writer.close() and writer.codec == "h264"
+    count, _, size = read_frames(out)
+    assert count == 6 and size == (66, 50) and video_codec(out) == "h264"
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

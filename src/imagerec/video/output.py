@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,8 +24,24 @@ import numpy as np
 from imagerec.video.sources import VideoError, check_cli_source, import_cv2
 from imagerec.video.stream import FrameResult, VideoConfig, VideoStream, stream
 
-#: container suffix -> OpenCV fourcc
+#: container suffix -> OpenCV fourcc, the fallback when no ffmpeg with libx264 is installed
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+#: containers written as H.264 through ffmpeg (browsers play H.264 in MP4, not OpenCV's MPEG-4 Part 2 "mp4v")
+H264_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+
+
+def ffmpeg_with_x264() -> str | None:
+    """The path of an ``ffmpeg`` that has the libx264 encoder (Debian's has), or None."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    try:
+        found = subprocess.run(
+            [exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe if " libx264 " in found else None
 
 
 def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
@@ -52,37 +70,102 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] | None = Non
 
 
 class AnnotatedWriter:
-    """Writes annotated frames to ``.<name>.partial-<pid><suffix>`` and renames it to ``path`` on :meth:`close`."""
+    """Writes annotated frames to ``.<name>.partial-<pid><suffix>`` and renames it to ``path`` on :meth:`close`.
+
+    MP4/MOV/MKV are encoded as H.264 (yuv420p, faststart: plays in browsers) by an ``ffmpeg`` child fed raw BGR
+    frames through a pipe; without an ffmpeg that has libx264, OpenCV writes MPEG-4 Part 2 and :attr:`note` says
+    so. AVI is Motion-JPEG through OpenCV.
+    """
 
     def __init__(self, path: Path, fps: float):
         self.path = path
         self.fps = fps if fps and fps > 0 else 30.0
         self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
         self._writer = None
+        self._ffmpeg: subprocess.Popen | None = None
         self.frames = 0
+        self.codec: str | None = None
+        self.note: str | None = None
+
+    def _open(self, width: int, height: int) -> None:
+        exe = ffmpeg_with_x264() if self.path.suffix.lower() in H264_SUFFIXES else None
+        if exe is not None:
+            # libx264 with yuv420p needs even sides: pad by one pixel where needed
+            command = [
+                exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
+                "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.tmp),
+            ]  # fmt: skip
+            # its own process group: a Ctrl-C in the terminal reaches imagerec, which then finishes the file;
+            # ffmpeg must not stop first. If imagerec dies, ffmpeg reads EOF and exits by itself.
+            self._ffmpeg = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                process_group=0,
+            )
+            self.codec = "h264"
+            return
+        cv2 = import_cv2()
+        fourcc = FOURCC[self.path.suffix.lower()]
+        self._writer = cv2.VideoWriter(
+            str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (width, height)
+        )
+        if not self._writer.isOpened():
+            self._writer = None
+            self.tmp.unlink(missing_ok=True)
+            raise VideoError(f"output {self.path}: OpenCV cannot write {self.path.suffix} video here")
+        self.codec = fourcc
+        if self.path.suffix.lower() in H264_SUFFIXES:
+            self.note = (
+                f"{self.path.name}: written as MPEG-4 Part 2 (mp4v), which browsers do not play; install ffmpeg "
+                "with libx264 (Debian: apt-get install ffmpeg) to get H.264"
+            )
 
     def write(self, image: np.ndarray) -> None:
-        cv2 = import_cv2()
-        if self._writer is None:
-            height, width = image.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
-            self._writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (width, height))
-            if not self._writer.isOpened():
-                self._writer = None
-                self.tmp.unlink(missing_ok=True)
-                raise VideoError(f"output {self.path}: OpenCV cannot write {self.path.suffix} video here")
-        self._writer.write(image)
+        if self._writer is None and self._ffmpeg is None:
+            self._open(image.shape[1], image.shape[0])
+        if self._ffmpeg is not None:
+            try:
+                self._ffmpeg.stdin.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())  # type: ignore[union-attr]
+            except BrokenPipeError:
+                raise VideoError(f"output {self.path}: ffmpeg stopped: {self._ffmpeg_error()}") from None
+        else:
+            self._writer.write(image)  # type: ignore[union-attr]
         self.frames += 1
+
+    def _ffmpeg_error(self) -> str:
+        """Close ffmpeg's input, wait for it to finish the file; its last error line, or "" on success."""
+        proc = self._ffmpeg
+        if proc is None:
+            return ""
+        self._ffmpeg = None
+        try:
+            _, err = proc.communicate(timeout=120)  # closes ffmpeg's input: it finishes the file
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if not proc.returncode:
+            return ""
+        lines = err.decode(errors="replace").strip().splitlines()
+        return (lines or [f"exit code {proc.returncode}"])[-1][:300]
 
     def close(self, keep: bool = True) -> bool:
         """Finish the file; rename it into place when ``keep`` and at least one frame was written."""
+        failed = ""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if keep and self.frames:
+        if self._ffmpeg is not None:
+            failed = self._ffmpeg_error()
+        if keep and self.frames and not failed:
             os.replace(self.tmp, self.path)
             return True
         self.tmp.unlink(missing_ok=True)
+        if keep and failed:
+            raise VideoError(f"output {self.path}: ffmpeg failed: {failed}")
         return False
 
 
@@ -211,6 +294,8 @@ def run_video(
         if show and cv2 is not None:
             cv2.destroyAllWindows()
     summary = dict(video.summary or {})
+    if writer is not None and writer.note:
+        summary["notes"] = [writer.note]
     summary["outputs"] = {
         k: str(v)
         for k, v in (("video", out_path), ("jsonl", jsonl_path))
@@ -233,4 +318,5 @@ def format_summary(summary: dict[str, Any], max_segments: int = 20) -> str:
         lines.append(f"  ... {len(segs) - max_segments} more segments (see --json)")
     for kind, path in summary.get("outputs", {}).items():
         lines.append(f"wrote {kind}: {path}")
+    lines.extend(f"note: {note}" for note in summary.get("notes", []))
     return "\n".join(lines)
