@@ -73,3 +73,23 @@ def test_predict_cli_tta_with_ray_is_a_clear_error(trained_run, tmp_path, capsys
         str(tmp_path / "r.jsonl"),
     )
     assert code == 2 and "--tta is not available with --ray" in err
+
+
+def test_answers_is_the_one_labelling_rule(trained_run):
+    """``Classifier.answers``: top-k clipped to the classes, the run's temperature for raw probabilities, and one
+    threshold rule (None = the run's calibrated threshold, 0 = off, else the value given)."""
+    clf = Classifier.load(trained_run, runtime="keras")
+    a, b, c = clf.labels
+    probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]], np.float32)
+    clf.threshold = 0.65  # as calibration.json would store it
+    assert [p.label for p in clf.answers(probs)] == ["unknown", c]
+    assert [p.label for p in clf.answers(probs, threshold=0)] == [a, c]
+    assert [p.label for p in clf.answers(probs, threshold=0.8)] == ["unknown", "unknown"]
+    first = clf.answers(probs, top_k=99, sources=["x.png", None])[0]
+    assert first.top_k == [(a, pytest.approx(0.6)), (b, pytest.approx(0.3)), (c, pytest.approx(0.1))]
+    assert (first.source, first.index, first.confidence) == ("x.png", 0, pytest.approx(0.6))
+    assert len(clf.answers(probs, top_k=0)[1].top_k) == 1
+    clf.temperature = 2.0  # raw probabilities are calibrated first: softer, same ranking
+    soft = clf.answers(probs, threshold=0, calibrated=False)[0]
+    assert soft.label == a and soft.confidence < 0.6
+    assert soft.confidence == pytest.approx(float(clf.calibrated(probs)[0, 0]))

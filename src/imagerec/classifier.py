@@ -189,6 +189,7 @@ class Classifier:
         """
         items = list(x) if isinstance(x, (list, tuple)) else [x]
         results: list[Prediction | PredictionError | None] = [None] * len(items)
+        # inputs are decoded batch by batch (a long list never sits decoded in memory): one model call each
         for start in range(0, len(items), batch_size):
             arrays, where, names = [], [], []
             for index in range(start, min(start + batch_size, len(items))):
