@@ -99,6 +99,7 @@ class DataConfig(Settings):
     test: float = 0.1
     cache: str = "auto"  # auto | memory | disk | none
     max_invalid_ratio: float = 0.5
+    follow_symlinks: bool = False  # use files that link outside the dataset folder (never for uploads)
 
 
 @dataclass(frozen=True)

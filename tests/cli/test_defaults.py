@@ -44,6 +44,10 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
     ("data split", "--val"): (DataConfig, "val"),
     ("data split", "--test"): (DataConfig, "test"),
     ("data split", "--seed"): (TrainConfig, "seed"),
+    **{
+        (cmd, "--follow-symlinks"): (DataConfig, "follow_symlinks")
+        for cmd in ("data inspect", "data clean", "data split")
+    },
 }
 
 #: (command, flag) -> the name of a plain constant of imagerec.settings that is the option's default.

@@ -152,7 +152,14 @@ def write_messy(root: Path) -> dict:
         "near_duplicates": [
             sorted(str(dog / n) for n in ("near_src.png", "near_src_reencoded.jpg", "near_src_small.png"))
         ],
+        "label_conflicts": [
+            {
+                "labels": ["cat", "dog"],
+                "paths": sorted([str(cat / "shared.png"), str(dog / "shared copy.png")]),
+            }
+        ],
         "ignored": len(ignored),
+        "ignored_files": sorted(str(p) for p in ignored),
     }
 
 

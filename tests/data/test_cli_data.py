@@ -81,11 +81,19 @@ def test_clean_moves_bad_files_keeps_paths_logs_and_deletes_nothing(messy, tmp_p
     quarantine = tmp_path / "quarantine"
     code, out, err = cli("data", "clean", root, "--quarantine", quarantine, "--duplicates")
     assert code == 0, err
-    moved = 7 + 1  # the invalid files, and the second copy of the duplicated picture
+    # the invalid files, and both copies of the picture filed under cat and dog: a label conflict without a
+    # majority, so neither label can be trusted
+    moved = 7 + 2
     assert f"moved {moved} file(s)" in out
+    assert (
+        "label conflict: the same picture is in 'cat' x1, 'dog' x1; no majority, so no copy was kept" in out
+    )
     log = [json.loads(line) for line in (quarantine / "quarantine.jsonl").read_text().splitlines()]
     assert len(log) == moved
-    assert {e["from"] for e in log} == set(expected["invalid"]) | {expected["duplicates"][0][1]}
+    assert {e["from"] for e in log} == set(expected["invalid"]) | set(expected["duplicates"][0])
+    assert all(
+        e["reason"].startswith("label conflict") for e in log if e["from"] in expected["duplicates"][0]
+    )
     after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     kept = {
         p.relative_to(quarantine): p.read_bytes()
@@ -96,8 +104,60 @@ def test_clean_moves_bad_files_keeps_paths_logs_and_deletes_nothing(messy, tmp_p
     assert not set(after) & set(kept)
     report = scan_dataset(root).to_dict()
     assert report["invalid"] == [] and report["duplicates"] == []
-    assert report["num_images"] == expected["num_images"] - 1
+    assert report["num_images"] == expected["num_images"] - 2
     assert report["near_duplicates"] == expected["near_duplicates"]  # only reported, never moved
+
+
+def test_clean_keeps_the_majority_copy_of_a_label_conflict_and_says_why(tmp_path: Path, cli):
+    data = _colour_tree(tmp_path / "d", {"a": 3, "b": 3})
+    shared = f.png(77)
+    for path in (data / "a" / "x1.png", data / "a" / "x2.png", data / "b" / "x3.png"):
+        f.write(path, shared)
+    f.write(data / "b" / "same1.png", f.png(78))
+    f.write(data / "b" / "same2.png", f.png(78))
+    quarantine = tmp_path / "q"
+    code, out, err = cli("data", "clean", data, "--quarantine", quarantine, "--duplicates")
+    assert code == 0, err
+    kept = str(data / "a" / "x1.png")
+    assert (
+        f"label conflict: the same picture is in 'a' x2, 'b' x1; kept {kept} ('a' holds most copies)" in out
+    )
+    log = {
+        e["from"]: e["reason"]
+        for e in map(json.loads, (quarantine / "quarantine.jsonl").read_text().splitlines())
+    }
+    assert set(log) == {str(data / "a" / "x2.png"), str(data / "b" / "x3.png"), str(data / "b" / "same2.png")}
+    assert (
+        log[str(data / "b" / "same2.png")]
+        == f"duplicate of {data / 'b' / 'same1.png'} (kept: the first copy by path)"
+    )
+    assert (data / "a" / "x1.png").exists() and (data / "b" / "same1.png").exists()
+
+
+def test_inspect_names_label_conflicts_and_ignored_files(messy, cli):
+    root, _ = messy
+    code, out, err = cli("data", "inspect", root)
+    assert code == 0, err
+    assert "label conflicts: 1 group(s)" in out
+    assert "notes.txt" in out and "readme.txt" in out  # the ignored files by name, not only their count
+
+
+def test_symlinks_out_of_the_dataset_are_refused_unless_followed(tmp_path: Path, cli):
+    pool = _colour_tree(tmp_path / "pool", {"a": 4, "b": 4})
+    subset = tmp_path / "subset"
+    for cls in ("a", "b"):
+        (subset / cls).mkdir(parents=True)
+        for src in sorted((pool / cls).iterdir())[:3]:
+            (subset / cls / src.name).symlink_to(src)
+    code, out, err = cli("data", "inspect", subset, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["num_images"] == 0 and len(report["invalid"]) == 6
+    assert "pass --follow-symlinks" in report["invalid"][0]["reason"]
+    code, out, err = cli("data", "inspect", subset, "--json", "--follow-symlinks")
+    report = json.loads(out)
+    assert code == 0 and report["num_images"] == 6 and report["invalid"] == []
+    code, out, err = cli("data", "split", subset, "--out", tmp_path / "m.csv", "--follow-symlinks")
+    assert code == 0 and "wrote" in out, err
 
 
 def test_clean_twice_never_overwrites_the_quarantine(tmp_path: Path, cli):

@@ -25,7 +25,9 @@ def test_messy_folder_inspect_json_through_the_cli(messy):
     assert sorted(item["path"] for item in report["invalid"]) == expected["invalid"]
     assert report["duplicates"] == expected["duplicates"]
     assert report["near_duplicates"] == expected["near_duplicates"]
+    assert report["label_conflicts"] == expected["label_conflicts"]
     assert report["ignored"] == expected["ignored"] == 4
+    assert report["ignored_files"] == expected["ignored_files"]
     assert report["empty_classes"] == ["bird"]
     assert report["formats"] == {"PNG": 10, "JPEG": 4, "GIF": 1, "BMP": 1, "TIFF": 1, "WEBP": 1}
 

@@ -11,6 +11,13 @@ from imagerec.cli.app import data_app
 from imagerec.cli.options import option
 from imagerec.settings import DataConfig, TrainConfig
 
+FOLLOW_SYMLINKS = option(
+    DataConfig,
+    "follow_symlinks",
+    "--follow-symlinks",
+    help="Use image files that are symlinks to places outside DATA (a subset made of links).",
+)
+
 
 @data_app.command("inspect")
 def inspect(
@@ -19,11 +26,12 @@ def inspect(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     workers: int = typer.Option(0, help="Decode processes (0 = CPU count)."),
+    follow_symlinks: bool = FOLLOW_SYMLINKS,
 ) -> None:
-    """Decode every image and report classes, counts, invalid files and duplicates."""
+    """Decode every image and report classes, counts, invalid files, duplicates and label conflicts."""
     from imagerec.data.scan import scan_dataset
 
-    report = scan_dataset(data, workers=workers or None).to_dict()
+    report = scan_dataset(data, workers=workers or None, follow_symlinks=follow_symlinks).to_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -38,12 +46,23 @@ def clean(
     quarantine: Path = typer.Option(
         ..., "--quarantine", help="Folder to move bad files into (nothing is deleted)."
     ),
-    duplicates: bool = typer.Option(False, "--duplicates", help="Also move extra copies of identical files."),
+    duplicates: bool = typer.Option(
+        False, "--duplicates", help="Also move extra copies of identical files and resolve label conflicts."
+    ),
+    follow_symlinks: bool = FOLLOW_SYMLINKS,
 ) -> None:
     """Move invalid files (and optionally duplicate copies) out of DATA, keeping relative paths and a log."""
     from imagerec.data.clean import clean_dataset
 
-    moved = clean_dataset(data, quarantine, duplicates=duplicates)
+    moved = clean_dataset(data, quarantine, duplicates=duplicates, follow_symlinks=follow_symlinks)
+    conflicts = {}
+    for entry in moved:
+        if entry["reason"].startswith("label conflict"):
+            conflicts.setdefault(entry["reason"], []).append(entry["from"])
+    for reason, paths in list(conflicts.items())[:20]:
+        typer.echo(f"{reason}; moved {', '.join(paths)}")
+    if len(conflicts) > 20:
+        typer.echo(f"... {len(conflicts) - 20} more label conflicts (see the log)")
     typer.echo(f"moved {len(moved)} file(s) to {quarantine} (log: {quarantine / 'quarantine.jsonl'})")
 
 
@@ -75,6 +94,7 @@ def split(
     seed: int = option(
         TrainConfig, "seed", help="Seed of the split: the same seed and data give the same manifest."
     ),
+    follow_symlinks: bool = FOLLOW_SYMLINKS,
 ) -> None:
     """Write the stratified, seeded train/val/test manifest that training reads (duplicates stay on one side)."""
     from collections import Counter
@@ -82,7 +102,7 @@ def split(
     from imagerec.data.scan import scan_dataset
     from imagerec.data.split import make_split, write_manifest
 
-    rows = make_split(scan_dataset(data), val=val, test=test, seed=seed)
+    rows = make_split(scan_dataset(data, follow_symlinks=follow_symlinks), val=val, test=test, seed=seed)
     digest = write_manifest(rows, out)
     counts = Counter(r.split for r in rows)
     parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))

@@ -48,6 +48,20 @@ def print_inspect(report: dict[str, Any], console: Console | None = None) -> Non
         if len(report["invalid"]) > MAX_ROWS:
             bad.add_row(f"... {len(report['invalid']) - MAX_ROWS} more (see --json)", "", "")
         console.print(bad)
+    conflicts = report.get("label_conflicts") or []
+    if conflicts:
+        console.print(
+            f"[bold red]label conflicts: {len(conflicts)} group(s)[/bold red] (the same file in several classes: "
+            "one label is wrong; 'imagerec data clean --duplicates' keeps the majority's copy)"
+        )
+        table = Table(show_lines=True)
+        table.add_column("classes", style="red")
+        table.add_column("files", overflow="fold")
+        for item in conflicts[:MAX_GROUPS]:
+            table.add_row(", ".join(item["labels"]), "\n".join(_rel(p, root) for p in item["paths"]))
+        if len(conflicts) > MAX_GROUPS:
+            table.add_row("", f"... {len(conflicts) - MAX_GROUPS} more groups (see --json)")
+        console.print(table)
     for key, title in (
         ("duplicates", "identical files (same bytes)"),
         ("near_duplicates", "near-duplicates (same picture, different bytes)"),
@@ -103,14 +117,26 @@ def _summary_table(report: dict[str, Any]) -> Table:
         ("formats", _counts(report["formats"])),
         ("modes", _counts(report["modes"])),
         ("invalid", str(len(report["invalid"]))),
-        ("ignored", f"{report['ignored']} (hidden or not an image file)"),
+        ("ignored", _ignored(report)),
         (
             "duplicates",
             f"{len(report['duplicates'])} identical, {len(report['near_duplicates'])} near groups",
         ),
     ]
+    if report.get("label_conflicts"):
+        rows.append(("label conflicts", f"{len(report['label_conflicts'])} (same file in several classes)"))
     if report.get("empty_classes"):
         rows.append(("empty classes", ", ".join(report["empty_classes"])))
     for key, value in rows:
-        table.add_row(key, value, style="red" if key == "empty classes" else None)
+        table.add_row(key, value, style="red" if key in ("empty classes", "label conflicts") else None)
     return table
+
+
+def _ignored(report: dict[str, Any], shown: int = 5) -> str:
+    """The count and the first few names of the files that are not samples (README, .DS_Store, notes.txt...)."""
+    files = report.get("ignored_files") or []
+    if not files:
+        return "0"
+    names = ", ".join(_rel(f, report["root"]) for f in files[:shown])
+    more = f", ... {len(files) - shown} more (see --json)" if len(files) > shown else ""
+    return f"{len(files)} (hidden or not an image file): {names}{more}"

@@ -50,13 +50,28 @@ class ScanResult:
     class_names: list[str]
     images: list[ScannedImage]
     invalid: list[dict[str, str]]
-    ignored: int
+    ignored_files: list[str]
     duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[list[str]] = field(default_factory=list)
     #: path -> the decoded ``L``/``RGB`` pixels (``uint8`` array, H x W or H x W x 3) of small images when
     #: ``scan_dataset(keep_decoded=True)``: training builds its arrays from these instead of decoding every file a
     #: second time (see ``KEEP_MAX_PIXELS``).
     decoded: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ignored(self) -> int:
+        return len(self.ignored_files)
+
+    @property
+    def label_conflicts(self) -> list[dict[str, Any]]:
+        """Identical files (same bytes) filed under more than one class: one of the labels is wrong."""
+        label_of = {img.path: img.label for img in self.images}
+        out = []
+        for group in self.duplicates:
+            labels = sorted({label_of[p] for p in group})
+            if len(labels) > 1:
+                out.append({"labels": labels, "paths": group})
+        return out
 
     @property
     def classes(self) -> dict[str, int]:
@@ -98,8 +113,10 @@ class ScanResult:
             "modes": dict(Counter(i.mode for i in self.images)),
             "invalid": self.invalid,
             "duplicates": self.duplicates,
+            "label_conflicts": self.label_conflicts,
             "near_duplicates": self.near_duplicates,
             "ignored": self.ignored,
+            "ignored_files": self.ignored_files,
         }
 
 
@@ -187,7 +204,10 @@ def _check_many(
 
 
 def scan_dataset(
-    data: str | os.PathLike | DatasetSource, workers: int | None = None, keep_decoded: bool = False
+    data: str | os.PathLike | DatasetSource,
+    workers: int | None = None,
+    keep_decoded: bool = False,
+    follow_symlinks: bool = False,
 ) -> ScanResult:
     """Decode every image of ``data`` and report valid, invalid, ignored and duplicate files.
 
@@ -197,12 +217,13 @@ def scan_dataset(
             :func:`imagerec.data.parallel.worker_pool`.
         keep_decoded: keep small decoded images in ``ScanResult.decoded`` (training uses them: one decode
             pass instead of two).
+        follow_symlinks: use files whose real location is outside the dataset (see ``load_source``).
 
     Example:
         >>> result = scan_dataset("photos/")
         >>> result.to_dict()["classes"]
     """
-    source = data if isinstance(data, DatasetSource) else load_source(data)
+    source = data if isinstance(data, DatasetSource) else load_source(data, follow_symlinks)
     workers = workers or default_workers()
     samples = source.samples
     check = partial(_check_many, keep=keep_decoded)
@@ -228,7 +249,7 @@ def scan_dataset(
         class_names=list(source.class_names),
         images=images,
         invalid=invalid,
-        ignored=source.ignored,
+        ignored_files=sorted(source.ignored_files),
         decoded=decoded,
     )
     result.duplicates, result.near_duplicates = find_duplicates(images)
