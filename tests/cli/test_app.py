@@ -34,3 +34,17 @@ def test_commands_still_run_after_the_version_option_was_added(capsys):
     except SystemExit as exc:
         assert int(exc.code or 0) == 0
     assert "inspect" in capsys.readouterr().out
+
+
+def test_help_lists_commands_in_pipeline_order(capsys):
+    import re
+
+    try:
+        main(["--help"])
+    except SystemExit as exc:
+        assert int(exc.code or 0) == 0
+    commands = capsys.readouterr().out.split("Commands", 1)[1]
+    listed = re.findall(r"^│ ([a-z-]+) ", commands, flags=re.M)
+    expected = ["demo", "data", "train", "lr-find", "models", "evaluate", "calibrate", "explain", "compare",
+                "report", "predict", "serve", "video", "export", "benchmark"]  # fmt: skip
+    assert listed == expected

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
+
+#: ``imagerec --help`` lists the commands in the order the README tells the story: data -> train -> evaluate ->
+#: predict / serve / video -> export (commands not named here follow, alphabetically).
+COMMAND_ORDER = (
+    "demo", "data", "train", "lr-find", "models", "evaluate", "calibrate", "explain", "compare", "report",
+    "predict", "serve", "video", "export", "benchmark",
+)  # fmt: skip
+
+
+class PipelineOrder(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
+
 
 app = typer.Typer(
     name="imagerec",
+    cls=PipelineOrder,
     help="Image recognition with TensorFlow/Keras: data -> train -> evaluate -> predict/serve/video -> export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
