@@ -84,7 +84,7 @@ class Learner:
         """
         self.source = load_source(self.data)
         self.scan = scan_dataset(self.source, keep_decoded=True)
-        if self.scan.invalid and self.run is not None:
+        if self.scan.invalid and self.run is not None:  # lr-find (no run) never said it
             self.log(
                 f"skipping {len(self.scan.invalid)} invalid file(s); see 'imagerec data inspect {self.data}'"
             )
@@ -107,7 +107,7 @@ class Learner:
         Args:
             distribute: use ``config.train.strategy`` (a cluster, several GPUs), scaling the batch and learning
                 rate by the replicas; False: one replica, the configured batch and learning rate.
-            splits: the splits to load (the first is trained on).
+            splits: the splits to load (``train`` among them).
         """
         import keras
         import tensorflow as tf
@@ -193,7 +193,7 @@ class Learner:
             previous.get("data_fingerprint") if self.previous else write_manifest(self.rows, run.manifest)
         )
         run.write_json("labels.json", self.class_names)
-        self.record_ = {
+        self.config_record = {
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
             "class_names": self.class_names,
@@ -219,8 +219,8 @@ class Learner:
             "strategy": self.strategy_info,
             "resumed_changes": previous.get("resumed_changes", []) + self.changed,
         }
-        run.write_json("config.json", self.record_)
-        return self.record_
+        run.write_json("config.json", self.config_record)
+        return self.config_record
 
     # fit ----------------------------------------------------------------------------------------------------------
     def callbacks(self) -> list:
@@ -371,7 +371,7 @@ class Learner:
             f"done in {metrics['total_seconds']:.0f}s: val accuracy {val.get('accuracy', float('nan')):.4f}, "
             f"test accuracy {test.get('accuracy', float('nan')):.4f}{tta}; run saved in {run.path}"
         )
-        return Run(run.path, self.record_, metrics)
+        return Run(run.path, self.config_record, metrics)
 
     # verbs --------------------------------------------------------------------------------------------------------
     def train(self) -> Run:
