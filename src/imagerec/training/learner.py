@@ -214,7 +214,7 @@ class Learner:
                 "name": self.config.model.name,
                 "params": int(self.model.count_params()),
                 "flops_per_image": self.flops,
-            },  # fmt: skip
+            },
             "precision": self.policy,
             "strategy": self.strategy_info,
             "resumed_changes": previous.get("resumed_changes", []) + self.changed,
@@ -242,9 +242,8 @@ class Learner:
         self.progress = ProgressCallback(t.epochs, self.steps, run.log)
         callbacks = [
             self.stopper,  # raises at batch/epoch boundaries: a half-done epoch never reaches on_epoch_end
-            AtomicBestModel(
-                run.model, monitor=self.monitor, backup=self.backup
-            ),  # before the backup: its docstring
+            # before the backup: see AtomicBestModel's docstring
+            AtomicBestModel(run.model, monitor=self.monitor, backup=self.backup),
             self.backup,
             NaNGuard(t.learning_rate),
             keras.callbacks.CSVLogger(str(run.history), append=bool(self.previous)),
@@ -319,9 +318,8 @@ class Learner:
         err = TrainingInterrupted(
             f"training interrupted{by} {where} with: imagerec train {self.data} --out {self.run.path} --resume"
         )
-        err.exit_code = 128 + int(
-            self.stopper.signum or signal.SIGINT
-        )  # 130 Ctrl-C, 143 SIGTERM, as shells say
+        # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+        err.exit_code = 128 + int(self.stopper.signum or signal.SIGINT)
         return err
 
     # finish -------------------------------------------------------------------------------------------------------
