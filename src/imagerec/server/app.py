@@ -91,7 +91,8 @@ class Service:
         await self.batcher.stop()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_procs is not None:
-            self.decode_procs.shutdown()
+            await asyncio.to_thread(self.decode_procs.shutdown, 10.0)
+            gc.collect()  # the pool's queues: their finalizers release the named semaphores
 
     async def decode(self, data: bytes, name: str | None = None) -> np.ndarray | bytes:
         """Small uploads go to the batcher as bytes and are decoded in its worker thread, inside their batch (one

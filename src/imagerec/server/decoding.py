@@ -185,11 +185,20 @@ class DecodePool:
             if not future.done():
                 future.set_exception(exc)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 0.0) -> None:
+        """Stop the workers. ``wait_s > 0`` (the server's exit): wait that long for them to exit, so the pool's
+        queues and their named semaphores are released now; uvicorn ends the process by re-raising SIGTERM,
+        which skips the exit handlers that would release them (multiprocessing's resource_tracker then warns of
+        "leaked semaphore objects")."""
         with self._lock:
             self._closed = True
             pool = self._pool
-        pool.shutdown(wait=False, cancel_futures=True)
+        if wait_s > 0:
+            closer = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
+            closer.start()
+            closer.join(wait_s)  # a worker stuck in a decode is not waited for beyond this
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)
         for work in list(self._in_flight):
             work.cancel()  # its callers get DecoderCrashed (see _finished)
         for _, future in self._pending:
