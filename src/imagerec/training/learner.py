@@ -342,8 +342,10 @@ class Learner:
             "num_images": int(len(y)),
         }
         if augment_flips(self.config.augment.preset):
-            mirrored = predict_in_batches(fn, np.ascontiguousarray(x[:, :, ::-1]), batch_size)
-            out["accuracy_tta"] = float(((probs + mirrored).argmax(1) == y).mean())
+            from imagerec.classifier import with_flip_tta
+
+            tta = predict_in_batches(with_flip_tta(fn), x, batch_size)
+            out["accuracy_tta"] = float((tta.argmax(1) == y).mean())
         return out
 
     def finish(self, fit_seconds: float) -> Run:
