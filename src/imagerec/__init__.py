@@ -13,7 +13,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not ours to print
 
+from imagerec.quiet import quiet_tensorflow
 from imagerec.version import __version__
+
+quiet_tensorflow()  # only where the CLI asked for it (IMAGEREC_TF_QUIET=1, inherited by its worker processes)
 
 __all__ = ["Classifier", "train", "evaluate", "scan_dataset", "__version__"]
 

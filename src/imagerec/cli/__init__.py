@@ -16,7 +16,17 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``imagerec`` console script."""
     import warnings
 
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    from imagerec.quiet import ENV, quiet_tensorflow
+
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):
+        os.environ[ENV] = "0"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault(ENV, "1")  # inherited by worker processes (decoders, uvicorn workers, video capture)
+    quiet_tensorflow()
+
+    if os.environ.get(ENV) == "1":
+        warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     try:
         app(args=argv, prog_name="imagerec")
     except ImagerecError as exc:

@@ -47,8 +47,11 @@ def _main(
         is_eager=True,
         help="Print the imagerec version and exit.",
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show TensorFlow's start-up messages and library warnings (hidden by default)."
+    ),
 ) -> None:
-    pass
+    pass  # --verbose is acted on in imagerec.cli.main, before anything imports TensorFlow
 
 
 data_app = typer.Typer(help="Inspect, clean and materialise datasets.", no_args_is_help=True)
