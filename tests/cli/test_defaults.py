@@ -88,7 +88,7 @@ OVERRIDE: dict[tuple[str, str], tuple[type, str]] = {
 
 #: Options that are no setting: what to read or write, output formats, one command's switches.
 CLI_ONLY = {
-    "": {"--version"},
+    "": {"--version", "--verbose"},
     "data inspect": {"--json", "--workers"},
     "data clean": {"--quarantine", "--duplicates"},
     "data builtin": {"--limit"},
