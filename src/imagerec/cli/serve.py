@@ -8,6 +8,7 @@ import typer
 
 from imagerec.cli.app import app
 from imagerec.cli.options import options_of
+from imagerec.errors import ImagerecError
 from imagerec.settings import ServeSettings
 
 setting = options_of(ServeSettings)
@@ -89,17 +90,47 @@ def serve(
         loop=_best("uvloop", "auto"),
         http=_best("httptools", "auto"),
     )
+    check_port_free(
+        host, port
+    )  # before the model loads: a busy port is a one-line error, not a traceback later
+    clf = Classifier.load(
+        run, runtime=runtime
+    )  # in multi-worker mode too: fail fast here, not in each worker
     key_note = "API key required" if settings.api_key else "no API key"
     typer.echo(
-        f"imagerec: serving {run} on http://{host}:{port} ({workers} worker(s), {key_note}, runtime={runtime})",
+        f"imagerec: serving {run} on http://{host}:{port} ({workers} worker(s), {key_note}, "
+        f"runtime={clf.runtime})",
         err=True,
     )
     if workers > 1:
-        Classifier.load(run, runtime=runtime)  # fail fast here, not in each worker
+        del clf
         settings_to_env(str(run), runtime, settings)
         uvicorn.run("imagerec.server.app:app_from_env", factory=True, workers=workers, **options)
         return
-    uvicorn.run(create_app(Classifier.load(run, runtime=runtime), settings), **options)
+    uvicorn.run(create_app(clf, settings), **options)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise a one-line :class:`ImagerecError` when ``host:port`` cannot be bound (in use, not ours, privileged)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ImagerecError(f"--host {host!r} is not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "is already in use (another server?)",
+                errno.EACCES: "needs root (ports below 1024)",
+                errno.EADDRNOTAVAIL: "is not an address of this machine",
+            }.get(exc.errno, f"cannot be bound ({exc.strerror})")
+            raise ImagerecError(f"{host}:{port} {why}; choose another with --port N (or --host)") from None
 
 
 def _best(module: str, fallback: str) -> str:
