@@ -20,6 +20,15 @@ from imagerec.errors import ImagerecError, ImageRejected
 from imagerec.prediction import UNKNOWN, Prediction, PredictionError, softmax_temperature
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime
+from imagerec.settings import (
+    EXPORT_FORMAT,
+    RUNTIME,
+    CalibrateSettings,
+    EvaluateSettings,
+    IssuesSettings,
+    PredictSettings,
+    VideoConfig,
+)
 from imagerec.utils import read_json
 
 __all__ = ["UNKNOWN", "Classifier", "EMASmoother", "evaluate", "softmax_temperature", "with_flip_tta"]
@@ -53,7 +62,7 @@ class Classifier:
 
     # construction -----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, run: str | os.PathLike, runtime: str = "auto", tta: bool = False) -> Classifier:
+    def load(cls, run: str | os.PathLike, runtime: str = RUNTIME, tta: bool = False) -> Classifier:
         """Load a run directory, or an exported artifact (``.tflite``, ``.onnx``, SavedModel folder).
 
         A run's Keras model is loaded with Keras ``safe_mode`` after a pre-scan and hash check; an exported
@@ -121,14 +130,14 @@ class Classifier:
         """
         return self.threshold if threshold is None else (threshold or None)
 
-    def smoother(self, alpha: float = 0.6) -> EMASmoother:
+    def smoother(self, alpha: float = VideoConfig.smooth) -> EMASmoother:
         """A fresh :class:`EMASmoother` for one stream of this classifier's probabilities (video, camera)."""
         return EMASmoother(alpha)
 
     def answers(
         self,
         probs: np.ndarray,
-        top_k: int = 5,
+        top_k: int = PredictSettings.top_k,
         threshold: float | None = None,
         sources: list[str | None] | None = None,
         calibrated: bool = True,
@@ -168,9 +177,9 @@ class Classifier:
     def predict(
         self,
         x: Any,
-        top_k: int = 5,
-        batch_size: int = 64,
-        threshold: float | None = None,
+        top_k: int = PredictSettings.top_k,
+        batch_size: int = PredictSettings.batch_size,
+        threshold: float | None = PredictSettings.threshold,
         errors: str = "raise",
     ) -> list[Prediction | PredictionError]:
         """Classify one input or a list of inputs (paths, bytes, PIL images, numpy arrays).
@@ -186,7 +195,11 @@ class Classifier:
 
         Returns:
             One result per input, in order.
+
+        Raises:
+            ImagerecError: ``top_k``, ``batch_size`` or ``threshold`` out of range (see :class:`PredictSettings`).
         """
+        PredictSettings(top_k=top_k, batch_size=batch_size, threshold=threshold).validate()
         items = list(x) if isinstance(x, (list, tuple)) else [x]
         results: list[Prediction | PredictionError | None] = [None] * len(items)
         # inputs are decoded batch by batch (a long list never sits decoded in memory): one model call each
@@ -213,14 +226,22 @@ class Classifier:
 
     # other verbs ------------------------------------------------------------------------------------------
     def evaluate(
-        self, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+        self,
+        data: str | None = None,
+        split: str = EvaluateSettings.split,
+        top_k: int = EvaluateSettings.top_k,
+        write: bool = True,
     ) -> dict[str, Any]:
         """Metrics on the run's own held-out split, or on ``data`` (see :func:`imagerec.evaluate`)."""
         from imagerec.evaluation.evaluator import evaluate_classifier
 
         return evaluate_classifier(self, data=data, split=split, top_k=top_k, write=write)
 
-    def calibrate(self, split: str = "val", target_accuracy: float | None = 0.95) -> dict[str, Any]:
+    def calibrate(
+        self,
+        split: str = CalibrateSettings.split,
+        target_accuracy: float | None = CalibrateSettings.target_accuracy,
+    ) -> dict[str, Any]:
         """Fit temperature scaling and an ``unknown`` threshold on ``split``; write ``RUN/calibration.json``.
 
         This classifier answers with the new calibration at once (see ``imagerec.evaluation.calibrate``).
@@ -235,7 +256,12 @@ class Classifier:
 
         return explain(self, image, out, class_name=class_name)
 
-    def label_issues(self, splits=("train", "val"), limit: int | None = 50, max_p_given: float = 0.5):
+    def label_issues(
+        self,
+        splits=IssuesSettings.splits,
+        limit: int | None = IssuesSettings.limit,
+        max_p_given: float = IssuesSettings.max_p_given,
+    ):
         """The likeliest mislabelled images of the run's ``splits`` (see ``imagerec.evaluation.issues``)."""
         from imagerec.evaluation.issues import find_label_issues
 
@@ -247,7 +273,7 @@ class Classifier:
 
         return stream(self, source, **kwargs)
 
-    def export(self, format: str = "tflite", **kwargs: Any) -> Path:  # noqa: A002 - the CLI's word
+    def export(self, format: str = EXPORT_FORMAT, **kwargs: Any) -> Path:  # noqa: A002 - the CLI's word
         """Export to ``savedmodel``, ``tflite`` or ``onnx`` with a parity check (see ``imagerec.export``)."""
         from imagerec.export import export_run
 
@@ -261,8 +287,8 @@ class Classifier:
 def evaluate(
     run: str | os.PathLike,
     data: str | None = None,
-    split: str = "test",
-    top_k: int = 5,
+    split: str = EvaluateSettings.split,
+    top_k: int = EvaluateSettings.top_k,
     write: bool = True,
     tta: bool = False,
 ) -> dict[str, Any]:
@@ -291,10 +317,11 @@ def evaluate(
         >>> m = imagerec.evaluate("runs/fmnist")
         >>> m["accuracy"], m["macro"]["f1"], m["per_class"]["Shirt"]["recall"]
     """
+    EvaluateSettings(split=split, top_k=top_k).validate()  # before the model loads
     return Classifier.load(run, tta=tta).evaluate(data=data, split=split, top_k=top_k, write=write)
 
 
-def compare(runs: list[str | os.PathLike], split: str = "test") -> list[dict[str, Any]]:
+def compare(runs: list[str | os.PathLike], split: str = EvaluateSettings.split) -> list[dict[str, Any]]:
     """Side-by-side headline metrics, size and latency of ``runs`` (``imagerec compare``); one row per run.
 
     Example:
@@ -341,7 +368,7 @@ def with_flip_tta(run_fn):
 class EMASmoother:
     """Smooth a stream of probability vectors of one source (a video, a browser camera session)."""
 
-    def __init__(self, alpha: float = 0.6):
+    def __init__(self, alpha: float = VideoConfig.smooth):
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {alpha}")
         self.alpha = alpha

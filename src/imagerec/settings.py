@@ -8,9 +8,15 @@ a second time (``tests/cli/test_defaults.py`` holds it to that).
 Precedence: defaults < config file < CLI flags. ``None`` means "choose from the data" (see
 ``imagerec.training.auto``); the resolved value is what the run records.
 
-Every class validates the same way: ``validate()`` runs its checks in order and raises the first that fails;
-``replace(**values)`` sets values (``None`` keeps the current one), refuses unknown names with a did-you-mean, and
-validates the result.
+The verbs have theirs too (:class:`EvaluateSettings`, :class:`CalibrateSettings`, :class:`IssuesSettings`,
+:class:`PredictSettings`, :class:`LRFindSettings`, :class:`BenchmarkSettings`, :class:`RaySettings`): the library
+functions take their keyword defaults from these classes (``top_k: int = EvaluateSettings.top_k``) and the CLI
+its option defaults, so each default is written here and nowhere else.
+
+Every class validates the same way: ``validate()`` checks each numeric field against its :class:`Bound` (declared
+once, with the field: ``epochs: int | None = integer(None, ge=1)``), then the class's rules across fields, and
+raises the first that fails ("--epochs must be >= 1, got 0"); ``replace(**values)`` sets values (``None`` keeps the
+current one), refuses unknown names with a did-you-mean, and validates the result.
 
 Example:
     >>> from imagerec.settings import ServeSettings
@@ -21,14 +27,117 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 from imagerec.errors import ImagerecError, did_you_mean
 
 #: Test images an export is compared on with the Keras model before it is published (``--parity-images``).
 PARITY_IMAGES = 1000
+
+#: The runtime a run is loaded with (``Classifier.load``; ``--runtime`` of predict, video and serve): the fastest
+#: export that passed parity, else Keras. A plain constant: it is one word shared by three verbs, no group.
+RUNTIME = "auto"
+
+#: The export format of ``imagerec export`` and ``Classifier.export``.
+EXPORT_FORMAT = "tflite"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting or flag accepts, written once and checked by ``validate`` and the CLI.
+
+    ``ge``/``gt`` bound it below, ``le``/``lt`` above (None: unbounded); ``choices`` lists the only values allowed;
+    ``integer`` refuses fractions. NaN and infinities are never accepted. ``note`` says what special values mean
+    ("0 = off") and may name the field's ``{default}``.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[int, ...] = ()
+    integer: bool = False
+    note: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if not isinstance(value, numbers.Integral) and (self.integer or not math.isfinite(value)):
+            return False
+        if self.choices:
+            return value in self.choices
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def expected(self) -> str:
+        """What the bound asks for, in words: ``>= 1``, ``in [0, 1)``, ``1 or 3``."""
+        if self.choices:
+            return " or ".join(str(c) for c in self.choices)
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return "a finite number"
+
+    def message(self, label: str, value: object, default: object = None) -> str:
+        """``--epochs must be >= 1, got 0``: one line that names the flag, the range and the value received."""
+        kind = ""
+        if not self.choices and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            if self.integer or not isinstance(value, numbers.Real):
+                kind = "an integer " if self.integer else "a number "
+        note = f" ({self.note.format(default=default)})" if self.note else ""
+        got = repr(value) if isinstance(value, str) else value
+        return f"{label} must be {kind}{self.expected()}{note}, got {got}"
+
+
+def integer(default: int | None, *, flag: str | bool = True, **limits: Any) -> Any:
+    """A dataclass field holding an integer within ``limits`` (the keywords of :class:`Bound`).
+
+    ``flag``: True = the CLI flag is the field's name (``max_batch`` -> ``--max-batch``); a string names another
+    flag (``"--lr"``); False = no flag (errors then name the field).
+    """
+    return field(default=default, metadata={"bound": Bound(integer=True, **limits), "flag": flag})
+
+
+def number(default: float | None, *, flag: str | bool = True, **limits: Any) -> Any:
+    """A dataclass field holding a real number within ``limits`` (see :func:`integer`)."""
+    return field(default=default, metadata={"bound": Bound(**limits), "flag": flag})
+
+
+#: An 'unknown' threshold (predict, serve, video): a confidence.
+THRESHOLD = {"ge": 0, "le": 1, "note": "0 = never 'unknown'"}
+
+
+def label_of(f: Field) -> str:
+    """How errors name field ``f``: its flag (``--max-batch``), ``--lr (learning_rate)``, or its name."""
+    flag = f.metadata.get("flag", True)
+    if flag is True:
+        return "--" + f.name.replace("_", "-")
+    if not flag:
+        return f.name
+    return flag if flag.lstrip("-").replace("-", "_") == f.name else f"{flag} ({f.name})"
+
+
+def require(label: str, value: object, bound: Bound, error: type[ImagerecError] = ImagerecError) -> Any:
+    """Return ``value`` when it is within ``bound``; raise ``error`` naming ``label`` otherwise.
+
+    For the few CLI flags that are no setting (``data inspect --workers``); settings fields declare their bound.
+    """
+    if value not in bound:
+        raise error(bound.message(label, value))
+    return value
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -64,7 +173,15 @@ class Settings:
         return ImagerecError
 
     def _checks(self) -> Iterator[tuple[bool, str]]:
-        """``(ok, message)`` pairs, lazily, in the order they are checked."""
+        """``(ok, message)`` pairs, lazily: each field within its :class:`Bound`, then :meth:`_rules`."""
+        for f in fields(self):  # type: ignore[arg-type]
+            bound, value = f.metadata.get("bound"), getattr(self, f.name)
+            if bound is not None and value is not None:
+                yield value in bound, bound.message(label_of(f), value, f.default)
+        yield from self._rules()
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        """Checks across fields (``val + test < 1``), after every field passed its own bound."""
         return iter(())
 
     def validate(self) -> Self:
@@ -92,14 +209,20 @@ class Settings:
 class DataConfig(Settings):
     _what: ClassVar[str] = "data key"
 
-    image_size: int | None = None  # square side; None = from the median image size, bounded
-    channels: int | None = None  # 1 or 3; None = grey data stays grey
+    image_size: int | None = integer(None, ge=8, le=4096)  # square side; None = from the median image size
+    channels: int | None = integer(None, choices=(1, 3))  # None = grey data stays grey
     resize: str = "stretch"  # stretch | pad | crop
-    val: float = 0.1
-    test: float = 0.1
+    val: float = number(0.1, ge=0, lt=1)
+    test: float = number(0.1, ge=0, lt=1)
     cache: str = "auto"  # auto | memory | disk | none
-    max_invalid_ratio: float = 0.5
+    max_invalid_ratio: float = number(0.5, ge=0, le=1, flag=False)
     follow_symlinks: bool = False  # use files that link outside the dataset folder (never for uploads)
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        yield (
+            self.val + self.test < 1,
+            f"--val + --test must be < 1 (the rest is the training data), got {self.val} + {self.test}",
+        )
 
 
 @dataclass(frozen=True)
@@ -115,26 +238,28 @@ class ModelConfig(Settings):
 
     name: str = "imagerec-cnn"
     weights: str = "none"  # none | imagenet | PATH to .weights.h5 (backbones)
-    dropout: float = 0.2
-    fine_tune_layers: int = 30  # top backbone layers unfrozen in phase two (0 = head only)
-    bn_momentum: float | None = None  # None = from the steps per epoch (0.9 for small data, 0.99 otherwise)
+    dropout: float = number(0.2, ge=0, lt=1, flag=False)
+    fine_tune_layers: int = integer(
+        30, ge=0, flag=False
+    )  # top backbone layers unfrozen in phase two (0 = head only)
+    bn_momentum: float | None = number(None, gt=0, lt=1, flag=False)  # None = from the steps per epoch
 
 
 @dataclass(frozen=True)
 class TrainConfig(Settings):
     _what: ClassVar[str] = "train key"
 
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
+    epochs: int | None = integer(None, ge=1)
+    batch_size: int | None = integer(None, ge=1)
+    learning_rate: float | None = number(None, gt=0, flag="--lr")
     optimizer: str = "adamw"  # adamw | sgd
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
+    weight_decay: float = number(5e-4, ge=0)
+    label_smoothing: float = number(0.1, ge=0, lt=1)
     schedule: str = "cosine"  # cosine (with linear warm-up) | onecycle | constant
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = number(1.0, ge=0, flag=False)
     class_weights: str = "none"  # none | auto
-    early_stopping: int = 0  # patience in epochs; 0 = off
-    seed: int = 42
+    early_stopping: int = integer(0, ge=0, note="patience in epochs; 0 = off")
+    seed: int = integer(42, ge=0, le=2**32 - 1)  # NumPy's seed range
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | off | bf16
     strategy: str = "auto"  # auto | default | mirrored | multiworker
     deterministic: bool = False
@@ -167,6 +292,12 @@ class RunConfig(Settings):
         check_names(raw, _SECTIONS, cls._what, cls._error())
         return cls(**parts).validate()  # type: ignore[arg-type]
 
+    def validate(self) -> RunConfig:
+        """Validate every section, then the whole."""
+        for name in _SECTIONS:
+            getattr(self, name).validate()
+        return super().validate()
+
     def override(self, section: str, **values: Any) -> RunConfig:
         """A copy with ``values`` set in ``section`` (``None`` values are ignored)."""
         return dataclasses.replace(self, **{section: getattr(self, section).replace(**values)})
@@ -180,45 +311,31 @@ class ServeSettings(Settings):
     _what: ClassVar[str] = "serve setting"
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = integer(8000, ge=1, le=65535)  # 0 (any free port) is refused: the URL printed would be wrong
     api_key: str | None = field(default=None, repr=False)
-    workers: int = 1
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 512
-    max_upload_mb: float = 10.0
-    max_files: int = 16
-    timeout_s: float = 30.0
-    decode_threads: int = 2
-    max_sessions: int = 256
+    workers: int = integer(1, ge=1)
+    max_batch: int = integer(64, ge=1)
+    max_wait_ms: float = number(5.0, ge=0)
+    max_queue: int = integer(512, ge=1)
+    max_upload_mb: float = number(10.0, gt=0)
+    max_files: int = integer(16, ge=1)
+    timeout_s: float = number(30.0, gt=0)
+    decode_threads: int = integer(2, ge=1, flag=False)
+    max_sessions: int = integer(256, ge=1, flag=False)
     cors_origins: tuple[str, ...] = ()
     cors_credentials: bool = False
-    rate_limit: float = 0.0  # requests per second per API key (or client IP); 0 = off
-    decode_workers: int = 1  # decode processes (a crashing decoder costs one request); 0 = decode in-thread
-    threshold: float | None = None  # 'unknown' below it; None = the run's calibrated threshold; 0 = off
-    stall_s: float = 0.0  # abandon a model call (replace its worker) after this; 0 = 2 x timeout_s
-    max_stalled: int = 4  # abandoned workers still stuck at once before /readyz answers 503
+    # requests per second per API key (or client IP)
+    rate_limit: float = number(0.0, ge=0, note="0 = off")
+    # decode processes (a crashing decoder costs one request)
+    decode_workers: int = integer(1, ge=0, note="0 = in-thread")
+    # 'unknown' below it; None = the run's calibrated threshold
+    threshold: float | None = number(None, **THRESHOLD)
+    # abandon a model call (replace its worker) after this
+    stall_s: float = number(0.0, ge=0, note="0 = 2 x timeout_s")
+    # abandoned workers still stuck at once before /readyz answers 503
+    max_stalled: int = integer(4, ge=1)
 
-    def _checks(self) -> Iterator[tuple[bool, str]]:
-        yield self.max_batch >= 1, f"--max-batch must be >= 1, got {self.max_batch}"
-        yield self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"
-        yield self.max_queue >= 1, f"--max-queue must be >= 1, got {self.max_queue}"
-        yield self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"
-        yield self.max_files >= 1, f"--max-files must be >= 1, got {self.max_files}"
-        yield self.timeout_s > 0, f"--timeout-s must be > 0, got {self.timeout_s}"
-        yield self.workers >= 1, f"--workers must be >= 1, got {self.workers}"
-        yield self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}"
-        yield self.rate_limit >= 0, f"--rate-limit must be >= 0 (0 = off), got {self.rate_limit}"
-        yield self.stall_s >= 0, f"stall_s must be >= 0 (0 = 2 x timeout_s), got {self.stall_s}"
-        yield self.max_stalled >= 1, f"max_stalled must be >= 1, got {self.max_stalled}"
-        yield (
-            self.decode_workers >= 0,
-            f"--decode-workers must be >= 0 (0 = in-thread), got {self.decode_workers}",
-        )
-        yield (
-            self.threshold is None or 0.0 <= self.threshold <= 1.0,
-            f"--threshold must be in [0, 1] (0 = never 'unknown'), got {self.threshold}",
-        )
+    def _rules(self) -> Iterator[tuple[bool, str]]:
         yield (
             not ("*" in self.cors_origins and self.cors_credentials),
             "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
@@ -254,16 +371,16 @@ class VideoConfig(Settings):
 
     _what: ClassVar[str] = "video setting"
 
-    every: int = 1
-    fps: float = 0.0
-    smooth: float = 0.6
+    every: int = integer(1, ge=1)
+    fps: float = number(0.0, ge=0, note="0 = every frame")
+    smooth: float = number(0.6, ge=0, lt=1, note="0 = off, {default} = default")
     roi: tuple[int, int, int, int] | None = None
-    threshold: float | None = None
-    top_k: int = 3
-    batch_size: int = 16
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
-    reconnects: int = 5
+    threshold: float | None = number(None, **THRESHOLD)
+    top_k: int = integer(3, ge=1)
+    batch_size: int = integer(16, ge=1)
+    open_timeout_s: float = number(10.0, gt=0)
+    read_timeout_s: float = number(10.0, gt=0)
+    reconnects: int = integer(5, ge=0, flag=False)
     live: bool | None = None
     keep_images: bool = True
 
@@ -273,33 +390,99 @@ class VideoConfig(Settings):
 
         return VideoError
 
-    def _checks(self) -> Iterator[tuple[bool, str]]:
-        yield self.every >= 1, f"every must be >= 1, got {self.every}"
-        yield self.fps >= 0, f"fps must be >= 0 (0 = every frame), got {self.fps}"
+    def _rules(self) -> Iterator[tuple[bool, str]]:
         yield not (self.every > 1 and self.fps > 0), "give either every (--every) or fps (--fps), not both"
-        yield (
-            0.0 <= self.smooth < 1.0,
-            f"smooth must be in [0, 1) (0 = off, {default_of(VideoConfig, 'smooth')} = default), got {self.smooth}",
-        )
         roi = self.roi
         yield (
             roi is None or (len(roi) == 4 and min(roi[2:]) > 0 and min(roi[:2]) >= 0),
             f"roi must be x,y,w,h with x,y >= 0 and w,h > 0, got {roi}",
-        )
-        yield (
-            self.threshold is None or 0.0 <= self.threshold <= 1.0,
-            f"threshold must be in [0, 1], got {self.threshold}",
-        )
-        yield (
-            self.top_k >= 1 and self.batch_size >= 1 and self.reconnects >= 0,
-            "top_k and batch_size must be >= 1 and reconnects >= 0",
-        )
-        yield (
-            self.open_timeout_s > 0 and self.read_timeout_s > 0,
-            "open_timeout_s and read_timeout_s must be > 0 seconds",
         )
 
     @classmethod
     def from_overrides(cls, base: VideoConfig | None = None, **overrides: Any) -> VideoConfig:
         """``base`` (default settings when None) with ``overrides`` set, validated (see :meth:`replace`)."""
         return (base or cls()).replace(**overrides)
+
+
+# --- the verbs: evaluate, calibrate, label issues, predict, lr-find, benchmark, Ray ---------------------------------
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """``imagerec evaluate`` / ``Classifier.evaluate``; ``split`` is also the one ``imagerec compare`` compares on."""
+
+    _what: ClassVar[str] = "evaluate setting"
+
+    split: str = "test"  # test | val | train: a part of the run's manifest
+    top_k: int = integer(5, ge=1)  # k of the top-k accuracy
+
+
+@dataclass(frozen=True)
+class CalibrateSettings(Settings):
+    """``imagerec calibrate`` / ``Classifier.calibrate``: temperature scaling and an 'unknown' threshold."""
+
+    _what: ClassVar[str] = "calibrate setting"
+
+    target_accuracy: float | None = number(0.95, gt=0, le=1)  # None: store no threshold (--no-threshold)
+    split: str = "val"
+
+
+@dataclass(frozen=True)
+class IssuesSettings(Settings):
+    """``imagerec data issues`` / ``Classifier.label_issues``: the likeliest mislabelled images.
+
+    ``limit`` is 30 for both (the library said 50, the CLI 30): a list a person reviews in one sitting; pass
+    ``limit=None`` (``--limit 0``) for every flagged image.
+    """
+
+    _what: ClassVar[str] = "label issues setting"
+
+    splits: tuple[str, ...] = ("train", "val")
+    limit: int | None = integer(30, ge=0, note="0 = all")
+    max_p_given: float = number(0.5, gt=0, le=1, flag="--max-p")  # flag images whose p(given label) is below
+
+
+@dataclass(frozen=True)
+class PredictSettings(Settings):
+    """``imagerec predict`` / ``Classifier.predict`` (and ``predict --ray``)."""
+
+    _what: ClassVar[str] = "predict setting"
+
+    top_k: int = integer(3, ge=1)  # (label, score) pairs per image
+    batch_size: int = integer(64, ge=1)  # images per model call
+    threshold: float | None = number(None, **THRESHOLD)  # None = the run's calibrated threshold
+
+
+@dataclass(frozen=True)
+class LRFindSettings(Settings):
+    """``imagerec lr-find`` / ``imagerec.training.lr_find``: the learning-rate range test."""
+
+    _what: ClassVar[str] = "lr-find setting"
+
+    plot: str = "lr_find.png"
+    steps: int = integer(100, ge=5)
+    start_lr: float = number(1e-7, gt=0)
+    end_lr: float = number(10.0, gt=0)
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        yield (
+            self.start_lr < self.end_lr,
+            f"--start-lr must be < --end-lr, got {self.start_lr} >= {self.end_lr}",
+        )
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings(Settings):
+    """``imagerec benchmark`` / ``imagerec.export.benchmark.benchmark_run``."""
+
+    _what: ClassVar[str] = "benchmark setting"
+
+    rounds: int = integer(5, ge=1)  # interleaved rounds; figures are medians over rounds
+
+
+@dataclass(frozen=True)
+class RaySettings(Settings):
+    """``train --ray`` / ``predict --ray``: the Ray cluster and its workers."""
+
+    _what: ClassVar[str] = "Ray setting"
+
+    num_workers: int = integer(2, ge=1)
+    address: str | None = None  # host:port or ray://host:10001; None = a local instance

@@ -1,19 +1,22 @@
 """Every CLI default is read from ``imagerec.settings``, never typed a second time.
 
-The test walks every option of every command behind ``imagerec.cli.app`` and sorts it into one of three tables:
+The test walks every option of every command behind ``imagerec.cli.app`` and sorts it into one of four tables:
 
 * ``SAME``: the option's default must equal the settings default it stands for;
+* ``CONSTANTS``: the option's default is a plain constant of ``imagerec.settings`` (``RUNTIME``);
 * ``OVERRIDE``: the option defaults to ``None`` ("keep the config file's, else the setting's default"), so a
   literal default typed there would silently shadow the settings;
 * ``CLI_ONLY``: options that are no setting (paths, output formats, switches of one command).
 
 A new option must be added to one of them, and every settings field either has its flag here or is listed in
-``NO_FLAG``.
+``NO_FLAG``. ``LIBRARY`` holds the library side to the same rule: the keyword defaults of the facade and the
+functions behind it are the settings defaults too, so a default is written in ``imagerec.settings`` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 import typer
@@ -22,8 +25,15 @@ from imagerec import settings
 from imagerec.cli import app
 from imagerec.settings import (
     AugmentConfig,
+    BenchmarkSettings,
+    CalibrateSettings,
     DataConfig,
+    EvaluateSettings,
+    IssuesSettings,
+    LRFindSettings,
     ModelConfig,
+    PredictSettings,
+    RaySettings,
     ServeSettings,
     TrainConfig,
     VideoConfig,
@@ -48,10 +58,27 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
         (cmd, "--follow-symlinks"): (DataConfig, "follow_symlinks")
         for cmd in ("data inspect", "data clean", "data split")
     },
-}
+    ("evaluate", "--split"): (EvaluateSettings, "split"),
+    ("evaluate", "--top-k"): (EvaluateSettings, "top_k"),
+    ("compare", "--split"): (EvaluateSettings, "split"),
+    ("calibrate", "--target-accuracy"): (CalibrateSettings, "target_accuracy"),
+    ("calibrate", "--split"): (CalibrateSettings, "split"),
+    ("data issues", "--splits"): (IssuesSettings, "splits"),  # comma-joined on the command line
+    ("data issues", "--limit"): (IssuesSettings, "limit"),
+    ("data issues", "--max-p"): (IssuesSettings, "max_p_given"),
+    **{("lr-find", "--" + name.replace("_", "-")): (LRFindSettings, name) for name in ("plot", "steps", "start_lr", "end_lr")},
+    ("benchmark", "--rounds"): (BenchmarkSettings, "rounds"),
+    **{("predict", "--" + name.replace("_", "-")): (PredictSettings, name) for name in ("top_k", "batch_size", "threshold")},
+    **{(cmd, "--num-workers"): (RaySettings, "num_workers") for cmd in ("train", "predict")},
+    **{(cmd, "--ray-address"): (RaySettings, "address") for cmd in ("train", "predict")},
+}  # fmt: skip
 
 #: (command, flag) -> the name of a plain constant of imagerec.settings that is the option's default.
-CONSTANTS = {("export", "--parity-images"): "PARITY_IMAGES"}
+CONSTANTS = {
+    ("export", "--parity-images"): "PARITY_IMAGES",
+    ("export", "--format"): "EXPORT_FORMAT",
+    **{(cmd, "--runtime"): "RUNTIME" for cmd in ("predict", "video", "serve")},
+}
 
 TRAIN_FLAGS = {
     "--model": (ModelConfig, "name"), "--epochs": (TrainConfig, "epochs"), "--image-size": (DataConfig, "image_size"),
@@ -93,22 +120,21 @@ CLI_ONLY = {
     "data clean": {"--quarantine", "--duplicates"},
     "data builtin": {"--limit"},
     "data split": {"--out"},
-    "data issues": {"--splits", "--limit", "--max-p", "--json"},
-    "train": {"--out", "--resume", "--force", "--ray", "--ray-address", "--num-workers"},
+    "data issues": {"--json"},
+    "train": {"--out", "--resume", "--force", "--ray"},
     "models": {"--image-size", "--channels"},
     "demo": {"--out"},
-    "lr-find": {"--plot", "--steps", "--start-lr", "--end-lr"},
-    "evaluate": {"--data", "--split", "--top-k", "--json", "--tta"},
+    "lr-find": set(),
+    "evaluate": {"--data", "--json", "--tta"},
     "report": set(),
     "explain": {"--out", "--class"},
-    "compare": {"--split", "--json"},
-    "calibrate": {"--target-accuracy", "--no-threshold", "--split"},
-    "predict": {"--top-k", "--format", "--batch-size", "--threshold", "--runtime", "--ray", "--ray-address", "--out",
-                "--num-workers", "--tta"},
-    "video": {"--source", "--out", "--jsonl", "--runtime", "--show", "--allow-any-source", "--json"},
-    "export": {"--format", "--quantize", "--out"},
-    "benchmark": {"--export", "--runtime", "--rounds"},
-    "serve": {"--runtime", "--log-level"},
+    "compare": {"--json"},
+    "calibrate": {"--no-threshold"},
+    "predict": {"--format", "--ray", "--out", "--tta"},
+    "video": {"--source", "--out", "--jsonl", "--show", "--allow-any-source", "--json"},
+    "export": {"--quantize", "--out"},
+    "benchmark": {"--export", "--runtime"},
+    "serve": {"--log-level"},
 }  # fmt: skip
 
 #: Settings fields that are deliberately no CLI flag (config file or Python only).
@@ -119,6 +145,54 @@ NO_FLAG = {
     TrainConfig: {"warmup_epochs"},
     ServeSettings: {"decode_threads", "max_sessions"},
     VideoConfig: {"reconnects", "live", "keep_images"},
+    **{cls: set() for cls in (EvaluateSettings, CalibrateSettings, IssuesSettings, PredictSettings, LRFindSettings,
+                              BenchmarkSettings, RaySettings)},
+}  # fmt: skip
+
+
+def _library():
+    from imagerec import classifier
+    from imagerec.distributed import ray
+    from imagerec.evaluation import calibration, compare, evaluator, issues, metrics
+    from imagerec.export import benchmark
+    from imagerec.training import learner, lr_find
+
+    evaluate = {"split": (EvaluateSettings, "split"), "top_k": (EvaluateSettings, "top_k")}
+    calibrate = {
+        "split": (CalibrateSettings, "split"),
+        "target_accuracy": (CalibrateSettings, "target_accuracy"),
+    }
+    find_issues = {
+        "splits": (IssuesSettings, "splits"),
+        "limit": (IssuesSettings, "limit"),
+        "max_p_given": (IssuesSettings, "max_p_given"),
+    }
+    predict = {
+        "top_k": (PredictSettings, "top_k"),
+        "batch_size": (PredictSettings, "batch_size"),
+        "threshold": (PredictSettings, "threshold"),
+    }
+    ray_workers = {"num_workers": (RaySettings, "num_workers"), "address": (RaySettings, "address")}
+    range_test = {name: (LRFindSettings, name) for name in ("steps", "start_lr", "end_lr")}
+    return {
+        classifier.evaluate: evaluate, classifier.Classifier.evaluate: evaluate, evaluator.evaluate_classifier: evaluate,
+        metrics.compute_metrics: {"top_k": (EvaluateSettings, "top_k")},
+        classifier.compare: {"split": (EvaluateSettings, "split")},
+        compare.compare_runs: {"split": (EvaluateSettings, "split")},
+        classifier.Classifier.calibrate: calibrate, calibration.calibrate: calibrate,
+        classifier.Classifier.label_issues: find_issues, issues.find_label_issues: find_issues,
+        classifier.Classifier.predict: predict, ray.predict_with_ray: {**predict, **ray_workers},
+        ray.train_with_ray: ray_workers,
+        lr_find.lr_find: {**range_test, "plot": (LRFindSettings, "plot")}, learner.Learner.lr_find: range_test,
+        benchmark.benchmark_run: {"rounds": (BenchmarkSettings, "rounds")},
+        classifier.EMASmoother: {"alpha": (VideoConfig, "smooth")},
+    }  # fmt: skip
+
+
+#: Library functions whose keyword defaults are the constants of imagerec.settings.
+LIBRARY_CONSTANTS = {
+    "Classifier.load": ("runtime", "RUNTIME"),
+    "Classifier.export": ("format", "EXPORT_FORMAT"),
 }
 
 
@@ -143,6 +217,8 @@ OPTIONS = _options()
 
 
 def _normal(value):
+    if isinstance(value, str) and "," in value:  # --splits train,val
+        return value.split(",")
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -191,3 +267,21 @@ def test_a_typed_default_is_caught(monkeypatch):
     monkeypatch.setattr(OPTIONS[("serve", "--max-batch")], "default", 65)
     with pytest.raises(AssertionError, match="do not type it"):
         test_option_default_is_the_settings_default(("serve", "--max-batch"))
+
+
+@pytest.mark.parametrize("function", list(_library()), ids=lambda f: f.__qualname__)
+def test_library_defaults_are_the_settings_defaults(function):
+    params = inspect.signature(function).parameters
+    for param, (cls, name) in _library()[function].items():
+        assert params[param].default == default_of(cls, name), (
+            f"{function.__qualname__}({param}=...): use {cls.__name__}.{name} as the default, do not type it"
+        )
+
+
+@pytest.mark.parametrize("method", sorted(LIBRARY_CONSTANTS))
+def test_library_defaults_are_the_settings_constants(method):
+    from imagerec.classifier import Classifier
+
+    param, constant = LIBRARY_CONSTANTS[method]
+    function = getattr(Classifier, method.split(".")[1])
+    assert inspect.signature(function).parameters[param].default == getattr(settings, constant)

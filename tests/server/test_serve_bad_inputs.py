@@ -310,4 +310,4 @@ def test_stall_flags_reach_the_batcher_and_bad_values_are_one_line(trained_run, 
         main(["serve", str(trained_run), "--max-stalled", "0"])
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("imagerec: error:") and "max_stalled must be >= 1" in err[-1], err
+    assert err[-1].startswith("imagerec: error:") and "--max-stalled must be >= 1, got 0" in err[-1], err

@@ -9,7 +9,11 @@ import typer
 
 from imagerec.cli.app import data_app
 from imagerec.cli.options import option
-from imagerec.settings import DataConfig, TrainConfig
+from imagerec.settings import Bound, DataConfig, TrainConfig, require
+
+#: Bounds of the flags that are no setting (settings fields declare their own).
+WORKERS = Bound(ge=0, integer=True, note="0 = CPU count")
+LIMIT = Bound(ge=0, integer=True, note="0 = all")
 
 FOLLOW_SYMLINKS = option(
     DataConfig,
@@ -31,6 +35,7 @@ def inspect(
     """Decode every image and report classes, counts, invalid files, duplicates and label conflicts."""
     from imagerec.data.scan import scan_dataset
 
+    require("--workers", workers, WORKERS)
     report = scan_dataset(data, workers=workers or None, follow_symlinks=follow_symlinks).to_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -75,6 +80,7 @@ def builtin(
     """Write a built-in dataset as a folder tree of PNG files (official train/test split kept)."""
     from imagerec.data.builtin import write_builtin
 
+    require("--limit", limit, LIMIT)
     path = write_builtin(name, dest, limit=limit or None)
     typer.echo(f"wrote {name} to {path}")
 
@@ -102,6 +108,8 @@ def split(
     from imagerec.data.scan import scan_dataset
     from imagerec.data.split import make_split, write_manifest
 
+    DataConfig(val=val, test=test).validate()
+    TrainConfig(seed=seed).validate()
     rows = make_split(scan_dataset(data, follow_symlinks=follow_symlinks), val=val, test=test, seed=seed)
     digest = write_manifest(rows, out)
     counts = Counter(r.split for r in rows)

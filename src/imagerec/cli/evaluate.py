@@ -9,6 +9,8 @@ from typing import Any
 import typer
 
 from imagerec.cli.app import app, data_app
+from imagerec.cli.options import option
+from imagerec.settings import CalibrateSettings, EvaluateSettings, IssuesSettings, default_of
 
 
 def _console():
@@ -60,8 +62,10 @@ def evaluate(
     data: str = typer.Option(
         None, "--data", help="Another dataset with the same class names (default: the run's split)."
     ),
-    split: str = typer.Option("test", "--split", help="test | val (| train): which part of the run's split."),
-    top_k: int = typer.Option(5, "--top-k", help="k of the top-k accuracy."),
+    split: str = option(
+        EvaluateSettings, "split", "--split", help="test | val (| train): which part of the run's split."
+    ),
+    top_k: int = option(EvaluateSettings, "top_k", "--top-k", help="k of the top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
     tta: bool = typer.Option(
         False,
@@ -109,12 +113,14 @@ def explain(
     typer.echo(
         f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}"
     )
+    if result.get("note"):
+        typer.echo(f"imagerec: warning: {result['note']}", err=True)
 
 
 @app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
-    split: str = typer.Option("test", "--split", help="Which split of each run to compare on."),
+    split: str = option(EvaluateSettings, "split", "--split", help="Which split of each run to compare on."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     """Side-by-side accuracy, macro F1, ECE, parameters, model file size and latency of RUNS."""
@@ -145,17 +151,21 @@ def compare(
 @app.command("calibrate")
 def calibrate(
     run: Path = typer.Argument(..., help="Run directory."),
-    target_accuracy: float = typer.Option(
-        0.95, "--target-accuracy", help="Selective accuracy the 'unknown' threshold aims for."
+    target_accuracy: float = option(
+        CalibrateSettings,
+        "target_accuracy",
+        "--target-accuracy",
+        help="Selective accuracy the 'unknown' threshold aims for.",
     ),
     no_threshold: bool = typer.Option(
         False, "--no-threshold", help="Store the temperature only (never answer 'unknown')."
     ),
-    split: str = typer.Option("val", "--split", help="Held-out split to fit on."),
+    split: str = option(CalibrateSettings, "split", "--split", help="Held-out split to fit on."),
 ) -> None:
     """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
     from imagerec.classifier import Classifier
 
+    CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
     clf = Classifier.load(run)
     rec = clf.calibrate(split=split, target_accuracy=None if no_threshold else target_accuracy)
     typer.echo(
@@ -178,11 +188,16 @@ def calibrate(
 def issues(
     run: Path = typer.Argument(..., help="Run directory."),
     splits: str = typer.Option(
-        "train,val", "--splits", help="Comma-separated parts of the run's split to check."
+        ",".join(default_of(IssuesSettings, "splits")),
+        "--splits",
+        help="Comma-separated parts of the run's split to check.",
     ),
-    limit: int = typer.Option(30, "--limit", help="Show at most this many images (0 = all)."),
-    max_p: float = typer.Option(
-        0.5, "--max-p", help="Flag images whose given label has probability below this."
+    limit: int = option(IssuesSettings, "limit", "--limit", help="Show at most this many images (0 = all)."),
+    max_p: float = option(
+        IssuesSettings,
+        "max_p_given",
+        "--max-p",
+        help="Flag images whose given label has probability below this.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
@@ -193,8 +208,10 @@ def issues(
     from imagerec.evaluation.issues import find_label_issues, write_issues
     from imagerec.evaluation.report import label_issue_gallery, write_report
 
+    names = tuple(s.strip() for s in splits.split(",") if s.strip())
+    IssuesSettings(splits=names, limit=limit, max_p_given=max_p).validate()
     clf = Classifier.load(run)
-    rows = find_label_issues(clf, [s.strip() for s in splits.split(",") if s.strip()], limit or None, max_p)
+    rows = find_label_issues(clf, names, limit or None, max_p)
     write_issues(clf.run_dir, rows)
     label_issue_gallery(clf, rows)
     if (clf.run_dir.evaluation / "metrics.json").exists():

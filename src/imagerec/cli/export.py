@@ -7,7 +7,11 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
-from imagerec.settings import PARITY_IMAGES
+from imagerec.cli.options import option
+from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES, BenchmarkSettings, Bound, require
+
+#: ``--parity-images``: a flag that is no setting, so its bound is declared here.
+PARITY_IMAGES_BOUND = Bound(ge=1, integer=True)
 
 
 def _console():
@@ -26,7 +30,7 @@ def _mb(n: int) -> str:
 @app.command("export")
 def export(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    format: str = typer.Option("tflite", "--format", "-f", help="savedmodel | tflite | onnx | all"),  # noqa: A002
+    format: str = typer.Option(EXPORT_FORMAT, "--format", "-f", help="savedmodel | tflite | onnx | all"),  # noqa: A002
     quantize: str = typer.Option(
         None, "--quantize", "-q", help="none | float16 | dynamic | int8 (int8/float16/dynamic: tflite)"
     ),
@@ -43,6 +47,7 @@ def export(
     from imagerec.classifier import Classifier
     from imagerec.export import export_records, plan
 
+    require("--parity-images", parity_images, PARITY_IMAGES_BOUND)
     plan(format, quantize)  # reject an unknown format/quantization before loading anything
     clf = Classifier.load(run, runtime="keras")
     _, records = export_records(clf, format, quantize, out, parity_images=parity_images)
@@ -80,7 +85,9 @@ def benchmark(
     run: Path = typer.Argument(..., help="Run directory (its exports in RUN/exports are measured too)."),
     export_all: bool = typer.Option(False, "--export", help="First export every format and quantization."),
     runtime: list[str] = typer.Option(None, "--runtime", help="Only these runtimes (repeatable)."),
-    rounds: int = typer.Option(5, help="Interleaved rounds; figures are medians over rounds."),
+    rounds: int = option(
+        BenchmarkSettings, "rounds", "--rounds", help="Interleaved rounds; figures are medians over rounds."
+    ),
 ) -> None:
     """Latency p50/p99, throughput at batch 1/8/64, size, peak memory and accuracy of every runtime of RUN."""
     from rich.console import Console
@@ -90,6 +97,7 @@ def benchmark(
     from imagerec.export import export_records
     from imagerec.export.benchmark import benchmark_run
 
+    BenchmarkSettings(rounds=rounds).validate()
     console = Console(stderr=True)
     if export_all:
         export_records(Classifier.load(run, runtime="keras"), "all")

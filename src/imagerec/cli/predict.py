@@ -11,8 +11,10 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
+from imagerec.cli.options import option
 from imagerec.data.paths import expand_paths
 from imagerec.errors import ImagerecError
+from imagerec.settings import RUNTIME, PredictSettings, RaySettings
 
 FORMATS = ("table", "json", "csv")
 PROGRESS_MIN = 64  # show a progress bar on a terminal from this many files on
@@ -29,26 +31,32 @@ def predict(
     paths: list[str] = typer.Argument(
         ..., help="Image files, folders (recursive) or globs ('imgs/**/*.png')."
     ),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="How many (label, score) pairs per image."),
+    top_k: int = option(
+        PredictSettings, "top_k", "--top-k", "-k", help="How many (label, score) pairs per image."
+    ),
     output_format: str = typer.Option("table", "--format", "-f", help="table | json (JSON lines) | csv"),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per model call."),
-    threshold: float = typer.Option(
-        None,
+    batch_size: int = option(PredictSettings, "batch_size", "--batch-size", help="Images per model call."),
+    threshold: float = option(
+        PredictSettings,
+        "threshold",
         "--threshold",
         help="Answer 'unknown' below this confidence (default: the run's calibrated threshold, if any; 0 = off).",
     ),
     runtime: str = typer.Option(
-        "auto",
+        RUNTIME,
         help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel",
     ),
     ray: bool = typer.Option(
         False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."
     ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."
+    ray_address: str = option(
+        RaySettings,
+        "address",
+        "--ray-address",
+        help="Ray cluster (host:port, ray://host:10001); default: a local instance.",
     ),
     out: Path = typer.Option(None, "--out", help="With --ray: results.parquet or results.jsonl."),
-    num_workers: int = typer.Option(2, "--num-workers", help="With --ray: model actors."),
+    num_workers: int = option(RaySettings, "num_workers", "--num-workers", help="With --ray: model actors."),
     tta: bool = typer.Option(
         False,
         "--tta",
@@ -60,10 +68,8 @@ def predict(
 
     if output_format not in FORMATS:
         raise ImagerecError(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
-    if top_k < 1 or batch_size < 1:
-        raise ImagerecError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ImagerecError(f"--threshold must be in [0, 1] (0 = never 'unknown'), got {threshold}")
+    PredictSettings(top_k=top_k, batch_size=batch_size, threshold=threshold).validate()
+    RaySettings(num_workers=num_workers, address=ray_address).validate()
     if ray or ray_address or out is not None:
         if tta:
             raise ImagerecError("--tta is not available with --ray; run without --ray, or drop --tta")

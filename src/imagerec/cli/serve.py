@@ -9,7 +9,7 @@ import typer
 from imagerec.cli.app import app
 from imagerec.cli.options import options_of
 from imagerec.errors import ImagerecError
-from imagerec.settings import ServeSettings
+from imagerec.settings import RUNTIME, ServeSettings
 
 setting = options_of(ServeSettings)
 RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imagerec export' first)."
@@ -66,7 +66,7 @@ def serve(
         help="Stuck model calls at once before /readyz answers 503 (restart the server).",
     ),
     runtime: str = typer.Option(
-        "auto", help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
+        RUNTIME, help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:

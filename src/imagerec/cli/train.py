@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
-from imagerec.settings import RunConfig
+from imagerec.cli.options import option
+from imagerec.settings import DataConfig, LRFindSettings, RaySettings, RunConfig
 
 # Train options default to None (= the config file, else the setting's default or a value chosen from the data);
 # the help texts name these defaults.
@@ -63,16 +64,22 @@ def train(
     ray: bool = typer.Option(
         False, "--ray", help="Run on Ray Train workers (TensorflowTrainer); see docs/scaling.md."
     ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="Ray cluster (host:port, ray://host:10001); default: a local instance."
+    ray_address: str = option(
+        RaySettings,
+        "address",
+        "--ray-address",
+        help="Ray cluster (host:port, ray://host:10001); default: a local instance.",
     ),
-    num_workers: int = typer.Option(2, "--num-workers", help="Ray Train workers (with --ray)."),
+    num_workers: int = option(
+        RaySettings, "num_workers", "--num-workers", help="Ray Train workers (with --ray)."
+    ),
 ) -> None:
     """Train a classifier and write a run directory (model, labels, config, split, history, metrics, logs)."""
     from functools import partial
 
     from imagerec.training.trainer import train as train_run
 
+    RaySettings(num_workers=num_workers, address=ray_address).validate()
     if ray or ray_address:
         from imagerec.distributed.ray import train_with_ray
 
@@ -89,6 +96,7 @@ def train(
 @app.command("models")
 def models(image_size: int = typer.Option(32, "--image-size"), channels: int = typer.Option(3)) -> None:
     """List the model registry with parameters and FLOPs per image at IMAGE_SIZE."""
+    DataConfig(image_size=image_size, channels=channels).validate()
     from rich.console import Console
     from rich.table import Table
 
@@ -129,16 +137,17 @@ def demo(
 @app.command("lr-find")
 def lr_find(
     data: str = typer.Argument(..., help="Folder, split folder, CSV, or builtin:NAME."),
-    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to save the loss-vs-LR plot (PNG)."),
+    plot: Path = option(LRFindSettings, "plot", "--plot", help="Where to save the loss-vs-LR plot (PNG)."),
     model: str = typer.Option(None, help="Registry name (default: the train default)."),
     image_size: int = typer.Option(None, "--image-size"),
     batch_size: int = typer.Option(None, "--batch-size"),
-    steps: int = typer.Option(100, help="Steps of the range test."),
-    start_lr: float = typer.Option(1e-7, "--start-lr"),
-    end_lr: float = typer.Option(10.0, "--end-lr"),
+    steps: int = option(LRFindSettings, "steps", "--steps", help="Steps of the range test."),
+    start_lr: float = option(LRFindSettings, "start_lr", "--start-lr"),
+    end_lr: float = option(LRFindSettings, "end_lr", "--end-lr"),
     seed: int = typer.Option(None),
 ) -> None:
     """Learning-rate range test (as fastai's lr_find): plot loss vs LR and suggest a learning rate."""
+    LRFindSettings(steps=steps, start_lr=start_lr, end_lr=end_lr).validate()  # before TensorFlow loads
     from imagerec.training.lr_find import lr_find as run_lr_find
 
     result = run_lr_find(

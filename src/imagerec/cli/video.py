@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
-from imagerec.settings import VideoConfig
+from imagerec.settings import RUNTIME, VideoConfig
 
 DEFAULTS = VideoConfig()  # the help texts name these; the options stay None (= the default)
 
@@ -53,7 +53,7 @@ def video(
         None, "--batch-size", help=f"Most frames per model call (default {DEFAULTS.batch_size})."
     ),
     runtime: str = typer.Option(
-        "auto",
+        RUNTIME,
         "--runtime",
         help="auto (fastest export that passed parity, else keras) | keras | tflite | onnx (exports must exist).",
     ),

@@ -28,6 +28,7 @@ from typing import Any
 
 from imagerec.errors import ImagerecError
 from imagerec.prediction import Prediction, PredictionError
+from imagerec.settings import RUNTIME, PredictSettings, RaySettings
 
 CONNECT_TIMEOUT_S = 10.0
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
@@ -102,8 +103,8 @@ def train_with_ray(
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    num_workers: int = 2,
-    address: str | None = None,
+    num_workers: int = RaySettings.num_workers,
+    address: str | None = RaySettings.address,
     use_gpu: bool = False,
     force: bool = False,
     resume: bool = False,
@@ -117,8 +118,11 @@ def train_with_ray(
     Raises:
         ImagerecError: unreachable address, not enough CPUs/GPUs for ``num_workers``, or a failed worker.
     """
-    if num_workers < 1:
-        raise ImagerecError(f"num_workers must be >= 1, got {num_workers}")
+    from imagerec.settings import RunConfig as RunSettings  # Ray Train has a RunConfig too
+    from imagerec.training.trainer import apply_overrides
+
+    RaySettings(num_workers=num_workers, address=address).validate()
+    apply_overrides(RunSettings(), **overrides).validate()  # refused here, before Ray starts
     ray = init_ray(address, num_cpus=max(2, num_workers))
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -237,12 +241,12 @@ def predict_with_ray(
     sources: list[str],
     out: str | os.PathLike,
     *,
-    num_workers: int = 2,
-    batch_size: int = 64,
-    top_k: int = 3,
-    address: str | None = None,
-    runtime: str = "keras",
-    threshold: float | None = None,
+    num_workers: int = RaySettings.num_workers,
+    batch_size: int = PredictSettings.batch_size,
+    top_k: int = PredictSettings.top_k,
+    address: str | None = RaySettings.address,
+    runtime: str = RUNTIME,
+    threshold: float | None = PredictSettings.threshold,
 ) -> dict[str, Any]:
     """Classify every image in ``sources`` (files, folders, globs) with a Ray Data actor pool; write ``out``.
 
@@ -264,10 +268,8 @@ def predict_with_ray(
     out = Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:
         raise ImagerecError(f"--out {str(out)!r} must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    if num_workers < 1 or batch_size < 1 or top_k < 1:
-        raise ImagerecError(
-            f"num_workers, batch_size and top_k must be >= 1, got {num_workers}, {batch_size}, {top_k}"
-        )
+    RaySettings(num_workers=num_workers, address=address).validate()
+    PredictSettings(top_k=top_k, batch_size=batch_size, threshold=threshold).validate()
     RunDir(run).require()
     files, missing = expand_paths([str(s) for s in sources])
     if missing or not files:

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagerec.errors import DataError
 from imagerec.evaluation.metrics import expected_calibration_error
 from imagerec.prediction import softmax_temperature
+from imagerec.settings import CalibrateSettings
 
 if TYPE_CHECKING:
     from imagerec.classifier import Classifier
 
-DEFAULT_TARGET_ACCURACY = 0.95
 CALIBRATION_BATCH = 256
 T_BOUNDS = (0.05, 20.0)
 
@@ -74,7 +73,9 @@ def suggest_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) 
 
 
 def calibrate(
-    clf: Classifier, split: str = "val", target_accuracy: float | None = DEFAULT_TARGET_ACCURACY
+    clf: Classifier,
+    split: str = CalibrateSettings.split,
+    target_accuracy: float | None = CalibrateSettings.target_accuracy,
 ) -> dict[str, Any]:
     """Fit temperature scaling on the run's ``split`` and write ``RUN/calibration.json``.
 
@@ -88,7 +89,8 @@ def calibrate(
         ``ece_after``, ``nll_before``, ``nll_after``, ``num_images``, ``split``.
 
     Raises:
-        DataError: the split is empty or the target is not in (0, 1].
+        DataError: the split is empty.
+        ImagerecError: the target is not in (0, 1].
 
     Example:
         >>> imagerec.Classifier.load("runs/fmnist").calibrate()["temperature"]
@@ -98,8 +100,7 @@ def calibrate(
     from imagerec.utils import atomic_write_json
 
     require_classifier(clf, "calibrate")
-    if target_accuracy is not None and not 0 < target_accuracy <= 1:
-        raise DataError(f"target accuracy must be in (0, 1], got {target_accuracy}")
+    CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
     data = run_split(clf, split)
     raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH).astype(np.float64)
     temperature = fit_temperature(raw, data.y)

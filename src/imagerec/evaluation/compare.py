@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.errors import ImagerecError
+from imagerec.settings import EvaluateSettings
 
 LATENCY_BATCH = 8
 LATENCY_REPEATS = 5
@@ -27,7 +28,7 @@ def measure_latency(clf, batch: int = LATENCY_BATCH, repeats: int = LATENCY_REPE
     return float(np.median(times) / batch * 1000)
 
 
-def summarise_run(clf, split: str = "test") -> dict[str, Any]:
+def summarise_run(clf, split: str = EvaluateSettings.split) -> dict[str, Any]:
     """One column of the comparison for a loaded Classifier: its run's metrics (reused from
     ``evaluation/metrics.json`` when it was computed on the same split of the run, else computed now without
     writing), params, file size, latency."""
@@ -63,7 +64,7 @@ def summarise_run(clf, split: str = "test") -> dict[str, Any]:
     }
 
 
-def compare_runs(classifiers: list, split: str = "test") -> list[dict[str, Any]]:
+def compare_runs(classifiers: list, split: str = EvaluateSettings.split) -> list[dict[str, Any]]:
     """Summaries of two or more loaded Classifiers (one per run), in order.
 
     Example:

@@ -12,6 +12,7 @@ import numpy as np
 from imagerec.evaluation.issues import find_label_issues, write_issues
 from imagerec.evaluation.metrics import compute_metrics, expected_calibration_error
 from imagerec.evaluation.report import label_issue_gallery, write_pictures, write_predictions, write_report
+from imagerec.settings import EvaluateSettings
 
 if TYPE_CHECKING:
     from imagerec.classifier import Classifier
@@ -21,7 +22,11 @@ EVAL_BATCH = 256
 
 
 def evaluate_classifier(
-    clf: Classifier, data: str | None = None, split: str = "test", top_k: int = 5, write: bool = True
+    clf: Classifier,
+    data: str | None = None,
+    split: str = EvaluateSettings.split,
+    top_k: int = EvaluateSettings.top_k,
+    write: bool = True,
 ) -> dict[str, Any]:
     """Metrics of ``clf`` on its run's ``split`` or on ``data`` (what ``Classifier.evaluate`` returns).
 
@@ -35,14 +40,12 @@ def evaluate_classifier(
     Returns:
         The content of ``metrics.json``.
     """
-    from imagerec.errors import DataError
     from imagerec.evaluation.data import load_eval_set, require_classifier
     from imagerec.runtime import predict_in_batches
     from imagerec.version import __version__
 
     require_classifier(clf, "evaluate")
-    if top_k < 1:
-        raise DataError(f"--top-k must be at least 1, got {top_k}")
+    EvaluateSettings(split=split, top_k=top_k).validate()
     evalset = load_eval_set(clf, data, split)
     raw = predict_in_batches(clf.raw_proba, evalset.images, EVAL_BATCH)
     probs = clf.calibrated(raw)

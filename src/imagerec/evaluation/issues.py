@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imagerec.errors import DataError
+from imagerec.settings import IssuesSettings
 
 if TYPE_CHECKING:
     from imagerec.classifier import Classifier
     from imagerec.evaluation.data import EvalSet
     from imagerec.prediction import Prediction
 
-DEFAULT_SPLITS = ("train", "val")
 ISSUES_BATCH = 256
 
 
@@ -33,7 +33,7 @@ def rank_issues(
     answers: list[Prediction],
     labels: list[str],
     split: str,
-    max_p_given: float = 0.5,
+    max_p_given: float = IssuesSettings.max_p_given,
 ) -> list[dict[str, Any]]:
     """Rows for the images whose answer differs from their given class and whose ``p(given) < max_p_given``.
 
@@ -61,16 +61,16 @@ def rank_issues(
 
 def find_label_issues(
     clf: Classifier,
-    splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
-    limit: int | None = 50,
-    max_p_given: float = 0.5,
+    splits: tuple[str, ...] | list[str] = IssuesSettings.splits,
+    limit: int | None = IssuesSettings.limit,
+    max_p_given: float = IssuesSettings.max_p_given,
 ) -> list[dict[str, Any]]:
     """The likeliest mislabelled images of ``splits`` of the classifier's run, most suspicious first.
 
     Args:
         clf: a loaded :class:`imagerec.Classifier`.
         splits: which parts of the run's manifest to check (``train``, ``val``, ``test``).
-        limit: keep at most this many rows (None: all).
+        limit: keep at most this many rows (None or 0: all).
         max_p_given: only flag images whose given label has a probability below this.
 
     Returns:
@@ -83,6 +83,7 @@ def find_label_issues(
     from imagerec.runtime import predict_in_batches
 
     require_classifier(clf, "find_label_issues")
+    IssuesSettings(splits=tuple(splits), limit=limit, max_p_given=max_p_given).validate()
     if not splits:
         raise DataError("name at least one split to check (train, val or test)")
     rows: list[dict[str, Any]] = []

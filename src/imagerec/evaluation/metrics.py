@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.settings import EvaluateSettings
+
 ECE_BINS = 15
 
 
@@ -79,7 +81,7 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def compute_metrics(
-    y_true: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int = 5
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int = EvaluateSettings.top_k
 ) -> dict[str, Any]:
     """The metrics.json content for integer labels ``y_true`` (N,) and probabilities ``probs`` (N, K).
 

@@ -30,7 +30,7 @@ from imagerec.export.formats import (
     tree_sha256,
 )
 from imagerec.run import RunDir
-from imagerec.settings import PARITY_IMAGES
+from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES
 from imagerec.utils import atomic_write_json, sha256_file
 
 REPRESENTATIVE_IMAGES = 200
@@ -51,7 +51,7 @@ def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A
 
 def export_run(
     classifier,
-    format: str = "tflite",  # noqa: A002
+    format: str = EXPORT_FORMAT,  # noqa: A002
     quantize: str | None = None,
     out: str | os.PathLike | None = None,
     parity_images: int = PARITY_IMAGES,
@@ -79,7 +79,7 @@ def export_run(
     return Path(export_records(classifier, format, quantize, out, parity_images, representative_images)[0])
 
 
-def export_records(classifier, format="tflite", quantize=None, out=None, parity_images=PARITY_IMAGES,  # noqa: A002
+def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, parity_images=PARITY_IMAGES,  # noqa: A002
                    representative_images=REPRESENTATIVE_IMAGES) -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
     """Like :func:`export_run`, also returning each export's ``export.json`` record (for the CLI's table)."""
     pairs = plan(format, quantize)

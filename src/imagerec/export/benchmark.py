@@ -36,6 +36,7 @@ from imagerec.export.parity import accuracy, evaluation_images, run_spec
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime, predict_in_batches
 from imagerec.runtime.exported import RUNTIME_RECORD, open_export_runtime, verify_export
+from imagerec.settings import BenchmarkSettings
 from imagerec.utils import atomic_write_json, read_json
 
 BATCH_SIZES = (1, 8, 64)
@@ -194,7 +195,7 @@ def _candidates(run_path: Path, only: list[str] | None) -> list[str]:
 def benchmark_run(
     run: str | os.PathLike,
     runtimes: list[str] | None = None,
-    rounds: int = 5,
+    rounds: int = BenchmarkSettings.rounds,
     seconds: float = 0.3,
     accuracy_images: int = 2000,
     log: Callable[[str], None] | None = None,
@@ -211,6 +212,7 @@ def benchmark_run(
     Returns:
         The ``benchmark.json`` record: ``{"runtimes": [...], "fastest": name, "default": name, ...}``.
     """
+    BenchmarkSettings(rounds=rounds).validate()
     log = log or (lambda _msg: None)
     run_dir = RunDir(run).require()
     run_path, spec = run_dir.path, run_spec(run_dir)

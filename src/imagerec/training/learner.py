@@ -25,7 +25,7 @@ from imagerec.data.sources import load_source
 from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for, write_manifest
 from imagerec.errors import RunError
 from imagerec.run import FORMAT_VERSION, RunDir
-from imagerec.settings import RunConfig
+from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training import auto
 from imagerec.training.lr_range import LRFinderResult, RangeRecorder, suggest
 from imagerec.training.recipe import (
@@ -381,7 +381,12 @@ class Learner:
         self.record()
         return self.finish(self.fit())
 
-    def lr_find(self, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFinderResult:
+    def lr_find(
+        self,
+        steps: int = LRFindSettings.steps,
+        start_lr: float = LRFindSettings.start_lr,
+        end_lr: float = LRFindSettings.end_lr,
+    ) -> LRFinderResult:
         """The LR range test on the built model: ``steps`` steps while the LR grows from ``start_lr`` to ``end_lr``."""
         compile_model(self.model, self.config, start_lr, metrics=False)
         recorder = RangeRecorder(start_lr, end_lr, steps)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imagerec.errors import ImagerecError
-from imagerec.settings import RunConfig
+from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training.learner import Learner
 from imagerec.training.lr_range import LRFinderResult, plot_range, suggest
 from imagerec.training.trainer import apply_overrides
@@ -23,10 +22,10 @@ from imagerec.training.trainer import apply_overrides
 def lr_find(
     data: str | os.PathLike,
     *,
-    plot: str | os.PathLike | None = "lr_find.png",
-    steps: int = 100,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
+    plot: str | os.PathLike | None = LRFindSettings.plot,
+    steps: int = LRFindSettings.steps,
+    start_lr: float = LRFindSettings.start_lr,
+    end_lr: float = LRFindSettings.end_lr,
     config: RunConfig | None = None,
     log=print,
     **overrides,
@@ -44,19 +43,16 @@ def lr_find(
         An :class:`LRFinderResult`; ``.suggestion`` is the steepest-descent learning rate.
 
     Raises:
-        ImagerecError: a range that is empty or not positive, or fewer than 5 steps.
+        ImagerecError: a range that is empty or not positive, fewer than 5 steps, or an override out of range.
 
     Example:
         >>> result = imagerec.training.lr_find.lr_find("photos/", model="tutorial-cnn")
         >>> imagerec.train("photos/", out="runs/p", lr=result.suggestion)
     """
-    if not (0 < start_lr < end_lr) or steps < 5:
-        raise ImagerecError(
-            f"lr_find needs 0 < start_lr < end_lr and steps >= 5; got {start_lr}, {end_lr}, {steps}"
-        )
+    LRFindSettings(steps=steps, start_lr=start_lr, end_lr=end_lr).validate()
+    config = apply_overrides(config or RunConfig(), **overrides).validate()
     import keras
 
-    config = apply_overrides(config or RunConfig(), **overrides)
     # Seeded before the scan (Learner.build seeds again), as lr-find always was: measured, the second pass over
     # the data then shuffles as before, so a seed gives the curve it gave earlier versions.
     keras.utils.set_random_seed(config.train.seed)

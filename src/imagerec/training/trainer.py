@@ -82,6 +82,7 @@ def train(
         The :class:`Run`, whose ``metrics`` hold the final validation and test figures.
 
     Raises:
+        ImagerecError: a setting out of range (``epochs=0``: nothing is written), or an unknown keyword.
         RunError: the run exists (without ``force``/``resume``), or a resume changes a setting in ``MUST_MATCH``.
         TrainingInterrupted: Ctrl-C or SIGTERM; ``resume=True`` continues from the last complete epoch.
 
@@ -91,15 +92,17 @@ def train(
     """
     from imagerec.distributed.strategy import worker_run
 
+    checked = apply_overrides(
+        config or RunConfig(), **overrides
+    ).validate()  # refused before `out` is touched
     # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
     with worker_run(out, resume, lambda resume: prepare_run_dir(RunDir(out), resume, force), force) as (
         path,
         previous,
     ):
         if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
-            config = RunConfig.from_dict(previous["config"])
-        config = apply_overrides(config or RunConfig(), **overrides)
-        return Learner(data, config, RunDir(path), previous, log).train()
+            checked = apply_overrides(RunConfig.from_dict(previous["config"]), **overrides)
+        return Learner(data, checked, RunDir(path), previous, log).train()
 
 
 __all__ = [
