@@ -14,18 +14,26 @@ import pytest
 from imagefixtures import COLOURS, make_image  # noqa: F401 - make_image is re-exported to the server tests
 
 
-class LiveServer:
-    """Run an ASGI app with uvicorn in a background thread; ``url`` is its base address."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
-    def __init__(self, app, host: str = "127.0.0.1"):
+
+class LiveServer:
+    """Run an ASGI app with uvicorn in a background thread; ``url`` is its base address.
+
+    ``port`` defaults to a free one; ``log_level`` is uvicorn's (``error`` keeps test output quiet).
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None, log_level: str = "error"):
         import uvicorn
 
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            self.port = sock.getsockname()[1]
         self.host = host
+        self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="error", lifespan="on")
+        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -43,23 +51,42 @@ class LiveServer:
         self.thread.join(10)
 
 
-def serve_cli(monkeypatch, args: list[str], check) -> None:
+def serve_cli(monkeypatch, args: list[str], check=None, code: int = 0) -> int:
     """Run ``imagerec serve ARGS`` (flags, environment) with ``uvicorn.run`` swapped for a :class:`LiveServer`
-    on a free port; ``check(live)`` talks to it while it runs. ``live.app`` is the app the CLI built."""
+    on the host, port and log level the CLI passed to uvicorn; ``check(live)`` talks to it while it runs.
+    ``live.app`` is the app the CLI built, ``live.options`` the rest of what it passed to ``uvicorn.run``.
+
+    Without ``--port`` in ARGS a free port is added. Asserts the exit code is ``code`` and that a server
+    started exactly when ``code`` is 0 (a refused run must never reach uvicorn). ``--workers N>1`` runs
+    separate processes, which one in-process server cannot stand for: it fails loudly (see test_serve_workers).
+    """
     import uvicorn
 
     from imagerec.cli import main
 
-    def run(app, **_options) -> None:
-        with LiveServer(app) as live:
+    started: list[LiveServer] = []
+
+    def run(app, host: str, port: int, log_level: str, **options) -> None:
+        if options.get("workers", 1) != 1 or not callable(app):
+            pytest.fail(f"serve_cli runs one in-process server; got app={app!r}, options={options}")
+        with LiveServer(app, host=host, port=port, log_level=log_level) as live:
             live.app = app
-            check(live)
+            live.options = {"host": host, "port": port, "log_level": log_level, **options}
+            started.append(live)
+            if check is not None:
+                check(live)
 
     monkeypatch.setattr(uvicorn, "run", run)
+    if "--port" not in args:
+        args = [*args, "--port", str(free_port())]
     try:
         main(["serve", *args])
+        exit_code = 0
     except SystemExit as exc:
-        assert not exc.code, f"imagerec serve exited with {exc.code}"
+        exit_code = int(exc.code or 0)
+    assert exit_code == code, f"imagerec serve exited with {exit_code}, expected {code}"
+    assert len(started) == (1 if code == 0 else 0), f"{len(started)} server(s) started"
+    return exit_code
 
 
 def png_bytes(arr: np.ndarray) -> bytes:

@@ -105,16 +105,56 @@ def test_shutdown_cancels_waiting_uploads():
     assert any(not isinstance(r, np.ndarray) for r in results)
 
 
+PIDS_HOOK = """
+import os
+if os.environ.get("IMAGEREC_TEST_DECODE_PIDS"):
+    import time
+    from pathlib import Path
+    import imagerec.data.images as _images
+    _real = _images.load_image
+    _seen = Path(os.environ["IMAGEREC_TEST_DECODE_PIDS"])
+    _first = [True]
+    def _recording(source, *args, **kwargs):
+        (_seen / str(os.getpid())).touch()
+        # hold this process's first decode until another process decodes too: a pool that hands every batch
+        # to one process never gets past this (the deadline lets the test fail on the PIDs instead of hanging)
+        deadline = time.monotonic() + 30
+        while _first[0] and len(list(_seen.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _first[0] = False
+        return _real(source, *args, **kwargs)
+    _images.load_image = _recording
+"""
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rpartition(")")[2].split()[1])
+
+
 @pytest.mark.parametrize("workers", [2])
-def test_several_workers_each_take_a_batch(workers):
+def test_several_workers_each_take_a_batch(workers, tmp_path, monkeypatch):
+    """Each worker process decodes a batch of its own: the decoders record their PIDs, and the first one waits
+    until a second process decodes (it can only be another worker, since the first is busy)."""
+    seen = tmp_path / "pids"
+    seen.mkdir()
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(PIDS_HOOK))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    monkeypatch.setenv("IMAGEREC_TEST_DECODE_PIDS", str(seen))
+    images = [colour_png(seed=s) for s in range(30)]
     pool = DecodePool(workers, (16, 16), 3, "stretch")
     try:
         pool.warm_up()
 
         async def go():
-            return await asyncio.gather(*(pool.decode(colour_png(seed=s)) for s in range(30)))
+            return await asyncio.gather(*(pool.decode(data) for data in images))
 
-        assert len(_run(go())) == 30
+        arrays = _run(go())
+        pids = {int(p.name) for p in seen.iterdir()}
+        assert len(pids) == workers and os.getpid() not in pids, pids
+        assert {_parent_of(pid) for pid in pids} == {os.getpid()}  # the pool's own children
     finally:
         pool.shutdown()
+    for data, array in zip(images, arrays, strict=True):
+        np.testing.assert_array_equal(array, load_image(data, (16, 16), 3, "stretch"))
     assert 2 <= pool.batches <= 8, pool.batches
