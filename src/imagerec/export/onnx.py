@@ -18,6 +18,7 @@ OPSET = 17
 
 def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, representative=None) -> None:
     import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     try:
         import tf2onnx
@@ -26,7 +27,21 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
     shape = [None, spec["image_size"], spec["image_size"], spec["channels"]]
     input_signature = [tf.TensorSpec(shape, tf.float32, name="image")]
     fn = tf.function(lambda image: model(image, training=False), input_signature=input_signature)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=input_signature, opset=OPSET)
+    # Frozen here rather than by tf2onnx.convert.from_function: that one lists every captured tensor among the
+    # graph inputs, so the constants a layer holds as plain tensors (the Normalization mean/variance inside
+    # EfficientNetV2's preprocessing) became required ONNX inputs that no caller can feed.
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    image, probs = frozen.inputs[0].name, frozen.outputs[0].name
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(),
+        input_names=[image],
+        output_names=[probs],
+        opset=OPSET,
+        tensors_to_rename={image: "image", probs: "probabilities"},
+    )
+    extra = [i.name for i in proto.graph.input if i.name != "image"]
+    if extra:
+        raise ValueError(f"the ONNX graph has inputs besides 'image': {', '.join(extra)}")
     entry = proto.metadata_props.add()
     entry.key, entry.value = "labels", json.dumps(spec["labels"])
     path.write_bytes(proto.SerializeToString())
