@@ -101,7 +101,7 @@ def test_gradcam_heatmap_is_normalised_and_explain_writes_a_png(evaluated, tmp_p
     heat = GradCAM(clf.model)(img[None])
     assert heat.shape == (1, 32, 32) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     out = explain(clf, img, tmp_path / "heat.png")
-    assert out["label"] == "red" and out["layer"].startswith("conv2d")
+    assert out["label"] == "red" and out["layer"].startswith("re_lu")  # the conv block after BatchNorm
     with Image.open(tmp_path / "heat.png") as png:
         assert png.format == "PNG" and png.width >= 200
 
