@@ -71,11 +71,13 @@ class Classifier:
         Args:
             run: the run directory written by ``imagerec train``, or an artifact / export directory written by
                 ``imagerec export``.
-            runtime: ``auto`` (default: the fastest runtime that passed parity, as recorded in
-                ``RUN/exports/runtime.json`` by ``imagerec export`` (a quick measurement) or ``imagerec benchmark``
-                (a thorough one); Keras when nothing was recorded),
-                ``keras``, or an export of the run: ``tflite``, ``onnx``, ``savedmodel`` or an export directory
-                name such as ``tflite-int8`` (looked up in ``RUN/exports/``).
+            runtime: ``auto`` (default: the fastest of Keras and the exports that answer like it (unquantized,
+                the Keras top-1 on every parity image), as recorded in ``RUN/exports/runtime.json`` by
+                ``imagerec export`` (a quick measurement) or ``imagerec benchmark`` (a thorough one); Keras when
+                nothing was recorded), ``auto-quantized`` (the fastest that passed parity, quantized ones
+                included: faster, possibly less accurate), ``keras``, or an export of the run: ``tflite``,
+                ``onnx``, ``savedmodel`` or an export directory name such as ``tflite-int8`` (looked up in
+                ``RUN/exports/``).
             tta: test-time augmentation: average the probabilities of each image and its mirror image (twice the
                 model cost; for runs trained with horizontal flips, see :func:`with_flip_tta`).
 
@@ -86,6 +88,8 @@ class Classifier:
         Example:
             >>> Classifier.load("runs/fmnist", runtime="tflite").predict("shoe.png")
             >>> Classifier.load("runs/fmnist/exports/tflite-int8/model.tflite")
+            >>> Classifier.load("model.onnx")  # written by 'imagerec export RUN -f onnx --out model.onnx'
+            >>> Classifier.load("runs/fmnist").runtime  # the runtime that answers, e.g. 'onnx'
         """
         from imagerec.runtime.exported import is_artifact_path, open_export_runtime, resolve_runtime
 

@@ -29,6 +29,9 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
     assert record["quantization"] == "dynamic" and record["parity"]["passed"]
     quick = json.loads((run_copy / "exports" / "runtime.json").read_text())
     assert quick["measured_by"] == "export" and set(quick["latency_p50_ms"]) == {"keras", "tflite-dynamic"}
+    # a quantized export is never 'auto' unasked: keras answers, auto-quantized may take the export
+    assert quick["runtime"] == "keras" and quick["like_keras"] == ["keras"]
+    assert quick["quantized_runtime"] == min(quick["latency_p50_ms"], key=quick["latency_p50_ms"].get)
 
     assert cli(["benchmark", str(run_copy), "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -41,10 +44,13 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
         assert row["throughput_b1"] > 0 and row["throughput_b8"] > 0 and row["throughput_b64"] > 0
         assert row["size_bytes"] > 0 and row["accuracy"] is not None and row["peak_rss_delta_mb"] >= 0
     fastest = min(bench["runtimes"], key=lambda r: r["latency_p50_ms"])["runtime"]
-    assert bench["default"] == fastest
+    assert bench["fastest"] == fastest and bench["default"] == "keras"  # tflite-dynamic is quantized
     chosen = json.loads((run_copy / "exports" / "runtime.json").read_text())
     assert chosen["measured_by"] == "benchmark"  # the thorough measurement overrides the export's quick one
-    assert Classifier.load(run_copy).runtime == chosen["runtime"] == fastest
+    assert Classifier.load(run_copy).runtime == chosen["runtime"] == "keras"
+    assert (
+        Classifier.load(run_copy, runtime="auto-quantized").runtime == chosen["quantized_runtime"] == fastest
+    )
 
     # a benchmark that already measured what an export rewrites is kept
     assert cli(["export", str(run_copy), "-f", "tflite", "-q", "dynamic", "--parity-images", "8"]) == 0
@@ -75,8 +81,15 @@ def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exp
     latency = record["latency_p50_ms"]
     assert record["measured_by"] == "export" and set(latency) == ALL | {"keras"}
     assert all(ms > 0 for ms in latency.values())
-    fastest = min(latency, key=latency.__getitem__)
-    assert record["runtime"] == fastest
+    exact = {"keras"} | {
+        n
+        for n in ALL
+        if json.loads((run / "exports" / n / "export.json").read_text())["parity"]["top1_agreement"] == 1
+    }
+    assert {"keras", "savedmodel", "tflite", "onnx"} <= exact  # float32 exports answer like keras
+    fastest = min((n for n in latency if n in exact and "-" not in n), key=latency.__getitem__)
+    assert record["runtime"] == fastest and record["like_keras"] == sorted(n for n in exact if "-" not in n)
+    assert record["quantized_runtime"] == min(latency, key=latency.__getitem__)
     assert f"default runtime (--runtime auto): {fastest}" in out
     clf = Classifier.load(run)  # runtime auto, right after the export: no benchmark has run
     assert clf.runtime == fastest

@@ -81,7 +81,7 @@ def predict(
             f"no image files found in {', '.join(paths)}; expected image files, folders or globs"
         )
     clf = Classifier.load(run, runtime=runtime, tta=tta)
-    writer = _Writer(output_format, top_k)
+    writer = _Writer(output_format, top_k, clf.runtime, runtime)
     failed = 0
     for item in missing:
         writer.error(item, "not_found", f"{item}: no such file, folder or matching glob")
@@ -159,10 +159,19 @@ class _progress:
 
 
 class _Writer:
-    """Formats results as a Rich table (at the end), JSON lines or CSV rows (as they come)."""
+    """Formats results as a Rich table (at the end), JSON lines or CSV rows (as they come).
 
-    def __init__(self, fmt: str, top_k: int):
+    The runtime that answered is named: a ``runtime`` field in each JSON result, the table's caption, a line on
+    stderr after CSV (so that stdout stays plain CSV).
+    """
+
+    def __init__(self, fmt: str, top_k: int, runtime: str | None = None, asked: str | None = None):
         self.fmt = fmt
+        self.runtime = runtime
+        # ``auto`` may have picked an export: say which runtime answered
+        self.answered_by = f"answered by runtime {runtime}" if runtime else ""
+        if runtime and asked and asked != runtime:
+            self.answered_by += f" (--runtime {asked})"
         self.rows: list[tuple[str, str, str, str]] = []
         self.csv = None
         if fmt == "csv":
@@ -171,9 +180,8 @@ class _Writer:
 
     def result(self, path: str, pred) -> None:
         if self.fmt == "json":
-            sys.stdout.write(
-                json.dumps({"path": path, **{k: v for k, v in pred.to_dict().items() if k != "path"}}) + "\n"
-            )
+            fields = {k: v for k, v in pred.to_dict().items() if k != "path"}
+            sys.stdout.write(json.dumps({"path": path, **fields, "runtime": self.runtime}) + "\n")
         elif self.csv is not None:
             top = ";".join(f"{label}:{score:.4f}" for label, score in pred.top_k)
             self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ""])
@@ -191,6 +199,8 @@ class _Writer:
 
     def close(self) -> None:
         sys.stdout.flush()
+        if self.fmt == "csv" and self.answered_by:
+            print(f"imagerec: {self.answered_by}", file=sys.stderr)
         if self.fmt != "table":
             return
         from rich.console import Console
@@ -200,7 +210,7 @@ class _Writer:
         console = Console()
         if not console.is_terminal:
             console = Console(width=max(160, max((len(r[0]) + len(r[3]) + 30 for r in self.rows), default=0)))
-        table = Table()
+        table = Table(caption=self.answered_by or None)
         table.add_column("path", no_wrap=True)
         for name in ("label", "confidence", "top-k"):
             table.add_column(name)

@@ -4,17 +4,23 @@ Example:
     >>> clf = Classifier.load("runs/fmnist")
     >>> path = clf.export(format="tflite", quantize="int8")   # runs/fmnist/exports/tflite-int8/
     >>> Classifier.load(path / "model.tflite").predict("shoe.png")
+    >>> clf.export(format="onnx", out="model.onnx")   # one file, sidecars beside it: model.onnx.labels.json...
 
 Each export is built in a temporary folder beside its destination, checked on the run's test split, and only
 renamed into place when parity passes (see :mod:`imagerec.export.parity`); ``export.json`` records it all.
 Exports made into the run (no ``out``) are then timed briefly against the Keras model, and the fastest is recorded
-in ``RUN/exports/runtime.json``: ``Classifier.load(run)`` (runtime ``auto``) uses it from then on
+in ``RUN/exports/runtime.json``: ``Classifier.load(run)`` (runtime ``auto``) uses it from then on when it answers
+like the Keras model (unquantized, same top-1 on every parity image; ``auto-quantized`` may pick any that passed)
 (see :func:`imagerec.export.benchmark.quick_default_runtime`; ``imagerec benchmark`` measures thoroughly).
+
+A failing export (a converter error, a failed parity check) is one line naming it; with ``format="all"`` the
+others are still made and published, then :class:`ExportFailures` lists the ones that failed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,10 +30,19 @@ from imagerec.export.formats import (
     EXPORT_JSON,
     FORMATS,
     ExportError,
+    ExportFailures,
     check_quantization,
     export_name,
     get_format,
     tree_sha256,
+)
+from imagerec.export.publish import (
+    check_out,
+    copy_sidecars,
+    is_file_destination,
+    publish_dir,
+    publish_file,
+    readable,
 )
 from imagerec.run import RunDir
 from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES
@@ -35,18 +50,29 @@ from imagerec.utils import atomic_write_json, sha256_file
 
 REPRESENTATIVE_IMAGES = 200
 PARITY_BATCH = 64
+log = logging.getLogger(__name__)
 
 
-def plan(format: str, quantize: str | None) -> list[tuple[str, str]]:  # noqa: A002 - the CLI's word
-    """The (format, quantization) pairs one export call produces (``all`` = every row of the table)."""
+def plan(format: str, quantize: str | None, out=None) -> list[tuple[str, str]]:  # noqa: A002 - the CLI's word
+    """The (format, quantization) pairs one export call produces (``all`` = every row of the table).
+
+    Raises:
+        ExportError: unknown format or quantization, or an ``out`` that cannot hold them (see ``publish``).
+    """
     if format == "all":
         if quantize in (None, "", "all"):
-            return [(f.name, q) for f in FORMATS.values() for q in f.quantizations]
-        return [
-            (f.name, check_quantization(f, quantize)) for f in FORMATS.values() if quantize in f.quantizations
-        ] or [("tflite", check_quantization(FORMATS["tflite"], quantize))]
-    fmt = get_format(format)
-    return [(fmt.name, check_quantization(fmt, quantize or "none"))]
+            pairs = [(f.name, q) for f in FORMATS.values() for q in f.quantizations]
+        else:
+            pairs = [
+                (f.name, check_quantization(f, quantize))
+                for f in FORMATS.values()
+                if quantize in f.quantizations
+            ] or [("tflite", check_quantization(FORMATS["tflite"], quantize))]
+    else:
+        fmt = get_format(format)
+        pairs = [(fmt.name, check_quantization(fmt, quantize or "none"))]
+    check_out(pairs, out)
+    return pairs
 
 
 def export_run(
@@ -65,6 +91,8 @@ def export_run(
         quantize: ``none`` (default), ``float16``, ``dynamic`` or ``int8`` (LiteRT only). With ``all`` and no
             quantization, every LiteRT quantization is exported too.
         out: the export directory (default ``RUN/exports/<format>[-<quantize>]``); with ``all``, their parent.
+            A path ending in the format's suffix (``model.tflite``, ``model.onnx``) is written as that file, with
+            its sidecars beside it (``model.tflite.labels.json``...).
         parity_images: at most this many test images are compared.
         representative_images: at most this many training images calibrate int8.
 
@@ -75,6 +103,8 @@ def export_run(
     Raises:
         ExportError: unknown format/quantization, int8 with no readable training images, no test images to check
             parity on, or parity below the threshold (nothing is published then).
+        ExportFailures: some of the exports failed (with ``all``, after trying every one; the others are
+            published); ``.failures`` maps each export name to its one-line reason, ``.records`` the ones made.
     """
     return Path(export_records(classifier, format, quantize, out, parity_images, representative_images)[0])
 
@@ -82,7 +112,7 @@ def export_run(
 def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, parity_images=PARITY_IMAGES,  # noqa: A002
                    representative_images=REPRESENTATIVE_IMAGES) -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
     """Like :func:`export_run`, also returning each export's ``export.json`` record (for the CLI's table)."""
-    pairs = plan(format, quantize)
+    pairs = plan(format, quantize, out)
     run_dir = RunDir(classifier.run_dir.path)
     if not run_dir.model.exists():
         raise ExportError(
@@ -109,15 +139,30 @@ def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, pa
     # the reference above is the model as the keras runtime runs it; exports are made from its float32 twin
     keras_model, model = model, float32_model(model)
     parent = Path(out) if out is not None and format == "all" else run_dir.exports
-    records = []
+    records, failures = [], {}
     for fmt, q in pairs:
         dest = Path(out) if out is not None and format != "all" else parent / export_name(fmt, q)
-        records.append(
-            _export_one(classifier, model, fmt, q, dest, (images, reference, split), representative_images)
-        )
-    if out is None:  # the exports are the run's own: time them so that runtime ``auto`` picks the fastest
+        check = (images, reference, split)
+        try:
+            records.append(_export_one(classifier, model, fmt, q, dest, check, representative_images))
+        except Exception as exc:  # noqa: BLE001 - converters fail in many ways; the other formats go on
+            failures[export_name(fmt, q)] = _failure_line(export_name(fmt, q), exc)
+            log.debug("%s export failed", export_name(fmt, q), exc_info=True)
+    if out is None and records:  # the run's own exports: time them so that runtime ``auto`` picks the fastest
         _record_default_runtime(classifier, keras_model, records, images)
+    if failures:
+        raise ExportFailures(failures, records, str(parent))
     return (parent if format == "all" else Path(records[0]["path"])), records
+
+
+def _failure_line(name: str, exc: Exception) -> str:
+    """One line saying which export failed and why (our own errors already say it; others get a prefix)."""
+    if isinstance(exc, ExportError) and str(exc).startswith(name):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 300 else text[:297] + "..."
+    kind = "" if isinstance(exc, ExportError) else f"{type(exc).__name__}: "
+    return f"{name} export failed: {kind}{text}; nothing was published for it"
 
 
 def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any]], images) -> None:
@@ -151,6 +196,7 @@ def _export_one(
                 f"{str(classifier.run_dir.manifest)!r} points to a readable image (moved or deleted?); restore "
                 "them, or use --quantize dynamic (no calibration needed)"
             )
+    as_file = is_file_destination(dest, fmt)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,15 +210,20 @@ def _export_one(
         )
         result = parity(reference, predict_in_batches(runtime, images, PARITY_BATCH), quantize, split)
         record = _record(classifier, fmt_name, quantize, artifact, spec, result)
+        record["artifact"] = dest.name if as_file else fmt.artifact
         if not result["passed"]:
             raise ExportError(
                 f"{export_name(fmt_name, quantize)} export failed its parity check: top-1 agreement "
                 f"{result['top1_agreement_excluding_ties']:.2%} (near-ties excluded) < {result['threshold']:.0%} on {result['num_images']} {split} images "
                 f"(max prob diff {result['max_abs_prob_diff']}); nothing was written to {str(dest)!r}"
             )
-        _copy_sidecars(classifier.run_dir, tmp)
+        copy_sidecars(classifier.run_dir.path, tmp)
         atomic_write_json(tmp / EXPORT_JSON, record)
-        _publish(tmp, dest)
+        readable(tmp / EXPORT_JSON)
+        if as_file:
+            publish_file(tmp, fmt, dest)
+        else:
+            publish_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     record["path"] = str(dest)
@@ -259,20 +310,12 @@ def _size(path: Path) -> int:
     )
 
 
-def _copy_sidecars(run_dir, dest: Path) -> None:
-    for name in ("labels.json", "config.json", "calibration.json"):
-        src = Path(run_dir.path) / name
-        if src.exists():
-            shutil.copy2(src, dest / name)
-
-
-def _publish(tmp: Path, dest: Path) -> None:
-    """Move a checked export into place, replacing an older one only after the new one is complete."""
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-__all__ = ["export_run", "export_records", "plan", "float32_model", "FORMATS", "ExportError"]
+__all__ = [
+    "export_run",
+    "export_records",
+    "plan",
+    "float32_model",
+    "FORMATS",
+    "ExportError",
+    "ExportFailures",
+]

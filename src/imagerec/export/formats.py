@@ -33,6 +33,28 @@ class ExportError(ImagerecError):
     code = "export_failed"
 
 
+class ExportFailures(ExportError):
+    """Some exports of one call failed; the others were made and published.
+
+    Attributes:
+        failures: export name (``onnx``, ``tflite-int8``) -> one line saying why it failed.
+        records: the ``export.json`` records of the exports that were published.
+    """
+
+    def __init__(self, failures: dict[str, str], records: list[dict], where: str):
+        self.failures, self.records = dict(failures), list(records)
+        if len(failures) == 1 and not records:
+            message = next(iter(failures.values()))
+        else:
+            total = len(failures) + len(records)
+            message = (
+                f"{len(failures)} of {total} exports failed ({', '.join(failures)}); "
+                + (f"the other {len(records)} were published in {where!r}: " if records else "")
+                + "; ".join(failures.values())
+            )
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     name: str

@@ -2,7 +2,8 @@
 
 ``keras`` runs the run's own model; each export format (``savedmodel``, ``tflite``, ``onnx``, and quantized
 variants such as ``tflite-int8``) runs a verified export; ``auto`` is the runtime recorded by ``imagerec export`` /
-``imagerec benchmark`` in ``RUN/exports/runtime.json`` (Keras when none was recorded).
+``imagerec benchmark`` in ``RUN/exports/runtime.json``: the fastest that answers like Keras (Keras when none was
+recorded); ``auto-quantized`` may pick a quantized export (see :mod:`imagerec.runtime.exported`).
 
 Example:
     >>> fn = get_runtime("keras")(model, {"image_size": 28, "channels": 1})

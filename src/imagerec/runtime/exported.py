@@ -1,7 +1,12 @@
-"""Exported artifacts as runtimes: verify an export directory, find a run's export, resolve ``auto``.
+"""Exported artifacts as runtimes: verify an export, find a run's export, resolve ``auto``.
 
-An export directory (written by :mod:`imagerec.export`) is loaded only when its artifact's sha256 matches its
-``export.json`` and its ``labels.json`` / ``config.json`` sidecars are present.
+An export (written by :mod:`imagerec.export`) is loaded only when its artifact's sha256 matches its
+``export.json`` and its ``labels.json`` / ``config.json`` sidecars are present. It is either an export directory
+(``model.tflite``, ``export.json``, ``labels.json``... inside) or a single file with its sidecars beside it
+(``--out model.tflite`` writes ``model.tflite``, ``model.tflite.export.json``, ``model.tflite.labels.json``...).
+
+``auto`` never trades accuracy for speed silently: it picks the fastest of Keras and the exports that answer
+like it (:func:`answers_like_keras`); ``auto-quantized`` may also pick a quantized export.
 """
 
 from __future__ import annotations
@@ -23,12 +28,66 @@ from imagerec.run import RunDir
 from imagerec.utils import read_json
 
 RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`` picks (export, benchmark)
+AUTO_RUNTIMES = ("auto", "auto-quantized")
+#: the formats whose artifact is one file, by suffix: ``--out model.tflite`` writes that file
+FILE_SUFFIXES = {Path(f.artifact).suffix: f.name for f in FORMATS.values() if Path(f.artifact).suffix}
+
+
+def sidecar(artifact: Path, name: str) -> Path:
+    """A single-file export's sidecar ``name`` beside it: ``model.tflite`` -> ``model.tflite.labels.json``."""
+    return Path(artifact).with_name(f"{Path(artifact).name}.{name}")
+
+
+def is_file_export(path: str | Path) -> bool:
+    """True for a ``.tflite``/``.onnx`` file written as a single-file export (its ``.export.json`` beside it)."""
+    path = Path(path)
+    return path.suffix in FILE_SUFFIXES and sidecar(path, EXPORT_JSON).is_file()
+
+
+class FileExportSidecars(RunDir):
+    """A single-file export's sidecars seen as a run directory (labels, config, calibration beside the file)."""
+
+    def __init__(self, artifact: str | Path):
+        super().__init__(Path(artifact).parent)
+        object.__setattr__(self, "artifact", Path(artifact))
+
+    @property
+    def model(self) -> Path:
+        return self.artifact
+
+    @property
+    def labels(self) -> Path:
+        return sidecar(self.artifact, "labels.json")
+
+    @property
+    def config(self) -> Path:
+        return sidecar(self.artifact, "config.json")
+
+    @property
+    def calibration(self) -> Path:
+        return sidecar(self.artifact, "calibration.json")
+
+
+def answers_like_keras(record: dict[str, Any]) -> bool:
+    """Whether ``auto`` may pick an export: unquantized, and it gave the Keras top-1 on every parity image.
+
+    Such an export's accuracy on the parity split equals the Keras model's; a quantized export (or one with any
+    disagreement, near-ties included) may be less accurate, so only ``auto-quantized`` picks it.
+    """
+    parity = record.get("parity") or {}
+    return (
+        record.get("quantization", "none") == "none"
+        and bool(parity.get("passed"))
+        and parity.get("top1_agreement") == 1.0
+    )
 
 
 def resolve_artifact(path: str | Path) -> Path:
-    """The export directory of ``path`` (an export directory, or the artifact inside one), or raise."""
+    """The export of ``path``: an export directory (also for the artifact inside one), or a single-file export."""
     path = Path(path)
-    if path.is_file() and path.suffix in (".tflite", ".onnx"):
+    if path.is_file() and is_file_export(path):
+        return path
+    if path.is_file() and path.suffix in FILE_SUFFIXES:
         return path.parent
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return path.parent
@@ -41,11 +100,21 @@ def resolve_artifact(path: str | Path) -> Path:
 
 
 def verify_export(export_dir: Path) -> dict[str, Any]:
-    """Read ``export.json`` and check the labels sidecar and the artifact's sha256; return the record."""
+    """Read ``export.json`` and check the labels sidecar and the artifact's sha256; return the record.
+
+    ``export_dir`` is an export directory or a single-file export (see :func:`is_file_export`).
+    """
     export_dir = Path(export_dir)
-    record_path = export_dir / EXPORT_JSON
+    if is_file_export(export_dir):
+        return _verify(export_dir, sidecar(export_dir, EXPORT_JSON), FileExportSidecars(export_dir))
+    return _verify(None, export_dir / EXPORT_JSON, RunDir(export_dir))
+
+
+def _verify(file: Path | None, record_path: Path, sidecars: RunDir) -> dict[str, Any]:
     if not record_path.is_file():
-        raise ExportError(f"{str(export_dir)!r}: {EXPORT_JSON} is missing; re-export with 'imagerec export'")
+        raise ExportError(
+            f"{str(sidecars.path)!r}: {EXPORT_JSON} is missing; re-export with 'imagerec export'"
+        )
     try:
         record = read_json(record_path)
         fmt = get_format(record["format"])
@@ -54,12 +123,13 @@ def verify_export(export_dir: Path) -> dict[str, Any]:
         raise ExportError(
             f"{str(record_path)!r}: unreadable export record; re-export with 'imagerec export'"
         ) from None
-    for name in ("labels.json", "config.json"):
-        if not (export_dir / name).is_file():
+    for path in (sidecars.labels, sidecars.config):
+        if not path.is_file():
             raise ExportError(
-                f"{str(export_dir)!r}: {name} is missing beside the artifact (labels travel with it); re-export"
+                f"{str(sidecars.path)!r}: {path.name} is missing beside the artifact (labels travel with it); "
+                "re-export"
             )
-    artifact = export_dir / fmt.artifact
+    artifact = file or sidecars.path / fmt.artifact
     if not artifact.exists():
         raise ExportError(f"{str(artifact)!r} is missing; re-export with 'imagerec export'")
     actual = tree_sha256(artifact)
@@ -91,47 +161,67 @@ def find_export(run_path: Path, runtime: str) -> Path:
     )
 
 
+def artifact_of(export: Path, record: dict[str, Any]) -> Path:
+    """The artifact of a verified export: the file itself, or ``<export dir>/<format's artifact name>``."""
+    return Path(export) if is_file_export(export) else Path(export) / FORMATS[record["format"]].artifact
+
+
 def open_runtime(export_dir: Path, info: dict[str, Any]) -> Callable:
-    """Verify an export directory and return its runtime callable."""
+    """Verify an export and return its runtime callable."""
     record = verify_export(export_dir)
-    fmt = FORMATS[record["format"]]
-    return fmt.load_module().Runtime(Path(export_dir) / fmt.artifact, record, info)
+    module = FORMATS[record["format"]].load_module()
+    return module.Runtime(artifact_of(export_dir, record), record, info)
 
 
 def is_artifact_path(path: str | Path) -> bool:
     """True for a ``.tflite``/``.onnx`` file, a SavedModel folder, or an export directory."""
     path = Path(path)
-    if path.suffix in (".tflite", ".onnx"):
+    if path.suffix in FILE_SUFFIXES:
         return True
     return path.is_dir() and ((path / "saved_model.pb").is_file() or is_export_dir(path))
 
 
 def _check_runtime_name(runtime: str) -> None:
     base, _, quant = runtime.partition("-")
-    if runtime in ("auto", "keras") or (
+    if runtime in (*AUTO_RUNTIMES, "keras") or (
         base in FORMATS and (not quant or quant in FORMATS[base].quantizations)
     ):
         return
     raise ExportError(
-        f"unknown runtime {runtime!r}; expected auto, keras, {', '.join(FORMATS)} or an export name such as "
+        f"unknown runtime {runtime!r}; expected auto, auto-quantized, keras, {', '.join(FORMATS)} or an export "
+        "name such as "
         "tflite-int8, tflite-float16, tflite-dynamic"
     )
 
 
 def resolve_runtime(run_path: Path, runtime: str) -> Path | None:
-    """The export directory that ``runtime`` names for a run, or None for the Keras model."""
+    """The export directory that ``runtime`` names for a run, or None for the Keras model.
+
+    ``auto`` is ``RUN/exports/runtime.json``'s ``runtime`` (the fastest that answers like Keras), and Keras when
+    that export does not (a record written before this rule); ``auto-quantized`` is its ``quantized_runtime``
+    (the fastest that passed parity).
+    """
     _check_runtime_name(runtime)
     if runtime == "keras":
         return None
-    if runtime == "auto":
-        record = Path(run_path) / "exports" / RUNTIME_RECORD
+    if runtime in AUTO_RUNTIMES:
         try:
-            chosen = read_json(record)["runtime"]
-        except (OSError, ValueError, KeyError, TypeError):
+            record = read_json(Path(run_path) / "exports" / RUNTIME_RECORD)
+            chosen = (
+                record.get("quantized_runtime", record["runtime"]) if runtime != "auto" else record["runtime"]
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if chosen == "keras" or not is_export_dir(Path(run_path) / "exports" / chosen):
+        export_dir = Path(run_path) / "exports" / str(chosen)
+        if chosen == "keras" or not is_export_dir(export_dir):
             return None
-        return Path(run_path) / "exports" / chosen
+        if runtime == "auto":
+            try:
+                if not answers_like_keras(read_json(export_dir / EXPORT_JSON)):
+                    return None
+            except (OSError, ValueError, AttributeError):
+                return None
+        return export_dir
     return find_export(run_path, runtime)
 
 
@@ -146,21 +236,19 @@ def open_export_runtime(path: str | Path, runtime: str = "auto", run_dir=None):
     export_dir = resolve_artifact(path)
     record = verify_export(export_dir)
     name = export_name(record["format"], record.get("quantization", "none"))
-    if runtime not in ("auto", record["format"], name, export_dir.name):
+    if runtime not in (*AUTO_RUNTIMES, record["format"], name, export_dir.name):
         raise ExportError(
             f"{str(path)!r} is a {name} export; it cannot run with runtime {runtime!r} (use {name})"
         )
-    sidecar = RunDir(export_dir)
-    if sidecar.read_labels() != record.get("labels"):
-        raise ExportError(
-            f"{str(export_dir)!r}: labels.json does not match the labels in export.json; re-export"
-        )
-    config = sidecar.read_config()
+    sidecars = FileExportSidecars(export_dir) if is_file_export(export_dir) else RunDir(export_dir)
+    if sidecars.read_labels() != record.get("labels"):
+        raise ExportError(f"{str(sidecars.labels)!r} does not match the labels in export.json; re-export")
+    config = sidecars.read_config()
     info = {
         "image_size": int(config["image_size"]),
         "channels": int(config["channels"]),
-        "run_dir": export_dir,
+        "run_dir": sidecars.path,
     }
-    fmt = FORMATS[record["format"]]
-    runtime_fn = fmt.load_module().Runtime(export_dir / fmt.artifact, record, info)
-    return (run_dir or sidecar), name, runtime_fn, record["sha256"][:12]
+    module = FORMATS[record["format"]].load_module()
+    runtime_fn = module.Runtime(artifact_of(export_dir, record), record, info)
+    return (run_dir or sidecars), name, runtime_fn, record["sha256"][:12]
