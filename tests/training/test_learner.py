@@ -46,7 +46,7 @@ def test_build_then_train_then_evaluate_with_the_one_batched_loop(data, tmp_path
     assert lines[-1].startswith("done in ") and lines[-1].endswith(f"; run saved in {run.path}")
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert metrics == run.metrics
-    assert list(metrics) == ["val", "test", "epochs_completed", "fit_seconds", "total_seconds",
+    assert list(metrics) == ["val", "test", "epochs_completed", "best_epoch", "fit_seconds", "total_seconds",
                              "images_per_second", "flops_per_image"]  # fmt: skip
     assert list(metrics["test"]) == ["accuracy", "top3_accuracy", "num_images", "accuracy_tta"]
     assert (

@@ -83,12 +83,11 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 
 
 def best_epoch(history: dict[str, list[float]]) -> int | None:
-    """1-based epoch of the best ``val_accuracy`` (else ``accuracy``), as the best-model checkpoint chose it."""
-    key = "val_accuracy" if "val_accuracy" in history else "accuracy"
-    values = history.get(key)
-    if not values:
-        return None
-    return int(np.nanargmax(values)) + 1
+    """1-based epoch the best-model checkpoint kept (the best ``val_accuracy``, ties to the lower ``val_loss``;
+    without validation, the last), by the rule of :mod:`imagerec.training.selection`."""
+    from imagerec.training.selection import best_epoch as kept_epoch
+
+    return kept_epoch(history) if history.get("loss") or history.get("val_accuracy") else None
 
 
 def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Path | None:

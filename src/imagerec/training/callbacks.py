@@ -19,6 +19,7 @@ import numpy as np
 
 from imagerec.errors import ImagerecError
 from imagerec.run import save_model_file
+from imagerec.training import selection
 from imagerec.utils import atomic_write_json, read_json
 
 
@@ -28,16 +29,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Each save writes ``backup/ckpt-<epoch>/`` (weights + metadata) completely, then flips the ``backup/latest``
     pointer with an atomic rename and removes older checkpoints. A ``kill -9`` at any instant leaves either the old
     or the new checkpoint as ``latest``, never a truncated file, and the epoch counter always matches the weights.
-    The metadata also carries the best validation score so far, so the best-model selection survives a resume.
+    The metadata also carries the kept epoch and its score (set by :class:`AtomicBestModel`, which publishes the
+    model first), so the best-model selection survives a resume.
     """
 
-    def __init__(
-        self, backup_dir: str | os.PathLike, monitor: str = "val_accuracy", history_csv: Path | None = None
-    ):
+    def __init__(self, backup_dir: str | os.PathLike, history_csv: Path | None = None):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.root = Path(backup_dir)
-        self.monitor = monitor
-        self.best: float | None = None
+        self.best: selection.Score | None = None
+        self.best_epoch: int | None = None
         self.restored_epoch = 0
         self.history_csv = history_csv
         self.history: list[dict] = []
@@ -64,7 +64,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model.load_weights(ckpt / "model.weights.h5")
         meta = read_json(ckpt / "meta.json")
         self.restored_epoch = int(meta["epoch"])
-        self.best = meta.get("best")
+        self.best, self.best_epoch = selection.from_record(meta.get("best")), meta.get("best_epoch")
         self.history = list(meta.get("history", []))
         self.model._initial_epoch = self.restored_epoch
         if self.history_csv is not None:
@@ -86,10 +86,17 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp.write_text(buf.getvalue())
         os.replace(tmp, self.history_csv)
 
+    def kept(self) -> dict | None:
+        """The kept epoch of the latest checkpoint: ``{"epoch": 1-based, "val_accuracy": ..., "val_loss": ...}``."""
+        ckpt = self.latest()
+        meta = read_json(ckpt / "meta.json") if ckpt else {}
+        epoch = meta.get("best_epoch")
+        if epoch is None:
+            return None
+        row = next((r for r in meta.get("history", []) if r.get("epoch") == epoch - 1), {})
+        return {"epoch": int(epoch), **{k: row[k] for k in ("val_accuracy", "val_loss") if k in row}}
+
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and (self.best is None or value > self.best):
-            self.best = float(value)
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
         self._current_epoch = epoch + 1
         self._save_model()
@@ -102,7 +109,14 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp.mkdir()
         self.model.save_weights(tmp / "model.weights.h5")
         (tmp / "meta.json").write_text(
-            json.dumps({"epoch": self._current_epoch, "best": self.best, "history": self.history})
+            json.dumps(
+                {
+                    "epoch": self._current_epoch,
+                    "best": list(self.best) if self.best is not None else None,
+                    "best_epoch": self.best_epoch,
+                    "history": self.history,
+                }
+            )  # fmt: skip
         )
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -122,9 +136,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class AtomicBestModel(keras.callbacks.Callback):
-    """Save the model to ``path`` (atomically, with its hash manifest) whenever ``monitor`` improves.
+    """Save the model to ``path`` (atomically, with its hash manifest) whenever an epoch beats the kept one.
 
-    NaN weights are never published: an epoch whose loss is not finite is skipped.
+    The rule is :mod:`imagerec.training.selection`'s: the highest ``monitor`` (``val_accuracy``), ties broken by the
+    lower loss (``val_loss``); ``monitor=None`` keeps the last epoch. The kept epoch and its score are handed to the
+    ``backup``, whose next checkpoint records them. NaN weights are never published: an epoch whose loss is not
+    finite is skipped.
 
     Put it *before* the backup callback: the model file of a new best epoch must be on disk before the checkpoint
     that records that best score. In the other order a kill between the two writes resumed with "best already
@@ -134,14 +151,15 @@ class AtomicBestModel(keras.callbacks.Callback):
     def __init__(
         self,
         path: str | os.PathLike,
-        monitor: str = "val_accuracy",
+        monitor: str | None = "val_accuracy",
         backup: AtomicBackupAndRestore | None = None,
     ):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
         self.backup = backup
-        self.best: float | None = None
+        self.best: selection.Score | None = None
+        self.best_epoch: int | None = None
 
     def on_train_begin(self, logs=None):
         self._synced = False
@@ -151,16 +169,19 @@ class AtomicBestModel(keras.callbacks.Callback):
         if not self._synced:
             self._synced = True
             if self.backup is not None and self.backup.best is not None and self.path.exists():
-                self.best = self.backup.best
+                self.best, self.best_epoch = self.backup.best, self.backup.best_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        value, loss = logs.get(self.monitor), logs.get("loss")
-        if value is None or loss is None or not math.isfinite(loss):
+        loss = logs.get("loss")
+        if loss is None or not math.isfinite(loss):
             return
-        if self.best is None or value > self.best:
-            self.best = float(value)
+        score = selection.epoch_score(logs, self.monitor, epoch + 1)
+        if selection.is_better(score, self.best):
             save_model_file(self.model, self.path)
+            self.best, self.best_epoch = score, epoch + 1
+            if self.backup is not None:  # recorded by its checkpoint, after the model file is on disk
+                self.backup.best, self.backup.best_epoch = score, epoch + 1
 
 
 class TrainingDiverged(ImagerecError):

@@ -22,9 +22,9 @@ from imagerec.data.augment import augment_flips
 from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make_dataset
 from imagerec.data.scan import scan_dataset
 from imagerec.data.sources import load_source
-from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for, write_manifest
+from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for
 from imagerec.errors import RunError
-from imagerec.run import FORMAT_VERSION, RunDir
+from imagerec.run import RunDir
 from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training import auto
 from imagerec.training.lr_range import LRFinderResult, RangeRecorder, suggest
@@ -37,8 +37,9 @@ from imagerec.training.recipe import (
     steps_for,
     unfreeze_top,
 )
-from imagerec.training.record import Run, library_versions
+from imagerec.training.record import Run, write_run_record
 from imagerec.training.resume import check_resume
+from imagerec.training.selection import kept_text, small_validation_warning
 
 SPLITS = ("train", "val", "test")
 
@@ -187,39 +188,7 @@ class Learner:
     # record -------------------------------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         """Write the split manifest (a new run only), labels.json and config.json; return the config record."""
-        run, d, previous = self.run, self.config.data, self.previous or {}
-        run.path.mkdir(parents=True, exist_ok=True)
-        fingerprint = (
-            previous.get("data_fingerprint") if self.previous else write_manifest(self.rows, run.manifest)
-        )
-        run.write_json("labels.json", self.class_names)
-        self.config_record = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "class_names": self.class_names,
-            "num_classes": len(self.class_names),
-            "image_size": d.image_size,
-            "channels": d.channels,
-            "resize": d.resize,
-            "input": {
-                "shape": [d.image_size, d.image_size, d.channels],
-                "dtype": "float32",
-                "range": "0..255",
-            },
-            "source": {"data": str(self.data), "root": str(self.source.root), "kind": self.source.kind},
-            "data_fingerprint": fingerprint,
-            "seed": self.config.train.seed,
-            "versions": library_versions(),
-            "model": {
-                "name": self.config.model.name,
-                "params": int(self.model.count_params()),
-                "flops_per_image": self.flops,
-            },
-            "precision": self.policy,
-            "strategy": self.strategy_info,
-            "resumed_changes": previous.get("resumed_changes", []) + self.changed,
-        }
-        run.write_json("config.json", self.config_record)
+        self.config_record = write_run_record(self)
         return self.config_record
 
     # fit ----------------------------------------------------------------------------------------------------------
@@ -237,13 +206,14 @@ class Learner:
         )
 
         run, t = self.run, self.config.train
-        self.backup = AtomicBackupAndRestore(run.backup, monitor=self.monitor, history_csv=run.history)
+        self.backup = AtomicBackupAndRestore(run.backup, history_csv=run.history)
         self.stopper = StopOnSignal()
         self.progress = ProgressCallback(t.epochs, self.steps, run.log)
         callbacks = [
             self.stopper,  # raises at batch/epoch boundaries: a half-done epoch never reaches on_epoch_end
             # before the backup: see AtomicBestModel's docstring
-            AtomicBestModel(run.model, monitor=self.monitor, backup=self.backup),
+            # no validation split: keep the last epoch (see imagerec.training.selection)
+            AtomicBestModel(run.model, self.monitor if self.val_ds is not None else None, self.backup),
             self.backup,
             NaNGuard(t.learning_rate),
             keras.callbacks.CSVLogger(str(run.history), append=bool(self.previous)),
@@ -292,7 +262,9 @@ class Learner:
 
         t = self.config.train
         weights = class_weights(self.arrays["train"][1], len(self.class_names), t.class_weights)
-        fit = {"validation_data": self.val_ds, "callbacks": callbacks, "class_weight": weights, "verbose": 0}
+        # shuffle=False: train_ds shuffles itself (Keras ignores the flag for a tf.data.Dataset, with a warning)
+        fit = {"validation_data": self.val_ds, "callbacks": callbacks, "class_weight": weights, "verbose": 0,
+               "shuffle": False}  # fmt: skip
         if latest_epoch(self.backup) < phase_one:
             self.model.fit(self.train_ds, epochs=phase_one, **fit)
         if backbone is None or phase_one >= t.epochs:
@@ -333,7 +305,13 @@ class Learner:
         if len(y) == 0:
             return {}
         d, batch_size = self.config.data, self.config.train.batch_size
-        fn = get_runtime("keras")(model, {"image_size": d.image_size, "channels": d.channels})
+        if getattr(self, "_runtime", (None,))[0] is not model:
+            # one tf.function (one trace) for every split and the TTA, not one per split
+            self._runtime = (
+                model,
+                get_runtime("keras")(model, {"image_size": d.image_size, "channels": d.channels}),
+            )
+        fn = self._runtime[1]
         probs = predict_in_batches(fn, x, batch_size)
         k = min(5, probs.shape[1])
         out = {
@@ -355,10 +333,11 @@ class Learner:
             run.save_model(self.model)
         best = run.load_model()
         metrics = {"val": self.evaluate(best, "val"), "test": self.evaluate(best, "test")}
-        epochs = latest_epoch(self.backup)
+        epochs, kept = latest_epoch(self.backup), self.backup.kept()
         trained = len(self.arrays["train"][1]) * max(1, epochs - (self.backup.restored_epoch or 0))
         metrics.update({
             "epochs_completed": epochs,
+            "best_epoch": kept["epoch"] if kept else None,
             "fit_seconds": round(fit_seconds, 2),
             "total_seconds": round(time.perf_counter() - self.t0, 2),
             "images_per_second": round(trained / max(fit_seconds, 1e-9), 1),
@@ -368,8 +347,9 @@ class Learner:
         val, test = metrics["val"], metrics["test"]
         tta = f" ({test['accuracy_tta']:.4f} with --tta)" if "accuracy_tta" in test else ""
         self.log(
-            f"done in {metrics['total_seconds']:.0f}s: val accuracy {val.get('accuracy', float('nan')):.4f}, "
-            f"test accuracy {test.get('accuracy', float('nan')):.4f}{tta}; run saved in {run.path}"
+            f"done in {metrics['total_seconds']:.0f}s: {kept_text(kept, epochs)}, val accuracy "
+            f"{val.get('accuracy', float('nan')):.4f}, test accuracy {test.get('accuracy', float('nan')):.4f}{tta}; "
+            f"run saved in {run.path}"
         )
         return Run(run.path, self.config_record, metrics)
 
@@ -378,6 +358,11 @@ class Learner:
         """The whole run: prepare, build, record, fit, finish."""
         self.prepare().build()
         self.log(self.describe())
+        val_labels = self.arrays["val"][1]
+        if warning := small_validation_warning(
+            val_labels, len(self.class_names), self.source.kind != "folder"
+        ):
+            self.log(warning)
         self.record()
         return self.finish(self.fit())
 
@@ -395,7 +380,12 @@ class Learner:
             f"{self.config.train.batch_size}, {steps} steps from {start_lr:g} to {end_lr:g}"
         )
         self.model.fit(
-            self.train_ds.repeat(), steps_per_epoch=steps, epochs=1, callbacks=[recorder], verbose=0
+            self.train_ds.repeat(),
+            steps_per_epoch=steps,
+            epochs=1,
+            callbacks=[recorder],
+            verbose=0,
+            shuffle=False,
         )
         steepest, min10 = suggest(recorder.lrs, recorder.losses)
         return LRFinderResult(recorder.lrs, recorder.losses, steepest, min10)

@@ -1,4 +1,5 @@
-"""What a run records about itself beside the model: the library versions, and the :class:`Run` handle."""
+"""What a run records about itself beside the model: config.json (with the library versions), labels.json, the
+split manifest, and the :class:`Run` handle."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from imagerec.run import RunDir
+from imagerec.data.split import write_manifest
+from imagerec.run import FORMAT_VERSION, RunDir
 
 
 @dataclass
@@ -51,3 +53,37 @@ def library_versions() -> dict[str, str]:
         "pillow": PIL.__version__,
         "scikit-learn": sklearn.__version__,
     }
+
+
+def write_run_record(learner) -> dict[str, Any]:
+    """Write the split manifest (a new run only), labels.json and config.json of a built ``Learner``; return the
+    config record."""
+    lr, run, d = learner, learner.run, learner.config.data
+    previous = lr.previous or {}
+    run.path.mkdir(parents=True, exist_ok=True)
+    fingerprint = previous.get("data_fingerprint") if lr.previous else write_manifest(lr.rows, run.manifest)
+    run.write_json("labels.json", lr.class_names)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "config": lr.config.to_dict(),
+        "class_names": lr.class_names,
+        "num_classes": len(lr.class_names),
+        "image_size": d.image_size,
+        "channels": d.channels,
+        "resize": d.resize,
+        "input": {"shape": [d.image_size, d.image_size, d.channels], "dtype": "float32", "range": "0..255"},
+        "source": {"data": str(lr.data), "root": str(lr.source.root), "kind": lr.source.kind},
+        "data_fingerprint": fingerprint,
+        "seed": lr.config.train.seed,
+        "versions": library_versions(),
+        "model": {
+            "name": lr.config.model.name,
+            "params": int(lr.model.count_params()),
+            "flops_per_image": lr.flops,
+        },
+        "precision": lr.policy,
+        "strategy": lr.strategy_info,
+        "resumed_changes": previous.get("resumed_changes", []) + lr.changed,
+    }
+    run.write_json("config.json", record)
+    return record
