@@ -1,7 +1,9 @@
 // imagerec web page: upload images or use the camera; talks to POST /v1/predict on this server only.
 "use strict";
 
-const state = { key: sessionStorage.getItem("imagerec-key") || "", camera: null, session: null, numClasses: 5 };
+const state = {
+  key: sessionStorage.getItem("imagerec-key") || "", camera: null, cameraAbort: null, session: null, numClasses: 5,
+};
 const $ = (id) => document.getElementById(id);
 
 function headers(extra) {
@@ -107,10 +109,14 @@ function handleFiles(files) {
   for (const file of files) classifyFile(file);
 }
 
-async function cameraLoop() {
+async function cameraLoop(stream, abort) {
+  // `stream` is the camera this loop serves: once Stop (or a new Start) replaces state.camera, whatever this loop
+  // still receives is a late answer for a camera that is off, and is dropped instead of overwriting "Camera off".
   const video = $("video");
   const canvas = $("frame");
-  while (state.camera) {
+  const result = $("camera-result");
+  let frames = 0;
+  while (state.camera === stream) {
     if (video.videoWidth > 0) {
       const scale = Math.min(1, 256 / Math.max(video.videoWidth, video.videoHeight));
       canvas.width = Math.round(video.videoWidth * scale);
@@ -120,15 +126,19 @@ async function cameraLoop() {
       const smooth = $("smooth").value;
       try {
         const response = await fetch(`/v1/predict?top_k=1&session=${state.session}&smooth=${smooth}`, {
-          method: "POST", body: blob, headers: headers({ "Content-Type": "image/jpeg" }),
+          method: "POST", body: blob, headers: headers({ "Content-Type": "image/jpeg" }), signal: abort.signal,
         });
         if (!response.ok) throw new Error(await errorText(response));
-        const result = (await response.json()).predictions[0];
-        const shown = result.smoothed || result;
-        $("camera-result").textContent = `${shown.label} ${(shown.confidence * 100).toFixed(0)}%`;
-        $("camera-result").dataset.label = shown.label;
+        const answer = (await response.json()).predictions[0];
+        if (state.camera !== stream) return; // stopped while the answer was on its way
+        const shown = answer.smoothed || answer;
+        frames += 1;
+        result.textContent = `${shown.label} ${(shown.confidence * 100).toFixed(0)}%`;
+        result.dataset.label = shown.label;
+        result.dataset.frames = String(frames);
       } catch (err) {
-        $("camera-result").textContent = `Error: ${err.message || err}`;
+        if (state.camera !== stream) return; // the abort of Stop, or a late failure: the camera is off
+        result.textContent = `Error: ${err.message || err}`;
       }
     }
     await new Promise((resolve) => setTimeout(resolve, 150)); // one frame in flight at a time: no backlog
@@ -140,6 +150,9 @@ async function toggleCamera() {
   if (state.camera) {
     state.camera.getTracks().forEach((t) => t.stop());
     state.camera = null;
+    if (state.cameraAbort) state.cameraAbort.abort(); // the answer in flight is not wanted any more
+    state.cameraAbort = null;
+    delete $("camera-result").dataset.label;
     $("video").srcObject = null;
     button.textContent = "Start camera";
     button.setAttribute("aria-pressed", "false");
@@ -157,7 +170,8 @@ async function toggleCamera() {
   button.textContent = "Stop camera";
   button.setAttribute("aria-pressed", "true");
   $("camera-result").textContent = "Starting…";
-  cameraLoop();
+  state.cameraAbort = new AbortController();
+  cameraLoop(state.camera, state.cameraAbort);
 }
 
 function setup() {
