@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from imagefixtures import run_cli
+from imagerec.models.backbones import BACKBONES
 
 SIDE, PATCH, MARGIN = 32, 10, 2
 PATCH_COLOURS = ((220, 40, 40), (40, 200, 60), (40, 60, 220))
@@ -148,3 +149,16 @@ def test_explain_cli_warns_in_one_line_when_the_map_shows_no_place(
     assert code == 0 and (tmp_path / "h.png").exists() and "Grad-CAM of 'red'" in out
     warning = [line for line in err.splitlines() if line.startswith("imagerec: warning: Grad-CAM is blank")]
     assert len(warning) == 1 and "gradients are zero" in warning[0]
+
+
+@pytest.mark.parametrize("row", [row.name for row in BACKBONES])
+def test_a_backbone_at_a_small_size_is_explained_on_a_map_of_at_least_min_side_cells(row):
+    from imagerec.evaluation import GradCAM
+    from imagerec.evaluation.gradcam import MIN_SIDE
+    from imagerec.models.registry import build_model
+
+    model = build_model(row, 64, 3, 3)  # the backbone's last map is 2x2 here: it cannot say where
+    cam = GradCAM(model)
+    assert cam.layer_name.startswith("backbone/") and min(cam.map_size) >= MIN_SIDE
+    heat = cam(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+    assert heat.shape == (2, 64, 64) and np.isfinite(heat).all()

@@ -55,11 +55,31 @@ def _feature_layer(model):
     pick = max(i for i in range(found[-1], len(seq)) if _hw(seq[i]) == hw)
     if min(hw) < MIN_SIDE:
         blocks = (*convs, layers.Activation, layers.ReLU, layers.Add, layers.BatchNormalization)
+        cuts = _cuts(model)
         larger = [
-            i for i in range(pick) if isinstance(seq[i], blocks) and min(_hw(seq[i]) or (0,)) >= MIN_SIDE
+            i
+            for i in range(pick)
+            if cuts[i] and isinstance(seq[i], blocks) and min(_hw(seq[i]) or (0,)) >= MIN_SIDE
         ]
         pick = larger[-1] if larger else pick
     return seq[pick]
+
+
+def _cuts(model) -> list[bool]:
+    """Per layer: does everything after it see the image only through it (not a residual or squeeze branch)?"""
+    seq = model.layers
+    where = {id(layer): i for i, layer in enumerate(seq)}
+    earliest = [
+        min(
+            (where.get(id(parent.operation), i) for n in layer._inbound_nodes for parent in n.parent_nodes),
+            default=i,
+        )
+        for i, layer in enumerate(seq)
+    ]
+    later = [len(seq)] * (len(seq) + 1)
+    for i in range(len(seq) - 1, -1, -1):
+        later[i] = min(earliest[i], later[i + 1])
+    return [later[i + 1] >= i for i in range(len(seq))]
 
 
 def _score(model):
@@ -77,7 +97,8 @@ def _score(model):
 class GradCAM:
     """A callable ``(uint8 batch, class indices or None) -> heatmaps (N, S, S) in 0..1`` for one Keras model.
 
-    ``layer_name`` names the map it weighs; :meth:`maps` also says, per image, why a map shows no place.
+    ``layer_name`` names the map it weighs, ``map_size`` its (rows, columns); :meth:`maps` also says, per image,
+    why a map shows no place.
     """
 
     def __init__(self, model):
@@ -95,7 +116,7 @@ class GradCAM:
                 raise ImagerecError(
                     f"model {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model"
                 )
-            self.layer_name = feature.name
+            self.layer_name, self.map_size = feature.name, _hw(feature)
             self._parts = [keras.Model(model.inputs, [feature.output, _score(model)])]
             return
         inner = _feature_layer(backbone)
@@ -104,7 +125,7 @@ class GradCAM:
                 f"backbone of {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional model"
             )
         node = backbone._inbound_nodes[0]  # where the outer model calls the backbone
-        self.layer_name = f"backbone/{inner.name}"
+        self.layer_name, self.map_size = f"backbone/{inner.name}", _hw(inner)
         self._parts = [
             keras.Model(model.inputs, node.input_tensors[0]),
             keras.Model(backbone.inputs, [inner.output, backbone.output]),
