@@ -9,8 +9,15 @@ import pytest
 from imagerec.errors import ImagerecError, did_you_mean
 from imagerec.settings import (
     AugmentConfig,
+    BenchmarkSettings,
+    CalibrateSettings,
     DataConfig,
+    EvaluateSettings,
+    IssuesSettings,
+    LRFindSettings,
     ModelConfig,
+    PredictSettings,
+    RaySettings,
     RunConfig,
     ServeSettings,
     TrainConfig,
@@ -19,7 +26,25 @@ from imagerec.settings import (
 )
 from imagerec.video.sources import VideoError
 
-ALL = [DataConfig, AugmentConfig, ModelConfig, TrainConfig, RunConfig, ServeSettings, VideoConfig]
+VERBS = [
+    EvaluateSettings,
+    CalibrateSettings,
+    IssuesSettings,
+    PredictSettings,
+    LRFindSettings,
+    BenchmarkSettings,
+]
+ALL = [
+    DataConfig,
+    AugmentConfig,
+    ModelConfig,
+    TrainConfig,
+    RunConfig,
+    ServeSettings,
+    VideoConfig,
+    *VERBS,
+    RaySettings,
+]
 
 
 def test_did_you_mean_names_the_closest_choice_or_nothing():
@@ -64,6 +89,19 @@ def test_unknown_names_raise_with_a_did_you_mean(make, error, message):
         (VideoConfig(every=2, fps=5), VideoError, "either every"),
         (VideoConfig(smooth=1.0), VideoError, r"smooth must be in \[0, 1\) \(0 = off, 0.6 = default\)"),
         (VideoConfig(roi=(0, 0)), VideoError, "roi must be x,y,w,h"),
+        (RunConfig(train=TrainConfig(epochs=0)), ImagerecError, r"^--epochs must be >= 1, got 0$"),
+        (TrainConfig(epochs=2.5), ImagerecError, r"^--epochs must be an integer >= 1, got 2.5$"),
+        (
+            TrainConfig(learning_rate=float("inf")),
+            ImagerecError,
+            r"^--lr \(learning_rate\) must be > 0, got inf$",
+        ),
+        (DataConfig(channels=2), ImagerecError, r"^--channels must be 1 or 3, got 2$"),
+        (DataConfig(val=0.5, test=0.5), ImagerecError, r"^--val \+ --test must be < 1"),
+        (ModelConfig(dropout=1.0), ImagerecError, r"^dropout must be in \[0, 1\), got 1.0$"),
+        (ServeSettings(port=0), ImagerecError, r"^--port must be in \[1, 65535\], got 0$"),
+        (LRFindSettings(start_lr=1.0, end_lr=0.1), ImagerecError, r"^--start-lr must be < --end-lr"),
+        (IssuesSettings(limit=-1), ImagerecError, r"^--limit must be >= 0 \(0 = all\), got -1$"),
     ],
 )
 def test_validate_raises_the_first_failing_check(settings, error, message):

@@ -13,7 +13,7 @@ The verbs have theirs too (:class:`EvaluateSettings`, :class:`CalibrateSettings`
 functions take their keyword defaults from these classes (``top_k: int = EvaluateSettings.top_k``) and the CLI
 its option defaults, so each default is written here and nowhere else.
 
-Every class validates the same way: ``validate()`` checks each numeric field against its :class:`Bound` (declared
+Every class validates the same way: ``validate()`` checks each numeric field against its ``Bound`` (declared
 once, with the field: ``epochs: int | None = integer(None, ge=1)``), then the class's rules across fields, and
 raises the first that fails ("--epochs must be >= 1, got 0"); ``replace(**values)`` sets values (``None`` keeps the
 current one), refuses unknown names with a did-you-mean, and validates the result.
@@ -27,12 +27,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Iterable, Iterator
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
+from imagerec.bounds import integer, label_of, number
 from imagerec.errors import ImagerecError, did_you_mean
 
 #: Test images an export is compared on with the Keras model before it is published (``--parity-images``).
@@ -46,98 +45,8 @@ RUNTIME = "auto"
 EXPORT_FORMAT = "tflite"
 
 
-@dataclass(frozen=True)
-class Bound:
-    """The values a numeric setting or flag accepts, written once and checked by ``validate`` and the CLI.
-
-    ``ge``/``gt`` bound it below, ``le``/``lt`` above (None: unbounded); ``choices`` lists the only values allowed;
-    ``integer`` refuses fractions. NaN and infinities are never accepted. ``note`` says what special values mean
-    ("0 = off") and may name the field's ``{default}``.
-    """
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    choices: tuple[int, ...] = ()
-    integer: bool = False
-    note: str = ""
-
-    def __contains__(self, value: object) -> bool:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
-        if not isinstance(value, numbers.Integral) and (self.integer or not math.isfinite(value)):
-            return False
-        if self.choices:
-            return value in self.choices
-        return (
-            (self.ge is None or value >= self.ge)
-            and (self.gt is None or value > self.gt)
-            and (self.le is None or value <= self.le)
-            and (self.lt is None or value < self.lt)
-        )
-
-    def expected(self) -> str:
-        """What the bound asks for, in words: ``>= 1``, ``in [0, 1)``, ``1 or 3``."""
-        if self.choices:
-            return " or ".join(str(c) for c in self.choices)
-        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
-        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
-        if low and high:
-            return f"in {low}, {high}"
-        if low:
-            return (">= " if low[0] == "[" else "> ") + low[1:]
-        if high:
-            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
-        return "a finite number"
-
-    def message(self, label: str, value: object, default: object = None) -> str:
-        """``--epochs must be >= 1, got 0``: one line that names the flag, the range and the value received."""
-        kind = ""
-        if not self.choices and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            if self.integer or not isinstance(value, numbers.Real):
-                kind = "an integer " if self.integer else "a number "
-        note = f" ({self.note.format(default=default)})" if self.note else ""
-        got = repr(value) if isinstance(value, str) else value
-        return f"{label} must be {kind}{self.expected()}{note}, got {got}"
-
-
-def integer(default: int | None, *, flag: str | bool = True, **limits: Any) -> Any:
-    """A dataclass field holding an integer within ``limits`` (the keywords of :class:`Bound`).
-
-    ``flag``: True = the CLI flag is the field's name (``max_batch`` -> ``--max-batch``); a string names another
-    flag (``"--lr"``); False = no flag (errors then name the field).
-    """
-    return field(default=default, metadata={"bound": Bound(integer=True, **limits), "flag": flag})
-
-
-def number(default: float | None, *, flag: str | bool = True, **limits: Any) -> Any:
-    """A dataclass field holding a real number within ``limits`` (see :func:`integer`)."""
-    return field(default=default, metadata={"bound": Bound(**limits), "flag": flag})
-
-
 #: An 'unknown' threshold (predict, serve, video): a confidence.
 THRESHOLD = {"ge": 0, "le": 1, "note": "0 = never 'unknown'"}
-
-
-def label_of(f: Field) -> str:
-    """How errors name field ``f``: its flag (``--max-batch``), ``--lr (learning_rate)``, or its name."""
-    flag = f.metadata.get("flag", True)
-    if flag is True:
-        return "--" + f.name.replace("_", "-")
-    if not flag:
-        return f.name
-    return flag if flag.lstrip("-").replace("-", "_") == f.name else f"{flag} ({f.name})"
-
-
-def require(label: str, value: object, bound: Bound, error: type[ImagerecError] = ImagerecError) -> Any:
-    """Return ``value`` when it is within ``bound``; raise ``error`` naming ``label`` otherwise.
-
-    For the few CLI flags that are no setting (``data inspect --workers``); settings fields declare their bound.
-    """
-    if value not in bound:
-        raise error(bound.message(label, value))
-    return value
 
 
 def default_of(cls: type, name: str) -> Any:

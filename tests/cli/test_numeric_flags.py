@@ -20,10 +20,11 @@ from test_defaults import OPTIONS, OVERRIDE, SAME
 
 import imagerec
 from imagefixtures import run_cli
+from imagerec.bounds import Bound, label_of, require
 from imagerec.cli import data as cli_data
 from imagerec.cli import export as cli_export
 from imagerec.errors import ImagerecError
-from imagerec.settings import Bound, DataConfig, label_of, require
+from imagerec.settings import DataConfig
 
 #: (command, flag) -> (settings class, field) whose bound the flag obeys.
 FIELD_OF = {

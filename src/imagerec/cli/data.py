@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
+from imagerec.bounds import Bound, require
 from imagerec.cli.app import data_app
 from imagerec.cli.options import option
-from imagerec.settings import Bound, DataConfig, TrainConfig, require
+from imagerec.settings import DataConfig, TrainConfig
 
 #: Bounds of the flags that are no setting (settings fields declare their own).
 WORKERS = Bound(ge=0, integer=True, note="0 = CPU count")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
+from imagerec.bounds import Bound, require
 from imagerec.cli.app import app
 from imagerec.cli.options import option
-from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES, BenchmarkSettings, Bound, require
+from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES, BenchmarkSettings
 
 #: ``--parity-images``: a flag that is no setting, so its bound is declared here.
 PARITY_IMAGES_BOUND = Bound(ge=1, integer=True)
