@@ -39,10 +39,22 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
     bench = json.loads((run_copy / "exports" / "benchmark.json").read_text())
     names = {r["runtime"] for r in bench["runtimes"]}
     assert names == {"keras", "tflite-dynamic"}
-    for row in bench["runtimes"]:
+    for row in bench["runtimes"]:  # timings vary: only their consistency is checked
         assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["throughput_b1"] > 0 and row["throughput_b8"] > 0 and row["throughput_b64"] > 0
-        assert row["size_bytes"] > 0 and row["accuracy"] is not None and row["peak_rss_delta_mb"] >= 0
+        assert row["peak_rss_delta_mb"] >= 0
+    # sizes are the artifacts' own, accuracies what each runtime's predictions on the test split give
+    rows = {r["runtime"]: r for r in bench["runtimes"]}
+    assert rows["keras"]["size_bytes"] == (run_copy / "model.keras").stat().st_size
+    assert (
+        rows["tflite-dynamic"]["size_bytes"]
+        == (run_copy / "exports/tflite-dynamic/model.tflite").stat().st_size
+    )
+    paths, truth = _test_split(run_copy)
+    assert bench["split"] == "test" and bench["num_accuracy_images"] == len(paths) > 0
+    for name, row in rows.items():
+        predicted = [p.label for p in Classifier.load(run_copy, runtime=name).predict(paths)]
+        assert row["accuracy"] == pytest.approx(np.mean(np.array(predicted) == truth), abs=1e-6), name
     fastest = min(bench["runtimes"], key=lambda r: r["latency_p50_ms"])["runtime"]
     assert bench["fastest"] == fastest and bench["default"] == "keras"  # tflite-dynamic is quantized
     chosen = json.loads((run_copy / "exports" / "runtime.json").read_text())
@@ -105,6 +117,12 @@ def _test_paths(run: Path, per_class: int = 2) -> list[str]:
     return paths
 
 
+def _test_split(run: Path) -> tuple[list[str], np.ndarray]:
+    """Every test image of the run's manifest and its true label."""
+    rows = rows_for(read_manifest(run / "manifest.csv"), "test")
+    return [r.path for r in rows], np.array([r.label for r in rows])
+
+
 def _predict_labels(cli, capsys, run: Path, runtime: str, paths: list[str]) -> list[str]:
     code = cli(["predict", str(run), *paths, "--runtime", runtime, "--format", "json"])
     out, err = capsys.readouterr()
@@ -148,7 +166,17 @@ def test_export_out_dir_through_the_cli(run_copy, tmp_path, cli, capsys):
     assert not (run_copy / "exports").exists()  # nothing in the run; runtime auto stays keras
     assert Classifier.load(run_copy).runtime == "keras"
     clf = Classifier.load(dest / "model.tflite")
-    assert clf.runtime == "tflite" and clf.predict(_test_paths(run_copy, 1))[0].label in clf.labels
+    assert clf.runtime == "tflite"
+    # the exported float32 model answers as the Keras model does, image by image, with the same probabilities
+    paths, _ = _test_split(run_copy)
+    keras = Classifier.load(run_copy, runtime="keras")
+    got, want = clf.predict(paths, top_k=3), keras.predict(paths, top_k=3)
+    assert [p.label for p in got] == [p.label for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert dict(g.top_k) == pytest.approx(dict(w.top_k), abs=1e-4)
+    parity = json.loads((dest / "export.json").read_text())["parity"]
+    assert parity["num_images"] == 8 and parity["top1_agreement"] == 1.0 and parity["passed"]
+    assert 0 <= parity["max_abs_prob_diff"] <= 1e-4
 
 
 def _perturbed_export(original):
