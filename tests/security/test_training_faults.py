@@ -17,7 +17,9 @@ import pytest
 
 import imagerec
 from imagerec.errors import DataError
+from imagerec.evaluation.plots import read_history
 from imagerec.run import RunDir, prescan_keras_file, verify_hash
+from imagerec.training.selection import best_epoch
 
 from .shared import write_colour_dataset
 
@@ -233,14 +235,18 @@ def test_e28_kill_9_at_random_points_always_resumes(tmp_path):
     proc, out, err = _train_child(tmp_path / "data", tmp_path / "uninterrupted", 0, "none")
     assert proc.returncode == 0 and "FINISHED" in out, err[-3000:]
     resumed, reference = _final_metrics(tmp_path / "run"), _final_metrics(tmp_path / "uninterrupted")
-    # Tolerance: none. Measured with kill seeds 0-3 and with a kill forced between the two checkpoint writes: val and test accuracy 1.0 vs 1.0 every time. Why exact is honest: with op determinism an
-    # uninterrupted run is bit-reproducible (two runs: identical weights) and every epoch before a resume replays
-    # bit for bit; the best val accuracy (1.0) is reached in the first epoch here and cannot be beaten. Any looser
-    # bound would say nothing: val and test hold 3 images each, so the next step is a whole image (33 points).
-    # Not compared: the weights. After a resume the remaining epochs see a different shuffle/augmentation stream,
-    # so the last epoch differs (accuracy on 60 fresh images 0.47 uninterrupted, 0.77-0.97 resumed). (The best
-    # model is now written before the checkpoint that records it, so a kill between the two no longer loses it.)
-    assert resumed == reference, (resumed, reference)
+    # Tolerance on val accuracy: none. Measured with kill seeds 0-3 and with a kill forced between the two checkpoint
+    # writes: 1.0 vs 1.0 every time. Why exact is honest: with op determinism an uninterrupted run is
+    # bit-reproducible (two runs: identical weights) and every epoch before a resume replays bit for bit; the best
+    # val accuracy (1.0) is reached in the first epoch here and cannot be beaten. Test accuracy is not compared:
+    # among epochs tied at the best val accuracy the lowest val loss is kept (imagerec.training.selection), and after
+    # a resume the remaining epochs see a different shuffle/augmentation stream, so the kept epoch may be another
+    # one (test accuracy on these 3 images: 1.0 resumed vs 0.67 uninterrupted, seen once). Instead: each run
+    # published the epoch that the rule picks from its own history.
+    assert resumed["val"] == reference["val"] == 1.0, (resumed, reference)
+    for run in (tmp_path / "run", tmp_path / "uninterrupted"):
+        history = read_history(run / "history.csv")
+        assert json.loads((run / "metrics.json").read_text())["best_epoch"] == best_epoch(history), history
 
 
 def test_e28_resume_after_a_kill_continues_from_the_checkpoint_not_from_scratch(tmp_path):
