@@ -120,6 +120,7 @@ def test_a_small_validation_split_is_warned_about(labels, warned):
         assert text.startswith(f"warning: only {len(labels)} validation images") and "--val 0.2" in text
         assert "--val 0" in text
     assert small_validation_warning([], 3, given_splits=False) is None
+    assert "move more images into the val split" in small_validation_warning([0, 1, 2], 3, given_splits=True)
 
 
 def test_a_training_names_its_kept_epoch_warns_about_a_small_val_split_and_ends_without_warnings(
@@ -144,7 +145,7 @@ def test_a_training_names_its_kept_epoch_warns_about_a_small_val_split_and_ends_
     try:
         for i in range(3):
             run = imagerec.train(
-                data, out=tmp_path / f"run{i}", epochs=2, model="tutorial-cnn", batch_size=8, seed=i,
+                data, out=tmp_path / f"run{i}", epochs=2, model="tutorial-cnn", batch_size=8, image_size=16, seed=i,
                 log=lines.append,
             )  # fmt: skip
     finally:

@@ -358,10 +358,8 @@ class Learner:
         """The whole run: prepare, build, record, fit, finish."""
         self.prepare().build()
         self.log(self.describe())
-        val_labels = self.arrays["val"][1]
-        if warning := small_validation_warning(
-            val_labels, len(self.class_names), self.source.kind != "folder"
-        ):
+        given = any(img.split == "val" for img in self.scan.images)  # split folders, a CSV split column
+        if warning := small_validation_warning(self.arrays["val"][1], len(self.class_names), given):
             self.log(warning)
         self.record()
         return self.finish(self.fit())
