@@ -1,7 +1,7 @@
 """Every row of the model registry exports to every format and quantization, and the export loads and answers.
 
 Each row is trained for one epoch (untrained backbones: ``weights="none"``) at its smallest image size, once per
-row, then exported to each (format, quantization) of the table. The heavy backbones are ``slow`` (CI runs them).
+row, then exported to each (format, quantization) of the table. The backbones are ``slow`` (CI runs them).
 EfficientNetV2 holds its input normalisation as plain tensors: its ONNX export once asked callers to feed them.
 """
 
@@ -15,10 +15,10 @@ import pytest
 from imagerec.export import export_name, plan
 from imagerec.models.registry import list_models
 
-HEAVY = {"mobilenetv3large", "efficientnetv2b0", "resnet50v2"}  # a minute or more each on 2 cores
+# backbones: 15-50 s per export on 2 cores (and a minute or two to train the first time) -> slow, CI runs them
 CASES = [
     pytest.param(spec.name, fmt, q, id=f"{spec.name}-{export_name(fmt, q)}",
-                 marks=[pytest.mark.slow] if spec.name in HEAVY else [])
+                 marks=[pytest.mark.slow] if spec.kind == "backbone" else [])
     for spec in list_models()
     for fmt, q in plan("all", None)
 ]  # fmt: skip
