@@ -69,23 +69,80 @@ def test_a1_lambda_with_marshalled_bytecode_is_refused_and_never_runs(tmp_path):
     assert not sentinel.exists()
 
 
-def test_a1_refused_load_keeps_the_previous_model_serving(trained_run, tmp_path):
+def _lambda_layer(run: Path, good: Path) -> str:
+    rewrite_config(good, run / "model.keras", lambda c: c["config"]["layers"][1].update(class_name="Lambda"))
+    return "Lambda"
+
+
+def _one_byte_changed(run: Path, good: Path) -> str:
+    data = bytearray(good.read_bytes())
+    data[data.find(b"HDF") + 4000] ^= (
+        0x01  # inside the stored weights: the zip stays valid, the manifest does not
+    )
+    (run / "model.keras").write_bytes(bytes(data))
+    return "expected [0-9a-f]{64}, actual [0-9a-f]{64}"
+
+
+@pytest.mark.parametrize("tamper", [_lambda_layer, _one_byte_changed], ids=["lambda", "one-byte"])
+def test_a1_refused_load_keeps_the_previous_model_serving(trained_run, tmp_path, tamper):
+    """``imagerec serve`` (a real process) on a tampered run exits 2 with one error line and never serves, while
+    a server already running the genuine model keeps answering."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
     import numpy as np
 
     from imagerec import Classifier
+    from imagerec.server.app import ServeSettings, create_app
+    from server.conftest import LiveServer, free_port, png_bytes
 
-    clf = Classifier.load(trained_run)
     bad = tmp_path / "run"
     shutil.copytree(trained_run, bad)
-    rewrite_config(
-        trained_run / "model.keras",
-        bad / "model.keras",
-        lambda c: c["config"]["layers"][1].update(class_name="Lambda"),
-    )
-    with pytest.raises(ModelFileError):
-        Classifier.load(bad)
-    image = make_image(COLOURS["red"], np.random.default_rng(5))
-    assert clf.predict(image)[0].label == "red"
+    why = tamper(bad, trained_run / "model.keras")
+    image = png_bytes(make_image(COLOURS["red"], np.random.default_rng(5)))
+    app = create_app(Classifier.load(trained_run), ServeSettings(decode_workers=0))
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        assert client.post("/v1/predict", content=image).json()["predictions"][0]["label"] == "red"
+        port, log = free_port(), tmp_path / "serve.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "imagerec",
+            "serve",
+            str(bad),
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ]
+        path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=out, text=True, cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )  # fmt: skip
+        try:  # until it exits, or fails the test as soon as it starts serving
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and "Started server process" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        stderr = log.read_text()
+        assert "Started server process" not in stderr and "Uvicorn running" not in stderr, stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("imagerec: error:")]
+        assert proc.returncode == 2, stderr
+        assert len(errors) == 1 and re.search(why, errors[0]) and "Traceback" not in stderr, stderr
+        with socket.socket() as sock:  # nothing is left listening on the port it was given
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/predict", content=image).json()["predictions"][0]["label"] == "red"
 
 
 # A2 ------------------------------------------------------------------------------------------------------
