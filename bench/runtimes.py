@@ -41,8 +41,8 @@ def log(msg: str) -> None:
 
 def fashion_mnist(fm_run: Path, work: Path, rounds: int) -> dict:
     from imagerec import Classifier
-    from imagerec.export import export_records
     from imagerec.export.benchmark import benchmark_run
+    from imagerec.export.exporter import export_records
 
     if not (fm_run / "model.keras").exists():
         log(f"no run at {fm_run}: training one (2 epochs)")

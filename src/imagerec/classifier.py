@@ -279,7 +279,7 @@ class Classifier:
 
     def export(self, format: str = EXPORT_FORMAT, **kwargs: Any) -> Path:  # noqa: A002 - the CLI's word
         """Export to ``savedmodel``, ``tflite`` or ``onnx`` with a parity check (see ``imagerec.export``)."""
-        from imagerec.export import export_run
+        from imagerec.export.exporter import export_run
 
         return export_run(self, format=format, **kwargs)
 

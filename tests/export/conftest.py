@@ -29,7 +29,7 @@ def cli():
 def exported(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
     """A private copy of ``trained_run`` with every format and quantization exported: (run, {name: record})."""
     from imagerec import Classifier
-    from imagerec.export import export_records
+    from imagerec.export.exporter import export_records
 
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, run)

@@ -24,7 +24,7 @@ def dynamic_run(trained_run: Path, tmp_path_factory) -> Path:
     """A copy of the trained run with a tflite-dynamic export (quantized) and a float tflite export."""
     import shutil
 
-    from imagerec.export import export_records
+    from imagerec.export.exporter import export_records
 
     run = tmp_path_factory.mktemp("auto") / "run"
     shutil.copytree(trained_run, run)

@@ -102,7 +102,7 @@ def test_parity_check_fails_on_disagreeing_probabilities():
 
 @pytest.fixture
 def onnx_export(trained_run, tmp_path) -> Path:
-    from imagerec.export import export_run
+    from imagerec.export.exporter import export_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagerec.export import export_name, plan
+from imagerec.export.exporter import export_name, plan
 from imagerec.models.registry import list_models
 
 # backbones: 15-50 s per export on 2 cores (and a minute or two to train the first time) -> slow, CI runs them
@@ -51,7 +51,7 @@ def row_run(tmp_path_factory, imagerec_home):
 def test_every_model_exports_to_every_format(row_run, tmp_path, name, fmt, quantize):
     from imagerec import Classifier
     from imagerec.data.split import read_manifest, rows_for
-    from imagerec.export import export_records
+    from imagerec.export.exporter import export_records
 
     run = row_run(name)
     keras = Classifier.load(run, runtime="keras")

@@ -12,7 +12,7 @@ import pytest
 
 from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
-from imagerec.export import float32_model, plan
+from imagerec.export.exporter import float32_model, plan
 from imagerec.export.formats import FORMATS, tree_sha256
 from imagerec.export.parity import parity
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from imagerec import Classifier
-from imagerec.export import ExportFailures, export_records
+from imagerec.export.exporter import ExportFailures, export_records
 
 
 def _crash(*_args, **_kwargs):

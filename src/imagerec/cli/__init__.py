@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[ENV] = "0"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:
-        os.environ.setdefault(ENV, "1")  # inherited by worker processes (decoders, uvicorn workers, video capture)
+        # inherited by worker processes (decoders, uvicorn workers, video capture)
+        os.environ.setdefault(ENV, "1")
     quiet_tensorflow()
 
     if os.environ.get(ENV) == "1":

@@ -48,7 +48,9 @@ def _main(
         help="Print the imagerec version and exit.",
     ),
     verbose: bool = typer.Option(
-        False, "--verbose", help="Show TensorFlow's start-up messages and library warnings (hidden by default)."
+        False,
+        "--verbose",
+        help="Show TensorFlow's start-up messages and library warnings (hidden by default).",
     ),
 ) -> None:
     pass  # --verbose is acted on in imagerec.cli.main, before anything imports TensorFlow

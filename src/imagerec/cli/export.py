@@ -53,7 +53,7 @@ def export(
     """
     from imagerec.classifier import Classifier
     from imagerec.errors import ImagerecError
-    from imagerec.export import ExportFailures, export_records, plan
+    from imagerec.export.exporter import ExportFailures, export_records, plan
 
     require("--parity-images", parity_images, PARITY_IMAGES_BOUND)
     # reject an unknown format/quantization or a bad --out before loading anything
@@ -127,8 +127,8 @@ def benchmark(
     from rich.table import Table
 
     from imagerec.classifier import Classifier
-    from imagerec.export import export_records
     from imagerec.export.benchmark import benchmark_run
+    from imagerec.export.exporter import export_records
 
     BenchmarkSettings(rounds=rounds).validate()
     console = Console(stderr=True)

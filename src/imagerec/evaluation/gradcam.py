@@ -104,7 +104,7 @@ class GradCAM:
     def __init__(self, model):
         import keras
 
-        from imagerec.export import float32_model
+        from imagerec.export.exporter import float32_model
         from imagerec.models.backbones import get_backbone_layer
 
         model = float32_model(model)
