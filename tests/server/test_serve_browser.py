@@ -207,3 +207,47 @@ def test_camera_mode_labels_the_filmed_picture_frame_after_frame(camera_page, cl
     page.click("#camera-toggle")  # a frame in flight may still answer after this: no assertion on the text
     expect(page.locator("#camera-toggle")).to_have_attribute("aria-pressed", "false")
     assert not page.errors
+
+
+def test_a_camera_answer_arriving_after_stop_is_ignored(camera_page):
+    """Stop while a frame's answer is on its way: the late answer (held here, then delivered) must not overwrite
+    'Camera off' (issue 19: it used to, and the camera test failed on a fresh clone)."""
+    import json
+
+    from playwright.sync_api import Error, expect
+
+    page = camera_page
+    held = []
+    frames = re.compile(r".*/v1/predict\?.*session=.*")
+
+    def hold(route) -> None:
+        held.append(route)
+
+    page.route(frames, hold)
+    try:
+        page.click("#camera-toggle")
+        expect(page.locator("#camera-toggle")).to_have_attribute("aria-pressed", "true")
+        page.wait_for_function("() => window.cameraFrames !== undefined")
+        deadline = 60_000
+        while not held and deadline > 0:  # the first frame's request, held by the route
+            page.wait_for_timeout(50)
+            deadline -= 50
+        assert held, "the camera sent no frame"
+        page.click("#camera-toggle")
+        status = page.locator("#camera-result")
+        expect(status).to_have_text("Camera off")
+        late = {
+            "predictions": [
+                {"label": "blue", "confidence": 0.99, "top_k": [{"label": "blue", "score": 0.99}]}
+            ]
+        }
+        try:
+            held[0].fulfill(status=200, content_type="application/json", body=json.dumps(late))
+        except Error:
+            pass  # Stop aborted the request: there is nothing left to answer
+        expect(status).to_have_attribute("data-late-answers", re.compile(r"^[1-9]"))
+        expect(status).to_have_text("Camera off")
+        assert status.get_attribute("data-label") is None
+    finally:
+        page.unroute(frames, hold)
+    assert not page.errors

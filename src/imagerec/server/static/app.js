@@ -109,6 +109,11 @@ function handleFiles(files) {
   for (const file of files) classifyFile(file);
 }
 
+function dropLate(result) {
+  // counted, so a test (or a curious user in devtools) can see that late answers were ignored
+  result.dataset.lateAnswers = String(Number(result.dataset.lateAnswers || 0) + 1);
+}
+
 async function cameraLoop(stream, abort) {
   // `stream` is the camera this loop serves: once Stop (or a new Start) replaces state.camera, whatever this loop
   // still receives is a late answer for a camera that is off, and is dropped instead of overwriting "Camera off".
@@ -130,14 +135,14 @@ async function cameraLoop(stream, abort) {
         });
         if (!response.ok) throw new Error(await errorText(response));
         const answer = (await response.json()).predictions[0];
-        if (state.camera !== stream) return; // stopped while the answer was on its way
+        if (state.camera !== stream) return dropLate(result); // stopped while the answer was on its way
         const shown = answer.smoothed || answer;
         frames += 1;
         result.textContent = `${shown.label} ${(shown.confidence * 100).toFixed(0)}%`;
         result.dataset.label = shown.label;
         result.dataset.frames = String(frames);
       } catch (err) {
-        if (state.camera !== stream) return; // the abort of Stop, or a late failure: the camera is off
+        if (state.camera !== stream) return dropLate(result); // the abort of Stop, or a late failure
         result.textContent = `Error: ${err.message || err}`;
       }
     }
