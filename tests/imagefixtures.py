@@ -46,3 +46,40 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def start_serve(run: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 240):
+    """``imagerec serve RUN ARGS`` as a real process on a free 127.0.0.1 port, waited for until ``/readyz``
+    answers 200; returns ``(proc, url, port)`` (stderr is a text pipe). Fails the test with the server's stderr
+    if it exits or is not ready in time."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import pytest
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("imagerec"))
+    proc = subprocess.Popen(
+        [exe, "serve", str(run), "--port", str(port), *args],
+        env=env if env is not None else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url, port
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"imagerec serve did not start: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.3)

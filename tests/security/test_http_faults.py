@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagefixtures import start_serve
 from imagerec.server.batching import Batcher, WorkerStalled
 from server.conftest import LiveServer
 
@@ -272,33 +272,15 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.fixture(scope="module")
 def cli_server(trained, tmp_path_factory):
     """``imagerec serve RUN`` as a real subprocess, defaults only, with the decode crash hook installed."""
-    import httpx
-
     hook = tmp_path_factory.mktemp("hook")
     (hook / "sitecustomize.py").write_text(textwrap.dedent(CRASH_HOOK))
-    port = _free_port()
     env = {
         **os.environ,
         "PYTHONPATH": f"{hook}:{ROOT / 'src'}",
         "IMAGEREC_TEST_CRASH_DECODE": "1",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    exe = str(Path(sys.executable).with_name("imagerec"))
-    proc = subprocess.Popen(
-        [exe, "serve", str(trained), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"imagerec serve did not start: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.5)
+    proc, url, port = start_serve(trained, env=env)
     yield proc, url, port
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
