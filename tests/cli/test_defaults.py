@@ -90,6 +90,7 @@ TRAIN_FLAGS = {
     "--weights": (ModelConfig, "weights"), "--mixed-precision": (TrainConfig, "mixed_precision"),
     "--strategy": (TrainConfig, "strategy"), "--val": (DataConfig, "val"), "--test": (DataConfig, "test"),
     "--seed": (TrainConfig, "seed"), "--deterministic": (TrainConfig, "deterministic"),
+    "--follow-symlinks": (DataConfig, "follow_symlinks"),
 }  # fmt: skip
 VIDEO_FLAGS = (
     "every",

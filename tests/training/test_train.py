@@ -315,3 +315,34 @@ def test_best_model_is_written_before_the_checkpoint_that_records_it(colour_data
         if kind == "ckpt" and best != best_seen:  # this checkpoint records a new best: its model came first
             assert writes[i - 1][0] == "model", writes
             best_seen = best
+
+
+def test_a_dataset_made_of_symlinks_trains_with_follow_symlinks(colour_data, tmp_path, capsys):
+    """A subset assembled from links into a pool (a common way to make one) is refused file by file, with the flag
+    named; ``--follow-symlinks`` trains on it."""
+    subset = tmp_path / "subset"
+    for cls in COLOURS:
+        (subset / cls).mkdir(parents=True)
+        for src in sorted((colour_data / cls).iterdir())[:8]:
+            (subset / cls / src.name).symlink_to(src)
+    args = [
+        "train",
+        subset,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--model",
+        "tutorial-cnn",
+        "--batch-size",
+        "8",
+    ]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "--follow-symlinks" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "model.keras").exists()
+    code, _, err = cli([*args, "--follow-symlinks"], capsys)
+    assert code == 0, err
+    run = RunDir(tmp_path / "run")
+    assert run.read_config()["config"]["data"]["follow_symlinks"] is True
+    with open(run.manifest) as fh:
+        assert len(list(csv.DictReader(fh))) == 24

@@ -48,7 +48,7 @@ def train(
     val: float = typer.Option(
         None,
         "--val",
-        help=f"Fraction of train held out for validation (default {DEFAULTS.data.val}; 0: train on all of it and keep the epoch with the best training accuracy).",
+        help=f"Fraction of train held out for validation (default {DEFAULTS.data.val}; 0: train on all of it and keep the last epoch).",
     ),
     test: float = typer.Option(
         None,
@@ -56,6 +56,11 @@ def train(
         help=f"Fraction held out for test when the data has no test part (default {DEFAULTS.data.test}).",
     ),
     seed: int = typer.Option(None),
+    follow_symlinks: bool = typer.Option(
+        None,
+        "--follow-symlinks/--no-follow-symlinks",
+        help="Use image files that are symlinks to places outside DATA (a subset made of links).",
+    ),
     deterministic: bool = typer.Option(
         None, "--deterministic/--no-deterministic", help="Op determinism (slower)."
     ),
@@ -90,6 +95,7 @@ def train(
         learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
         weight_decay=weight_decay, class_weights=class_weights, early_stopping=early_stopping, weights=weights,
         mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic, val=val, test=test,
+        follow_symlinks=follow_symlinks,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagerec.data.scan import ScanResult
+from imagerec.data.sources import OUTSIDE_ROOT
 from imagerec.errors import DataError
 from imagerec.settings import DataConfig, TrainConfig
 from imagerec.utils import atomic_write_text
@@ -38,11 +39,14 @@ def check_trainable(result: ScanResult, max_invalid_ratio: float = 0.5) -> list[
     """The class names usable for training; raise :class:`DataError` when the data cannot train a classifier."""
     counts = result.classes
     empty = [name for name, n in counts.items() if n == 0]
+    links = sum(1 for item in result.invalid if item["reason"] == OUTSIDE_ROOT)
+    # files refused as symlinks out of the dataset: the fix is a flag, so the error names it
+    fix = f"{links} file(s) are symlinks out of the dataset: pass --follow-symlinks" if links else ""
     if empty:
         raise DataError(
             f"class {empty[0]!r} has no valid images"
             + (f" (and {len(empty) - 1} more empty classes)" if len(empty) > 1 else "")
-            + "; add images or remove the folder"
+            + (f"; {fix}" if fix else "; add images or remove the folder")
         )
     if len(counts) < 2:
         raise DataError(f"found {len(counts)} class(es) {list(counts)}; a classifier needs at least 2")
@@ -50,7 +54,7 @@ def check_trainable(result: ScanResult, max_invalid_ratio: float = 0.5) -> list[
     if total and len(result.invalid) / total > max_invalid_ratio:
         raise DataError(
             f"{len(result.invalid)} of {total} files are invalid (over {max_invalid_ratio:.0%}); "
-            "run 'imagerec data inspect' to see why"
+            + (fix or "run 'imagerec data inspect' to see why")
         )
     return list(counts)
 

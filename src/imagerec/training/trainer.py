@@ -28,6 +28,7 @@ FLAT_KEYS = {
     "val": ("data", "val"),
     "test": ("data", "test"),
     "cache": ("data", "cache"),
+    "follow_symlinks": ("data", "follow_symlinks"),
     "augment": ("augment", "preset"),
     **{k: ("train", k) for k in (
         "epochs", "batch_size", "learning_rate", "optimizer", "weight_decay", "label_smoothing", "schedule",
