@@ -10,12 +10,34 @@ from pathlib import Path
 from typing import Any
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0666`` less this process's umask (``0644`` under umask 022).
+
+    Read from ``/proc/self/status``: ``os.umask`` can only be read by setting it, which races with other threads.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename: never half-written."""
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename: never half-written.
+
+    The file gets the mode of the file it replaces, or of any new file (``0644`` under umask 022), not the
+    private ``0600`` of the temporary file: run directories and exports are read by other users and services.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

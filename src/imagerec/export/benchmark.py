@@ -164,9 +164,6 @@ def write_default_runtime(
         record["benchmark"] = "benchmark.json"
     (Path(run_path) / "exports").mkdir(exist_ok=True)
     atomic_write_json(Path(run_path) / "exports" / RUNTIME_RECORD, record)
-    from imagerec.export.publish import readable
-
-    readable(Path(run_path) / "exports" / RUNTIME_RECORD)
     return fastest
 
 
@@ -302,7 +299,4 @@ def benchmark_run(
     latency = {r["runtime"]: r["latency_p50_ms"] for r in passing}
     result["default"] = write_default_runtime(run_path, latency, "benchmark", like_keras)
     atomic_write_json(run_path / "exports" / "benchmark.json", result)
-    from imagerec.export.publish import readable
-
-    readable(run_path / "exports" / "benchmark.json")
     return result

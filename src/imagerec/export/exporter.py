@@ -42,7 +42,6 @@ from imagerec.export.publish import (
     is_file_destination,
     publish_dir,
     publish_file,
-    readable,
 )
 from imagerec.run import RunDir
 from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES
@@ -219,7 +218,6 @@ def _export_one(
             )
         copy_sidecars(classifier.run_dir.path, tmp)
         atomic_write_json(tmp / EXPORT_JSON, record)
-        readable(tmp / EXPORT_JSON)
         if as_file:
             publish_file(tmp, fmt, dest)
         else:

@@ -5,8 +5,8 @@ ends in the format's file suffix: ``--out model.tflite`` writes that file, with 
 (``model.tflite.export.json``, ``model.tflite.labels.json``, ``model.tflite.config.json`` and, when the run is
 calibrated, ``model.tflite.calibration.json``); ``Classifier.load("model.tflite")`` loads either layout.
 
-Every file an export writes is readable like the artifact itself (``0666`` less the umask, usually ``0644``):
-the JSON records, written atomically through a private ``0600`` temporary file, are given that mode too.
+Every file an export writes is readable like the artifact itself (``0666`` less the umask, usually ``0644``;
+:func:`imagerec.utils.atomic_write_bytes` gives its files that mode).
 """
 
 from __future__ import annotations
@@ -19,21 +19,6 @@ from imagerec.export.formats import EXPORT_JSON, ExportError, ExportFormat
 from imagerec.runtime.exported import FILE_SUFFIXES, sidecar
 
 SIDECARS = ("labels.json", "config.json", "calibration.json")  # copied from the run when present
-
-
-def file_mode() -> int:
-    """The mode ``open()`` gives a new file: ``0666`` less this process's umask (``0644`` under umask 022)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = 0o022
-    return 0o666 & ~umask
-
-
-def readable(path: Path) -> None:
-    """Give a file written through a private temporary file the mode of any other new file."""
-    os.chmod(path, file_mode())
 
 
 def is_file_destination(out: Path, fmt: ExportFormat) -> bool:
@@ -97,9 +82,8 @@ def publish_file(tmp: Path, fmt: ExportFormat, dest: Path) -> None:
 
 
 def copy_sidecars(run_path: Path, dest: Path) -> None:
-    """Copy the run's labels, config and calibration into a (temporary) export directory, readable."""
+    """Copy the run's labels, config and calibration into a (temporary) export directory."""
     for name in SIDECARS:
         src = Path(run_path) / name
         if src.exists():
             shutil.copyfile(src, dest / name)
-            readable(dest / name)
