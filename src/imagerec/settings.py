@@ -38,7 +38,7 @@ from imagerec.errors import ImagerecError, did_you_mean
 PARITY_IMAGES = 1000
 
 #: The runtime a run is loaded with (``Classifier.load``; ``--runtime`` of predict, video and serve): the fastest
-#: export that passed parity, else Keras. A plain constant: it is one word shared by three verbs, no group.
+#: of Keras and the exports that answer like it (``auto-quantized`` allows quantized ones). A plain constant: it is one word shared by three verbs, no group.
 RUNTIME = "auto"
 
 #: The export format of ``imagerec export`` and ``Classifier.export``.

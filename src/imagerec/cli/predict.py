@@ -44,7 +44,7 @@ def predict(
     ),
     runtime: str = typer.Option(
         RUNTIME,
-        help="auto (fastest export that passed parity, else keras) | keras | tflite | tflite-int8 | onnx | savedmodel",
+        help="auto (the fastest of keras and the exports that answer like it) | auto-quantized | keras | tflite | tflite-int8 | onnx | savedmodel",
     ),
     ray: bool = typer.Option(
         False, "--ray", help="Classify with a Ray Data actor pool (needs --out); see docs/scaling.md."

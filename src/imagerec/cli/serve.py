@@ -66,7 +66,9 @@ def serve(
         help="Stuck model calls at once before /readyz answers 503 (restart the server).",
     ),
     runtime: str = typer.Option(
-        RUNTIME, help="auto (fastest export that passed parity, else keras) | " + RUNTIME_HELP
+        RUNTIME,
+        help="auto (the fastest of keras and the exports that answer like it) | auto-quantized | "
+        + RUNTIME_HELP,
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:

@@ -55,7 +55,7 @@ def video(
     runtime: str = typer.Option(
         RUNTIME,
         "--runtime",
-        help="auto (fastest export that passed parity, else keras) | keras | tflite | onnx (exports must exist).",
+        help="auto (the fastest of keras and the exports that answer like it) | auto-quantized | keras | tflite | onnx (exports must exist).",
     ),
     show: bool = typer.Option(False, "--show", help="Show a window (needs a GUI build of OpenCV)."),
     allow_any_source: bool = typer.Option(
