@@ -7,6 +7,7 @@ class probability. An export passes when agreement >= 99% (float formats) or >= 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +39,34 @@ def split_images(run_dir: RunDir, split: str, limit: int | None = None) -> tuple
 
     Images are decoded as the run's classifier preprocesses them (``load_image`` with the run's size, channels
     and resize policy). Rows whose file is missing or unreadable are skipped; an empty result has shape
-    ``(0, S, S, C)``.
+    ``(0, S, S, C)``. With ``limit`` below the split's size the rows are a seeded random sample (kept in manifest
+    order): the manifest is sorted by class, so its first rows would be one or two classes only (an accuracy, a
+    parity check or int8 calibration measured on those).
     """
     spec = run_spec(run_dir)
     size, channels = spec["image_size"], spec["channels"]
-    images, labels = [], []
     try:
         rows = rows_for(read_manifest(run_dir.manifest), split)
     except DataError:
         rows = []
     index = {name: i for i, name in enumerate(spec["labels"])}
-    for row in rows:
-        if limit is not None and len(images) >= limit:
+    order = list(range(len(rows)))
+    if limit is not None and limit < len(rows):
+        random.Random(0).shuffle(order)
+    chosen: list[tuple[int, np.ndarray, int]] = []
+    for i in order:
+        if limit is not None and len(chosen) >= limit:
             break
+        row = rows[i]
         if row.label not in index:
             continue
         try:
-            images.append(load_image(row.path, (size, size), channels, spec["resize"]))
+            chosen.append((i, load_image(row.path, (size, size), channels, spec["resize"]), index[row.label]))
         except ImageRejected:
             continue
-        labels.append(index[row.label])
+    chosen.sort(key=lambda item: item[0])
+    images = [image for _, image, _ in chosen]
+    labels = [label for _, _, label in chosen]
     if not images:
         return np.zeros((0, size, size, channels), np.uint8), np.zeros((0,), np.int64)
     return np.stack(images), np.asarray(labels, np.int64)
