@@ -128,6 +128,14 @@ class RunDir:
             "pass that folder instead"
         )
 
+    def model_sha256(self) -> str | None:
+        """The sha256 of ``model.keras`` as its manifest records it (None when there is none)."""
+        try:
+            value = read_json(self.path / (MODEL_FILE + ".sha256.json"))["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return value if isinstance(value, str) else None
+
     def read_config(self) -> dict[str, Any]:
         try:
             return read_json(self.config)

@@ -11,6 +11,7 @@ like it (:func:`answers_like_keras`); ``auto-quantized`` may also pick a quantiz
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from imagerec.export.formats import (
 )
 from imagerec.run import RunDir
 from imagerec.utils import read_json
+
+logger = logging.getLogger(__name__)
 
 RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`` picks (export, benchmark)
 AUTO_RUNTIMES = ("auto", "auto-quantized")
@@ -204,6 +207,32 @@ def resolve_runtime(run_path: Path, runtime: str) -> Path | None:
     _check_runtime_name(runtime)
     if runtime == "keras":
         return None
+    export_dir = _named_export(run_path, runtime)
+    if export_dir is None or of_this_model(run_path, export_dir):
+        return export_dir
+    if runtime in AUTO_RUNTIMES:
+        logger.warning(
+            "%s: the recorded runtime is an export of an older model.keras; answering with Keras", run_path
+        )
+        return None
+    raise ExportError(
+        f"{str(export_dir)!r} was exported from an older model.keras of {str(run_path)!r} (the run was trained "
+        f"again since); re-export with 'imagerec export {run_path} --format {runtime.split('-')[0]}'"
+    )
+
+
+def of_this_model(run_path: Path, export_dir: Path) -> bool:
+    """Whether an export of the run was made from the run's current ``model.keras`` (a resumed or extended
+    training replaces it, and its old exports must not keep answering for it)."""
+    current = RunDir(run_path).model_sha256()
+    try:
+        source = read_json(Path(export_dir) / EXPORT_JSON).get("source_model_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return current is None or source is None or source == current
+
+
+def _named_export(run_path: Path, runtime: str) -> Path | None:
     if runtime in AUTO_RUNTIMES:
         try:
             record = read_json(Path(run_path) / "exports" / RUNTIME_RECORD)
