@@ -333,7 +333,8 @@ def compare(runs: list[str | os.PathLike], split: str = EvaluateSettings.split) 
     """
     from imagerec.evaluation.compare import compare_runs
 
-    return compare_runs([Classifier.load(run) for run in runs], split=split)
+    # the runs' own Keras models: compare reports their parameters and size, which an export does not have
+    return compare_runs([Classifier.load(run, runtime="keras") for run in runs], split=split)
 
 
 def trained_with_flips(config: dict[str, Any]) -> bool | None:

@@ -12,6 +12,7 @@ from imagerec.data.augment import AUGMENT_PRESETS, build_augment, resolve_preset
 from imagerec.data.images import load_image
 from imagerec.data.pipeline import PipelineSpec, choose_cache, decode_all, load_arrays, make_dataset
 from imagerec.data.split import ManifestRow
+from imagerec.errors import ImagerecError
 
 CLASSES = ["a", "b", "c"]
 
@@ -128,7 +129,7 @@ def test_every_augmentation_preset_keeps_shape_and_range(rows, preset: str):
 
 def test_resolve_preset():
     assert resolve_preset("auto", 28, 1) == "flip" and resolve_preset("auto", 128, 3) == "default"
-    with pytest.raises(ValueError, match="unknown augmentation preset 'wild'"):
+    with pytest.raises(ImagerecError, match="unknown augmentation preset 'wild'"):
         resolve_preset("wild", 32, 3)
 
 

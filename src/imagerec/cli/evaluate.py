@@ -10,6 +10,7 @@ import typer
 
 from imagerec.cli.app import app, data_app
 from imagerec.cli.options import option
+from imagerec.errors import ImagerecError
 from imagerec.settings import CalibrateSettings, EvaluateSettings, IssuesSettings, default_of
 
 
@@ -109,7 +110,10 @@ def explain(
     """Grad-CAM heatmap of what RUN's model looked at in IMAGE."""
     from imagerec.classifier import Classifier
 
-    result = Classifier.load(run).explain(image, out, class_name=class_name)
+    if not Path(image).is_file():
+        raise ImagerecError(f"image {str(image)!r}: no such file")
+    # Grad-CAM needs the gradients of the run's own Keras model, whatever runtime answers by default
+    result = Classifier.load(run, runtime="keras").explain(image, out, class_name=class_name)
     typer.echo(
         f"{image}: {result['label']} ({result['confidence']:.3f}); Grad-CAM of {result['explained']!r} on layer {result['layer']} -> {result['out']}"
     )

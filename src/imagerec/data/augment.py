@@ -74,9 +74,11 @@ def resolve_preset(preset: str, image_size: int, channels: int) -> str:
     if preset == "auto":
         return "flip" if image_size <= 64 else "default"
     if preset not in AUGMENT_PRESETS:
-        raise ValueError(
-            f"unknown augmentation preset {preset!r}; choose one of auto, {', '.join(AUGMENT_PRESETS)}"
-        )
+        from imagerec.errors import ImagerecError, did_you_mean
+
+        valid = ["auto", *AUGMENT_PRESETS]
+        hint = did_you_mean(preset, valid) or f"; choose one of {', '.join(valid)}"
+        raise ImagerecError(f"unknown augmentation preset {preset!r}{hint}")
     return preset
 
 
