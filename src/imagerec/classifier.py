@@ -119,6 +119,15 @@ class Classifier:
             return np.zeros((0, len(self.labels)), np.float32)
         return self._run(batch)
 
+    def keras_model(self):
+        """The run's own Keras model: the one answering, or loaded (once, safely) when an export answers.
+
+        What needs gradients or layers (Grad-CAM) asks for it; None for an exported artifact without its run.
+        """
+        if self.model is None and self.run_dir.model.exists():
+            self.model = self.run_dir.load_model()
+        return self.model
+
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(N, num_classes)`` for a preprocessed batch ``(N, S, S, C)``."""
         return self.calibrated(self.raw_proba(batch))

@@ -41,3 +41,19 @@ def test_a_typo_in_the_augmentation_preset_is_one_line(colour_data, tmp_path, cl
         "imagerec: error: unknown augmentation preset 'defualt'; did you mean 'default'?"
     ]
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_evaluate_on_an_exported_run_says_which_runtime_and_keeps_grad_cam(exported, cli, capsys):
+    import shutil
+
+    run, _ = exported
+    copy = run.parent / "evaluated"
+    shutil.copytree(run, copy)
+    code = cli(["evaluate", str(copy), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    metrics = json.loads(out)
+    recorded = json.loads((copy / "exports" / "runtime.json").read_text())["runtime"]
+    assert metrics["runtime"] == recorded != "keras"
+    if metrics["accuracy"] < 1.0:  # a wrong image exists: its Grad-CAM is drawn with the run's Keras model
+        assert (copy / "evaluation" / "gradcam_wrong.png").stat().st_size > 0

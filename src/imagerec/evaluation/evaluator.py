@@ -58,6 +58,7 @@ def evaluate_classifier(
         temperature=clf.temperature,
         threshold=clf.threshold,
         model_sha256=clf.version,
+        runtime=clf.runtime,  # which runtime produced these numbers (auto may pick an export)
         tta="hflip" if getattr(clf, "tta", False) else None,
         imagerec_version=__version__,
     )

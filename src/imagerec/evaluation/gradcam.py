@@ -207,8 +207,11 @@ def explain(clf, image, out: str | Path, class_name: str | None = None) -> dict:
     from imagerec.evaluation.plots import image_grid_png
 
     require_classifier(clf, "explain")
-    if clf.model is None:
-        raise ImagerecError("Grad-CAM needs the Keras model; load the run with runtime='keras'")
+    model = clf.keras_model()
+    if model is None:
+        raise ImagerecError(
+            "Grad-CAM needs the run's Keras model; explain a run directory, not an exported artifact"
+        )
     x = clf.preprocess(image)[None]
     probs = clf.predict_proba(x)[0]
     target = int(probs.argmax())
@@ -216,7 +219,7 @@ def explain(clf, image, out: str | Path, class_name: str | None = None) -> dict:
         if class_name not in clf.labels:
             raise ImagerecError(f"class {class_name!r} is not one of the run's classes {clf.labels}")
         target = clf.labels.index(class_name)
-    cam = GradCAM(clf.model)
+    cam = GradCAM(model)
     heats, notes = cam.maps(x, np.array([target]))
     heat, note = heats[0], notes[0]
     pred = clf.labels[int(probs.argmax())]

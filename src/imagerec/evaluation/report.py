@@ -100,11 +100,14 @@ def write_pictures(clf, data, probs: np.ndarray, metrics: dict[str, Any]) -> lis
         [data.images[i] for i in wrong], plots.wrong_captions(items), out / "most_wrong.png"
     )
     written += [p for p in (curves, grid) if p is not None]
-    if wrong and clf.model is not None:
+    keras_model = (
+        clf.keras_model() if wrong else None
+    )  # Grad-CAM needs the Keras model even when an export answers
+    if keras_model is not None:
         from imagerec.evaluation.gradcam import GradCAM
 
         batch = data.images[wrong]
-        heat = GradCAM(clf.model)(batch, probs[wrong].argmax(axis=1))
+        heat = GradCAM(keras_model)(batch, probs[wrong].argmax(axis=1))
         written.append(
             plots.image_grid_png(
                 list(batch), plots.wrong_captions(items), out / "gradcam_wrong.png", heatmaps=list(heat)
