@@ -98,6 +98,6 @@ def test_an_interrupt_during_fit_becomes_training_interrupted(data, tmp_path, mo
     learner = Learner(data, config(epochs=2), RunDir(tmp_path / "run"), log=lambda *_: None).prepare().build()
     learner.record()
     monkeypatch.setattr(keras.Model, "fit", interrupted)
-    with pytest.raises(TrainingInterrupted, match=r"during epoch 1; epoch 0 is saved in .*--resume$") as info:
+    with pytest.raises(TrainingInterrupted, match=r"during epoch 1, before any epoch was saved in .*; start again with: .*--resume$") as info:
         learner.fit()
     assert info.value.exit_code == 130

@@ -282,11 +282,12 @@ class Learner:
     def _interrupted(self) -> TrainingInterrupted:
         done, path = latest_epoch(self.backup), str(self.run.path)
         by = " by SIGTERM" if self.stopper.signum == signal.SIGTERM else ""
-        where = (
-            f"after its last epoch; all {done} epochs are saved in {path!r}; evaluate and finish"
-            if done >= self.config.train.epochs
-            else f"during epoch {done + 1}; epoch {done} is saved in {path!r}; continue"
-        )
+        if done >= self.config.train.epochs:
+            where = f"after its last epoch; all {done} epochs are saved in {path!r}; evaluate and finish"
+        elif done:
+            where = f"during epoch {done + 1}; epoch {done} is saved in {path!r}; continue"
+        else:  # nothing to resume from yet: --resume starts over (with the run's settings)
+            where = f"during epoch 1, before any epoch was saved in {path!r}; start again"
         err = TrainingInterrupted(
             f"training interrupted{by} {where} with: imagerec train {self.data} --out {self.run.path} --resume"
         )
