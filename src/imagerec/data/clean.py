@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 from imagerec.data.scan import scan_dataset
+from imagerec.data.sources import OUTSIDE_ROOT
 from imagerec.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def clean_dataset(
@@ -46,7 +50,15 @@ def clean_dataset(
     if quarantine.resolve().is_relative_to(root.resolve()):
         raise DataError("the quarantine folder must be outside the dataset folder")
     result = scan_dataset(root, follow_symlinks=follow_symlinks)
-    moves = [(item["path"], item["reason"]) for item in result.invalid]
+    # a link out of the dataset is not a broken file, only one not used by default: it stays where it is
+    links = [item for item in result.invalid if item["reason"] == OUTSIDE_ROOT]
+    if links:
+        logger.warning(
+            "left %d symlink(s) that point outside %s in place; pass --follow-symlinks to use them",
+            len(links),
+            root,
+        )
+    moves = [(item["path"], item["reason"]) for item in result.invalid if item["reason"] != OUTSIDE_ROOT]
     if duplicates:
         label_of = {img.path: img.label for img in result.images}
         moves += [move for group in result.duplicates for move in duplicate_moves(group, label_of)]
