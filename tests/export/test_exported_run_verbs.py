@@ -57,3 +57,25 @@ def test_evaluate_on_an_exported_run_says_which_runtime_and_keeps_grad_cam(expor
     assert metrics["runtime"] == recorded != "keras"
     if metrics["accuracy"] < 1.0:  # a wrong image exists: its Grad-CAM is drawn with the run's Keras model
         assert (copy / "evaluation" / "gradcam_wrong.png").stat().st_size > 0
+
+
+def test_predicting_with_a_litert_export_prints_nothing_on_stderr(exported, tmp_path):
+    """LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" is start-up chatter too (the CLI catches it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    run, _ = exported
+    image = tmp_path / "blue.png"
+    Image.fromarray(make_image(COLOURS["blue"], np.random.default_rng(4))).save(image)
+    env = {k: v for k, v in os.environ.items() if k not in ("IMAGEREC_TF_QUIET", "TF_CPP_MIN_LOG_LEVEL")}
+    exe = str(Path(sys.executable).with_name("imagerec"))
+    args = [exe, "predict", str(run), str(image), "--format", "json", "--runtime", "tflite-dynamic"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["runtime"] == "tflite-dynamic"
+    assert proc.stderr == "", proc.stderr

@@ -100,6 +100,22 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
     path.write_bytes(convert(model, spec, quantize, representative))
 
 
+_QUIETED = threading.Event()
+
+
+def _quiet_once():
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ on the first interpreter of
+    a process; under the CLI (see :mod:`imagerec.quiet`) that first creation happens with fd 2 caught."""
+    import contextlib
+
+    from imagerec.quiet import ENV, captured_fd2
+
+    if os.environ.get(ENV) != "1" or _QUIETED.is_set():
+        return contextlib.nullcontext()
+    _QUIETED.set()
+    return captured_fd2()
+
+
 class Runtime:
     """Thread-safe LiteRT runner: one ``Interpreter`` per calling thread, resized to each batch size."""
 
@@ -117,8 +133,9 @@ class Runtime:
         if state is None:
             from ai_edge_litert.interpreter import Interpreter
 
-            it = Interpreter(model_content=self.content, num_threads=self.num_threads)
-            it.allocate_tensors()
+            with _quiet_once():
+                it = Interpreter(model_content=self.content, num_threads=self.num_threads)
+                it.allocate_tensors()
             inp, out = it.get_input_details()[0], it.get_output_details()[0]
             state = self._local.state = {"it": it, "in": inp, "out": out, "n": int(inp["shape"][0])}
         return state
