@@ -148,3 +148,21 @@ def test_serve_cli_threshold_flag(calibrated, monkeypatch):
     serve_cli(monkeypatch, [run, "--decode-workers", "0"], check)
     serve_cli(monkeypatch, [run, "--decode-workers", "0", "--threshold", "0"], check)
     assert seen[0] == "unknown" and seen[1] in calibrated["torn"]
+
+
+def test_calibrating_on_a_tiny_val_split_warns(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    try:
+        main(["calibrate", str(run)])
+    except SystemExit as exc:
+        assert not exc.code
+    captured = capsys.readouterr()
+    n = json.loads((run / "calibration.json").read_text())["num_images"]
+    assert n < 100
+    warning = [line for line in captured.err.splitlines() if line.startswith("imagerec: warning:")]
+    assert warning == [
+        f"imagerec: warning: only {n} val images: the temperature and threshold are rough; more validation images "
+        "make them reliable (train with --val 0.2, or add images to val/)"
+    ]
+    assert "wrote" in captured.out

@@ -176,6 +176,14 @@ def calibrate(
         f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
         f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"
     )
+    from imagerec.training.selection import MIN_VAL_IMAGES
+
+    if rec["num_images"] < MIN_VAL_IMAGES:  # the same bar as training's "too few to choose epochs" warning
+        typer.echo(
+            f"imagerec: warning: only {rec['num_images']} {split} images: the temperature and threshold are rough; "
+            "more validation images make them reliable (train with --val 0.2, or add images to val/)",
+            err=True,
+        )
     if rec["threshold"] is None and not no_threshold:
         typer.echo(
             f"no confidence threshold reaches {target_accuracy:.0%} accuracy on {split}; no 'unknown' threshold stored"

@@ -51,8 +51,8 @@ def _make_backbone(row: Backbone, image_size: int, weights: str):
             return app(weights="imagenet", **kwargs)
         except Exception as exc:  # noqa: BLE001 - offline download failures come in many types
             raise ImagerecError(
-                f"cannot download ImageNet weights for {row.name} ({type(exc).__name__}); offline? "
-                "pass a local file: --weights PATH/TO/backbone.weights.h5"
+                f"cannot download ImageNet weights for {row.name} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}); "
+                "offline? pass a local file (--weights PATH/TO/backbone.weights.h5) or train from scratch (--weights none)"
             ) from None
         finally:
             socket.setdefaulttimeout(previous)
