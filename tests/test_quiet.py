@@ -76,3 +76,27 @@ def test_evaluate_prints_nothing_on_stderr_but_its_own_lines(trained_run):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr
     assert "accuracy" in proc.stdout
+
+
+def test_quiet_stderr_hides_a_converters_chatter_and_replays_it_on_failure(tmp_path):
+    code = (
+        "import os, sys\n"
+        "os.environ['IMAGEREC_TF_QUIET'] = sys.argv[1]\n"
+        "from imagerec.quiet import quiet_stderr\n"
+        "with quiet_stderr():\n"
+        "    os.write(2, b'fully_quantize: 0, inference_type: 6\\n')\n"
+        "print('ok', flush=True)\n"
+        "with quiet_stderr():\n"
+        "    os.write(2, b'converter: the reason it failed\\n')\n"
+        "    raise SystemExit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "1"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 3 and proc.stdout == "ok\n"
+    assert "fully_quantize" not in proc.stderr and "converter: the reason it failed" in proc.stderr
+    loud = subprocess.run(
+        [sys.executable, "-c", code, "0"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "fully_quantize" in loud.stderr

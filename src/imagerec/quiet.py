@@ -81,6 +81,33 @@ class _TensorFlowFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Under the CLI (``IMAGEREC_TF_QUIET=1``): keep a library's C++/Python chatter (converters, delegates) off the
+    terminal for the duration, replaying it if the block fails; elsewhere a no-op."""
+    if os.environ.get(ENV) != "1":
+        yield
+        return
+    import logging
+
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    written = b""
+    tf_logger.setLevel(logging.ERROR)  # TensorFlow's Python deprecation notices (tf2onnx calls old APIs)
+    try:
+        with captured_fd2() as sink:
+            try:
+                yield
+            except BaseException:
+                sink.seek(0)
+                written = sink.read()
+                raise
+    finally:
+        tf_logger.setLevel(level)
+        if written:
+            os.write(2, written)
+
+
 def quiet_tensorflow() -> None:
     """Catch TensorFlow's start-up chatter when it is first imported (no-op when it already is, or is disabled)."""
     if os.environ.get(ENV) != "1" or "tensorflow" in sys.modules:
@@ -89,4 +116,4 @@ def quiet_tensorflow() -> None:
         sys.meta_path.insert(0, _TensorFlowFinder())
 
 
-__all__ = ["ENV", "captured_fd2", "quiet_tensorflow"]
+__all__ = ["ENV", "captured_fd2", "quiet_stderr", "quiet_tensorflow"]

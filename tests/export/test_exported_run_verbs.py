@@ -79,3 +79,21 @@ def test_predicting_with_a_litert_export_prints_nothing_on_stderr(exported, tmp_
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["runtime"] == "tflite-dynamic"
     assert proc.stderr == "", proc.stderr
+
+
+def test_export_prints_its_table_and_nothing_on_stderr(trained_run, tmp_path):
+    """The int8 converter prints its settings from C++ ("fully_quantize: 0, ..."): chatter, caught by the CLI."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    env = {k: v for k, v in os.environ.items() if k not in ("IMAGEREC_TF_QUIET", "TF_CPP_MIN_LOG_LEVEL")}
+    exe = str(Path(sys.executable).with_name("imagerec"))
+    args = [exe, "export", str(run), "--format", "tflite", "--quantize", "int8", "--parity-images", "8"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "tflite int8" in proc.stdout and proc.stderr == "", proc.stderr

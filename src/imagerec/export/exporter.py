@@ -43,6 +43,7 @@ from imagerec.export.publish import (
     publish_dir,
     publish_file,
 )
+from imagerec.quiet import quiet_stderr
 from imagerec.run import RunDir
 from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES
 from imagerec.utils import atomic_write_json, sha256_file
@@ -143,7 +144,8 @@ def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, pa
         dest = Path(out) if out is not None and format != "all" else parent / export_name(fmt, q)
         check = (images, reference, split)
         try:
-            records.append(_export_one(classifier, model, fmt, q, dest, check, representative_images))
+            with quiet_stderr():  # converters print their settings and deprecation notices
+                records.append(_export_one(classifier, model, fmt, q, dest, check, representative_images))
         except Exception as exc:  # noqa: BLE001 - converters fail in many ways; the other formats go on
             failures[export_name(fmt, q)] = _failure_line(export_name(fmt, q), exc)
             log.debug("%s export failed", export_name(fmt, q), exc_info=True)
