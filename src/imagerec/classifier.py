@@ -120,10 +120,8 @@ class Classifier:
         return self._run(batch)
 
     def keras_model(self):
-        """The run's own Keras model: the one answering, or loaded (once, safely) when an export answers.
-
-        What needs gradients or layers (Grad-CAM) asks for it; None for an exported artifact without its run.
-        """
+        """The run's own Keras model (loaded once, safely, when an export answers), for what needs its gradients or
+        layers (Grad-CAM); None for an exported artifact without its run."""
         if self.model is None and self.run_dir.model.exists():
             self.model = self.run_dir.load_model()
         return self.model
