@@ -108,12 +108,12 @@ def _quiet_once():
     a process; under the CLI (see :mod:`imagerec.quiet`) that first creation happens with fd 2 caught."""
     import contextlib
 
-    from imagerec.quiet import ENV, captured_fd2
+    from imagerec.quiet import quiet_stderr
 
-    if os.environ.get(ENV) != "1" or _QUIETED.is_set():
+    if _QUIETED.is_set():
         return contextlib.nullcontext()
     _QUIETED.set()
-    return captured_fd2()
+    return quiet_stderr()  # a no-op outside the CLI; replays what was written if the interpreter fails
 
 
 class Runtime:
