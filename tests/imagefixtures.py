@@ -83,3 +83,29 @@ def start_serve(run: Path, *args: str, env: dict[str, str] | None = None, timeou
             proc.kill()
             pytest.fail(f"imagerec serve did not start: {proc.stderr.read()[-2000:]}")
         time.sleep(0.3)
+
+
+def make_multilabel_image(present: list[str], rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A grey noisy image holding one bright square per colour of ``present``, each in its own quadrant."""
+    img = 128 + rng.normal(0, 20, (size, size, 3))
+    half, side = size // 2, size // 2 - 4
+    for name, quadrant in zip(present, rng.permutation(4), strict=False):
+        y, x = (quadrant // 2) * half + 2, (quadrant % 2) * half + 2
+        img[y : y + side, x : x + side] = COLOURS[name]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_multilabel_dataset(root: Path, n: int = 60, size: int = 32, seed: int = 0) -> Path:
+    """``root/labels.csv`` (``path,labels``) over ``n`` images: each colour of ``COLOURS`` present with p=0.5
+    (so some images have no label); returns the CSV's path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["path,labels"]
+    for i in range(n):
+        present = [name for name in COLOURS if rng.random() < 0.5]
+        Image.fromarray(make_multilabel_image(present, rng, size)).save(root / "images" / f"{i:03d}.png")
+        lines.append(f"images/{i:03d}.png,{';'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / "labels.csv"

@@ -27,7 +27,7 @@ FOLLOW_SYMLINKS = option(
 @data_app.command("inspect")
 def inspect(
     data: str = typer.Argument(
-        ..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."
+        ..., help="Folder of class folders, split folder, CSV (path,label or path,labels) or builtin:NAME."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     workers: int = typer.Option(0, help="Decode processes (0 = CPU count)."),
@@ -74,22 +74,25 @@ def clean(
 
 @data_app.command("builtin")
 def builtin(
-    name: str = typer.Argument(..., help="fashion-mnist | mnist-5k | digits"),
+    name: str = typer.Argument(
+        ..., help="fashion-mnist | mnist-5k | digits | fashion-mnist-pairs (multi-label)"
+    ),
     dest: Path = typer.Argument(..., help="Folder to write the PNG tree into."),
     limit: int = typer.Option(0, help="At most this many images per split (0 = all)."),
 ) -> None:
     """Write a built-in dataset as a folder tree of PNG files (official train/test split kept)."""
-    from imagerec.data.builtin import write_builtin
+    from imagerec.data.builtin import dataset_path, write_builtin
 
     require("--limit", limit, LIMIT)
     path = write_builtin(name, dest, limit=limit or None)
-    typer.echo(f"wrote {name} to {path}")
+    data = dataset_path(name, path)
+    typer.echo(f"wrote {name} to {path}" + (f" (train on {data})" if data != path else ""))
 
 
 @data_app.command("split")
 def split(
     data: str = typer.Argument(
-        ..., help="Folder of class folders, split folder, CSV (path,label) or builtin:NAME."
+        ..., help="Folder of class folders, split folder, CSV (path,label or path,labels) or builtin:NAME."
     ),
     out: Path = typer.Option(..., "--out", help="Manifest CSV to write (path,label,split,sha256)."),
     val: float = option(

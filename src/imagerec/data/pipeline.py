@@ -82,15 +82,26 @@ def cache_key(rows: list[ManifestRow], spec: PipelineSpec) -> str:
     return digest.hexdigest()[:24]
 
 
+def label_array(rows: list[ManifestRow], class_names: list[str]) -> np.ndarray:
+    """The targets of ``rows``: ``int32 (N,)`` class indices, or for multi-label rows ``float32 (N, K)`` multi-hot."""
+    index = {name: i for i, name in enumerate(class_names)}
+    if not any(r.multilabel for r in rows):
+        return np.array([index[r.label] for r in rows], dtype=np.int32)
+    hot = np.zeros((len(rows), len(class_names)), dtype=np.float32)
+    for i, r in enumerate(rows):
+        hot[i, [index[name] for name in r.labels]] = 1.0
+    return hot
+
+
 def load_arrays(
     rows: list[ManifestRow], class_names: list[str], spec: PipelineSpec, decoded: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images and integer labels for ``rows`` (uses the on-disk cache when ``spec.cache == 'disk'``).
+    """Decoded images and their targets (see :func:`label_array`) for ``rows`` (uses the on-disk cache when
+    ``spec.cache == 'disk'``).
 
     ``decoded``: images the scan kept (``ScanResult.decoded``), used instead of decoding those files again.
     """
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = np.array([index[r.label] for r in rows], dtype=np.int32)
+    labels = label_array(rows, class_names)
     if spec.cache == "disk":
         from imagerec.data.builtin import cache_root
 
@@ -115,7 +126,8 @@ def make_dataset(
     seed: int = 42,
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
 ):
-    """A ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` batches.
+    """A ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` batches (multi-label rows: ``float32``
+    multi-hot targets, see :func:`label_array`).
 
     Args:
         rows: manifest rows of one split.
@@ -187,9 +199,8 @@ def dataset_options(deterministic: bool):
 def _streaming_dataset(rows, class_names, spec: PipelineSpec, training: bool, seed: int):
     import tensorflow as tf
 
-    index = {name: i for i, name in enumerate(class_names)}
     paths = [r.path for r in rows]
-    labels = np.array([index[r.label] for r in rows], dtype=np.int32)
+    labels = label_array(rows, class_names)
     shape = (spec.image_size, spec.image_size, spec.channels)
 
     def _load(path):

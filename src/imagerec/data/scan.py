@@ -23,7 +23,7 @@ from PIL import Image
 
 from imagerec.data.images import open_image
 from imagerec.data.parallel import default_workers, worker_pool
-from imagerec.data.sources import DatasetSource, Sample, load_source
+from imagerec.data.sources import DatasetSource, Sample, label_set, load_source
 from imagerec.errors import ImageRejected
 
 
@@ -57,6 +57,12 @@ class ScanResult:
     #: ``scan_dataset(keep_decoded=True)``: training builds its arrays from these instead of decoding every file a
     #: second time (see ``KEEP_MAX_PIXELS``).
     decoded: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    #: multiclass, or multilabel (a ``path,labels`` CSV: each image's ``label`` is its label set, joined by ';')
+    task: str = "multiclass"
+
+    def names_of(self, label: str) -> list[str]:
+        """The class names an image's ``label`` stands for: itself, or the names of a multi-label set."""
+        return label_set(label) if self.task == "multilabel" else [label]
 
     @property
     def ignored(self) -> int:
@@ -75,7 +81,7 @@ class ScanResult:
 
     @property
     def classes(self) -> dict[str, int]:
-        counts = Counter(img.label for img in self.images)
+        counts = Counter(name for img in self.images for name in self.names_of(img.label))
         return {name: counts.get(name, 0) for name in self.class_names}
 
     @property
@@ -83,10 +89,20 @@ class ScanResult:
         """Valid images per class and fixed split (empty when the source fixes no split)."""
         out: dict[str, dict[str, int]] = {}
         for img in self.images:
-            if img.split:
-                per = out.setdefault(img.label, {})
+            for name in self.names_of(img.label) if img.split else ():
+                per = out.setdefault(name, {})
                 per[img.split] = per.get(img.split, 0) + 1
         return out
+
+    def label_sets(self) -> dict[str, Any]:
+        """A multi-label dataset's label sets: images without a label, labels per image, distinct sets."""
+        sizes = [len(self.names_of(img.label)) for img in self.images]
+        return {
+            "no_label": sizes.count(0),
+            "labels_per_image": float(np.mean(sizes)) if sizes else 0.0,
+            "max_labels": max(sizes, default=0),
+            "distinct_sets": len({img.label for img in self.images}),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         classes = self.classes
@@ -95,6 +111,8 @@ class ScanResult:
         return {
             "root": self.root,
             "kind": self.kind,
+            "task": self.task,
+            **({"label_sets": self.label_sets()} if self.task == "multilabel" else {}),
             "num_images": len(self.images),
             "num_classes": len(classes),
             "classes": classes,
@@ -251,6 +269,7 @@ def scan_dataset(
         invalid=invalid,
         ignored_files=sorted(source.ignored_files),
         decoded=decoded,
+        task=source.task,
     )
     result.duplicates, result.near_duplicates = find_duplicates(images)
     return result

@@ -3,6 +3,7 @@
 * a folder of class folders ``DATA/<class>/**/<image>``;
 * a folder with ``train/``, ``val/`` (or ``validation/``) and ``test/`` sub-folders, each of class folders;
 * a CSV with ``path,label`` columns (paths relative to the CSV, never escaping its folder);
+* a CSV with ``path,labels`` columns: several classes per image, separated by ``;`` (empty: none) — multi-label;
 * ``builtin:NAME`` — a built-in real dataset, materialised once as a PNG folder tree (see ``builtin.py``).
 
 Hidden files (``.DS_Store``, AppleDouble ``._x.jpg``) and files without an image extension are ignored and
@@ -39,11 +40,12 @@ class DatasetSource:
 
     root: Path
     kind: str  # folder | splits | csv
-    samples: list[Sample]
+    samples: list[Sample]  # a multi-label sample's ``label`` is its label set, joined (see join_labels)
     class_names: list[str]
     ignored_files: list[str] = field(default_factory=list)
     invalid: list[dict[str, str]] = field(default_factory=list)
     follow_symlinks: bool = False
+    task: str = "multiclass"  # multiclass | multilabel (a CSV with a ``labels`` column)
 
     @property
     def ignored(self) -> int:
@@ -154,31 +156,126 @@ def _from_csv(path: Path, follow_symlinks: bool) -> DatasetSource:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-            if "path" not in columns or "label" not in columns:
+            if "path" not in columns or ("label" not in columns and "labels" not in columns):
                 raise DataError(
-                    f"CSV {str(path)!r} has columns {columns}; expected at least 'path' and 'label'"
+                    f"CSV {str(path)!r} has columns {columns}; expected at least 'path' and 'label' "
+                    "(one class per image) or 'path' and 'labels' (several, separated by ';')"
+                )
+            if "label" in columns and "labels" in columns:
+                raise DataError(
+                    f"CSV {str(path)!r} has both 'label' and 'labels' columns; keep 'label' for one class per "
+                    "image or 'labels' for several classes per image (separated by ';')"
                 )
             rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except UnicodeDecodeError:
         raise DataError(f"CSV {str(path)!r} is not UTF-8 text") from None
+    if "labels" in columns:
+        return _multilabel_csv(path, rows, out)
     labels: set[str] = set()
     for line, row in enumerate(rows, start=2):
         rel, label = row.get("path", ""), row.get("label", "")
         if not rel or not label:
             raise DataError(f"CSV {str(path)!r} line {line}: empty path or label")
-        # the path as written may never leave the folder; where it leads (a symlink) only with follow_symlinks
-        full = Path(os.path.normpath(base / rel)) if follow_symlinks else (base / rel).resolve()
-        if os.path.isabs(rel) or not full.is_relative_to(base):
-            hint = (
-                "" if follow_symlinks or ".." in Path(rel).parts else " (a symlink? pass --follow-symlinks)"
-            )
-            raise DataError(
-                f"CSV {str(path)!r} line {line}: path {rel!r} escapes the CSV's folder {str(base)!r}{hint}"
-            )
-        split = SPLIT_ALIASES.get(row.get("split", "").lower()) if row.get("split") else None
-        out.samples.append(Sample(str(base / rel), label, split))
+        full, problem = _csv_path(base, rel, follow_symlinks)
+        if problem:
+            raise DataError(f"CSV {str(path)!r} line {line}: {problem}")
+        out.samples.append(Sample(full, label, _csv_split(row)))
         labels.add(label)
     if not out.samples:
         raise DataError(f"CSV {str(path)!r} lists no images")
     out.class_names = sorted(labels)
+    return out
+
+
+def _csv_split(row: dict[str, str]) -> str | None:
+    return SPLIT_ALIASES.get(row.get("split", "").lower()) if row.get("split") else None
+
+
+def _csv_path(base: Path, rel: str, follow_symlinks: bool) -> tuple[str, str | None]:
+    """The full path of a CSV row's ``path``, or what is wrong with it."""
+    # the path as written may never leave the folder; where it leads (a symlink) only with follow_symlinks
+    full = Path(os.path.normpath(base / rel)) if follow_symlinks else (base / rel).resolve()
+    if os.path.isabs(rel) or not full.is_relative_to(base):
+        hint = "" if follow_symlinks or ".." in Path(rel).parts else " (a symlink? pass --follow-symlinks)"
+        return "", f"path {rel!r} escapes the CSV's folder {str(base)!r}{hint}"
+    return str(base / rel), None
+
+
+# --- multi-label CSV: path,labels with class names separated by ';' ------------------------------------------
+#: separates the class names of a ``labels`` field; also joins a label set into a ``Sample.label`` key
+LABEL_SEPARATOR = ";"
+#: rows listed in one error message about a multi-label CSV (the count of the rest follows)
+MAX_ROW_ERRORS = 10
+
+
+def label_set(label: str) -> list[str]:
+    """The class names of a multi-label key (``"Bag;Shirt"`` -> ``["Bag", "Shirt"]``; ``""`` -> ``[]``)."""
+    return label.split(LABEL_SEPARATOR) if label else []
+
+
+def join_labels(names) -> str:
+    """The key of a label set: its sorted class names joined by ``;`` (``""`` for no label)."""
+    return LABEL_SEPARATOR.join(sorted(names))
+
+
+def parse_labels(field: str) -> tuple[list[str], str | None]:
+    """The sorted class names of one ``labels`` field (empty: no label), or ``([], what is wrong)``.
+
+    Refused, never dropped: a blank name (``a;;b``, a trailing ``;``), a name twice, a name with a comma (a
+    quoted ``"a,b"`` meant as two classes: the separator is ``;``).
+    """
+    if not field.strip():
+        return [], None
+    names = [name.strip() for name in field.split(LABEL_SEPARATOR)]
+    if not all(names):
+        return (
+            [],
+            f"blank class name in labels {field!r} (';;' or a ';' at an end); separate names with one ';'",
+        )
+    for name in names:
+        if names.count(name) > 1:
+            return [], f"class {name!r} is listed twice in labels {field!r}"
+        if "," in name:
+            return [], f"class name {name!r} contains ','; separate the classes of an image with ';'"
+    return sorted(names), None
+
+
+def _multilabel_csv(path: Path, rows: list[dict[str, str]], out: DatasetSource) -> DatasetSource:
+    """Samples of a ``path,labels`` CSV: ``Sample.label`` is the row's :func:`join_labels` key.
+
+    Every bad row is reported in one :class:`DataError` (line numbers, what is wrong), nothing is skipped.
+    """
+    out.task = "multilabel"
+    errors: list[str] = []
+    spelling: dict[str, dict[str, int]] = {}  # casefolded name -> spelling -> first line
+    for line, row in enumerate(rows, start=2):
+        rel = row.get("path", "")
+        names, problem = parse_labels(row.get("labels", ""))
+        full = ""
+        if not rel:
+            problem = "empty path"
+        elif problem is None:
+            full, problem = _csv_path(out.root, rel, out.follow_symlinks)
+        if problem:
+            errors.append(f"line {line}: {problem}")
+            continue
+        for name in names:
+            spelling.setdefault(" ".join(name.casefold().split()), {}).setdefault(name, line)
+        out.samples.append(Sample(full, join_labels(names), _csv_split(row)))
+    for variants in spelling.values():
+        if len(variants) > 1:
+            (first, at), *others = sorted(variants.items(), key=lambda kv: kv[1])
+            errors += [
+                f"line {line}: class {name!r} differs from {first!r} (line {at}) only in case or spacing; "
+                "use one spelling"
+                for name, line in others
+            ]
+    if errors:
+        more = f"; and {len(errors) - MAX_ROW_ERRORS} more" if len(errors) > MAX_ROW_ERRORS else ""
+        raise DataError(
+            f"CSV {str(path)!r} has {len(errors)} bad row(s): " + "; ".join(errors[:MAX_ROW_ERRORS]) + more
+        )
+    if not out.samples:
+        raise DataError(f"CSV {str(path)!r} lists no images")
+    out.class_names = sorted({name for s in out.samples for name in label_set(s.label)})
     return out

@@ -1,5 +1,8 @@
 """Stratified, seeded train/val/test split, written as a manifest CSV (path, label, split, sha256).
 
+A multi-label dataset's manifest has a ``labels`` column instead of ``label`` (each image's class names joined by
+``;``, empty for none), and its split is an iterative stratification of the label sets (see :func:`stratify_sets`).
+
 Identical files (same sha256) and near-duplicates (same picture re-encoded or resized, see ``scan.py``) always
 land in the same split, so a test image never leaks into training. Splits
 fixed by the source (``train/``, ``val/``, ``test/`` folders, or a CSV ``split`` column) are respected; a missing
@@ -13,26 +16,34 @@ import hashlib
 import io
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from imagerec.data.scan import ScanResult
-from imagerec.data.sources import OUTSIDE_ROOT
+from imagerec.data.sources import OUTSIDE_ROOT, label_set
 from imagerec.errors import DataError
 from imagerec.settings import DataConfig, TrainConfig
 from imagerec.utils import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "label", "split", "sha256")
+MULTILABEL_COLUMNS = ("path", "labels", "split", "sha256")
 
 
 @dataclass(frozen=True)
 class ManifestRow:
     path: str
-    label: str
+    label: str  # the class; a multi-label row: its class names joined by ';' ("" = none)
     split: str
     sha256: str
+    multilabel: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        """The row's class names: one, or a multi-label row's set (possibly empty)."""
+        return label_set(self.label) if self.multilabel else [self.label]
 
 
 def check_trainable(result: ScanResult, max_invalid_ratio: float = 0.5) -> list[str]:
@@ -100,12 +111,18 @@ def make_split(
     check_trainable(result)
     rng = random.Random(seed)
     fixed = {img.split for img in result.images if img.split}
+    row = partial(ManifestRow, multilabel=result.task == "multilabel")
     rows: list[ManifestRow] = []
     pool = [img for img in result.images if img.split in (None, "train")]
-    rows += [
-        ManifestRow(i.path, i.label, i.split, i.sha256) for i in result.images if i.split in ("val", "test")
-    ]
+    rows += [row(i.path, i.label, i.split, i.sha256) for i in result.images if i.split in ("val", "test")]
     carve = {name: frac for name, frac in (("test", test), ("val", val)) if name not in fixed and frac > 0}
+    if result.task == "multilabel":
+        groups = _linked_groups(pool, result.near_duplicates)
+        if carve and sum(map(len, groups)) < len(carve) + 1:
+            raise DataError(f"the split needs at least {len(carve) + 1} images to train on (add images)")
+        for split, imgs in stratify_sets(groups, carve, result.names_of, rng).items():
+            rows += [row(img.path, img.label, split, img.sha256) for img in imgs]
+        return _finish(rows)
     by_class: dict[str, list[list]] = defaultdict(list)
     for group in _linked_groups(pool, result.near_duplicates):
         by_class[group[0].label].append(group)
@@ -118,10 +135,59 @@ def make_split(
                 "per class (add images or lower --val/--test)"
             )
         for split, imgs in _allocate(groups, carve, rng).items():
-            rows += [ManifestRow(img.path, img.label, split, img.sha256) for img in imgs]
+            rows += [row(img.path, img.label, split, img.sha256) for img in imgs]
+    return _finish(rows)
+
+
+def _finish(rows: list[ManifestRow]) -> list[ManifestRow]:
     rows.sort(key=lambda r: (SPLITS.index(r.split), r.label, r.path))
     _drop_cross_split_duplicates(rows)
     return rows
+
+
+def stratify_sets(
+    groups: list[list], fractions: dict[str, float], names_of, rng: random.Random
+) -> dict[str, list]:
+    """Iterative stratification of multi-label images (Sechidis, Tsoumakas & Vlahavas, 2011), group by group.
+
+    Each part (``fractions``, the rest ``train``) wants its fraction of every class's images. The class with the
+    fewest unassigned groups goes first (rare classes are the hard ones): each of its groups goes to the part that
+    still wants most of that class, ties to the part that wants most images, then a seeded coin. Groups without
+    a label fill the parts up to their image counts last. A group (identical or near-identical files) is never
+    divided.
+
+    Args:
+        groups: lists of scanned images that must stay on one side.
+        fractions: part name -> share of the images (``{"test": 0.1, "val": 0.1}``).
+        names_of: an image's ``label`` -> its class names.
+        rng: the seeded random source.
+    """
+    share = {**fractions, "train": 1.0 - sum(fractions.values())}
+    rng.shuffle(groups)
+    counts = [Counter(name for img in g for name in names_of(img.label)) for g in groups]
+    totals: Counter = sum(counts, Counter())
+    want = {part: {name: f * n for name, n in totals.items()} for part, f in share.items()}
+    want_images = {part: f * sum(map(len, groups)) for part, f in share.items()}
+    out: dict[str, list] = {part: [] for part in share}
+    done = [False] * len(groups)
+
+    def assign(i: int, part: str) -> None:
+        out[part].extend(groups[i])
+        want_images[part] -= len(groups[i])
+        for name, n in counts[i].items():
+            want[part][name] -= n
+        done[i] = True
+
+    with_name = {name: [i for i, c in enumerate(counts) if name in c] for name in sorted(totals)}
+    while live := {
+        name: left for name, idx in with_name.items() if (left := [i for i in idx if not done[i]])
+    }:
+        name = min(live, key=lambda n: (len(live[n]), n))
+        for i in live[name]:
+            assign(i, max(share, key=lambda p: (want[p][name], want_images[p], rng.random())))
+    for i in (i for i, c in enumerate(counts) if not c):
+        assign(i, max(share, key=lambda p: (want_images[p], rng.random())))
+    return out
 
 
 def _linked_groups(images: list, near_duplicates: list[list[str]]) -> list[list]:
@@ -157,7 +223,7 @@ def _drop_cross_split_duplicates(rows: list[ManifestRow]) -> None:
 def manifest_text(rows: list[ManifestRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerow(MULTILABEL_COLUMNS if any(r.multilabel for r in rows) else MANIFEST_COLUMNS)
     for r in rows:
         writer.writerow((r.path, r.label, r.split, r.sha256))
     return buf.getvalue()
@@ -176,9 +242,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         raise DataError(f"split manifest {str(path)!r} is missing")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+        columns = tuple(reader.fieldnames or ())
+        if columns not in (MANIFEST_COLUMNS, MULTILABEL_COLUMNS):
             raise DataError(f"{str(path)!r} is not an imagerec manifest (columns {reader.fieldnames})")
-        return [ManifestRow(r["path"], r["label"], r["split"], r["sha256"]) for r in reader]
+        key, multilabel = columns[1], columns == MULTILABEL_COLUMNS
+        return [ManifestRow(r["path"], r[key], r["split"], r["sha256"], multilabel) for r in reader]
 
 
 def rows_for(rows: list[ManifestRow], split: str) -> list[ManifestRow]:
