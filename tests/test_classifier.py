@@ -26,10 +26,12 @@ def test_tta_averages_the_image_and_its_mirror(trained_run):
     plain = Classifier.load(trained_run, runtime="keras")
     tta = Classifier.load(trained_run, runtime="keras", tta=True)
     batch = _batch()
-    direct = plain.predict_proba(batch)
-    mirrored = plain.predict_proba(batch[:, :, ::-1].copy())
+    # the runtime's own probabilities are averaged; the run's temperature applies to the average
+    direct = plain.raw_proba(batch)
+    mirrored = plain.raw_proba(batch[:, :, ::-1].copy())
     assert np.abs(direct - mirrored).max() > 1e-4  # the two views differ, so the average is a real test
-    np.testing.assert_allclose(tta.predict_proba(batch), 0.5 * (direct + mirrored), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta.raw_proba(batch), 0.5 * (direct + mirrored), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta.predict_proba(batch), plain.calibrated(0.5 * (direct + mirrored)), rtol=1e-4, atol=1e-6)
     assert [p.label for p in tta.predict(list(batch))] == [
         plain.labels[i] for i in (direct + mirrored).argmax(1)
     ]

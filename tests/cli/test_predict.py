@@ -61,7 +61,8 @@ def test_folder_json_lines(trained_run, images, capsys):
         sum(row["label"] == Path(row["path"]).parent.name for row in rows) >= 4
     )  # and mostly right (the run is >= 80 % accurate)
     for row in rows:
-        assert set(row) == {"path", "label", "confidence", "top_k", "runtime"}
+        assert set(row) == {"path", "label", "confidence", "top_k", "ood_score", "runtime"}
+        assert row["ood_score"] >= 0  # the run has an embedding reference
         assert row["runtime"] == "keras"  # the runtime that answered (the run has no exports)
         assert [t["label"] for t in row["top_k"]][0] == row["label"] and len(row["top_k"]) == 2
 

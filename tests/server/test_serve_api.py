@@ -108,6 +108,29 @@ def test_camera_smoothed_label_obeys_the_threshold(classifier, colour_pngs):
         assert item["label"] == "red" and item["smoothed"]["label"] == "red"
 
 
+def test_answers_carry_the_ood_score_and_an_ood_unknown(classifier, colour_pngs):
+    """Uploads and the camera's smoothed answer carry the out-of-distribution score; above the run's OOD threshold
+    both say ``unknown`` with the reason (the same labelling function as predict)."""
+    import copy
+
+    import httpx
+    from tests.server.conftest import LiveServer
+
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
+
+    expected = float(classifier.predict_scores(classifier.preprocess(colour_pngs["red"])[None])[0, -1])
+    strict = copy.copy(classifier)
+    strict.ood_threshold = expected / 2  # as if calibrate had picked a threshold below this image's score
+    with LiveServer(create_app(strict, ServeSettings(decode_workers=0))) as live:
+        url = f"{live.url}/v1/predict?session=cam-o&smooth=0"
+        item = httpx.post(url, content=colour_pngs["red"], timeout=30).json()["predictions"][0]
+    assert item["ood_score"] == pytest.approx(expected, rel=1e-4)
+    assert item["label"] == "unknown" and item["reason"] == "out_of_distribution"
+    assert item["smoothed"] == {"label": "unknown", "confidence": pytest.approx(item["confidence"], abs=1e-6),
+                                "reason": "out_of_distribution"}  # fmt: skip
+
+
 def test_model_info(client, classifier):
     info = client.get("/v1/model").json()
     assert info["labels"] == classifier.labels

@@ -20,12 +20,13 @@ def test_metadata_and_readiness(client, classifier):
     assert meta["name"] == name and meta["versions"] == [classifier.version]
     assert {i["datatype"] for i in meta["inputs"]} == {"BYTES", "FP32"}
     assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}
+    assert meta["outputs"][2] == {"name": "ood_score", "datatype": "FP32", "shape": [-1]}
     assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
     assert client.get(f"/v2/models/{name}/versions/{classifier.version}").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
-def test_infer_bytes_base64(client, colour_pngs):
+def test_infer_bytes_base64(client, classifier, colour_pngs):
     name = _name(client)
     data = [base64.b64encode(colour_pngs[c]).decode() for c in ("red", "blue")]
     request = {"id": "r1", "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": data}]}
@@ -33,10 +34,14 @@ def test_infer_bytes_base64(client, colour_pngs):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["id"] == "r1" and body["model_name"] == name
-    probs, labels = body["outputs"]
+    probs, labels, ood = body["outputs"]
     assert probs["name"] == "probabilities" and probs["shape"] == [2, 3] and probs["datatype"] == "FP32"
     assert np.allclose(np.array(probs["data"]).reshape(2, 3).sum(1), 1.0, atol=1e-4)
     assert labels == {"name": "labels", "datatype": "BYTES", "shape": [2], "data": ["red", "blue"]}
+    # the run has an embedding reference: every answer carries its out-of-distribution score
+    assert ood["name"] == "ood_score" and ood["shape"] == [2] and ood["datatype"] == "FP32"
+    pixels = np.stack([classifier.preprocess(colour_pngs[c]) for c in ("red", "blue")])
+    np.testing.assert_allclose(ood["data"], classifier.predict_scores(pixels)[:, -1], rtol=1e-4, atol=1e-4)
 
 
 def test_infer_fp32_pixels_matches_bytes(client, classifier, colour_pngs):

@@ -145,7 +145,9 @@ def test_outputs_annotated_video_and_jsonl(classifier, clip, tmp_path):
     assert (count, size) == (80, (64, 48)) and fps == pytest.approx(20.0)
     records = [json.loads(line) for line in lines.read_text().splitlines()]
     assert [r["frame"] for r in records] == list(range(0, 80, 2))
-    assert set(records[0]) == {"frame", "time_s", "label", "confidence", "top_k"}
+    # the run has an embedding reference: each frame carries its (smoothed) out-of-distribution score
+    assert set(records[0]) == {"frame", "time_s", "label", "confidence", "top_k", "ood_score"}
+    assert all(r["ood_score"] >= 0 for r in records)
     assert summary["outputs"] == {"video": str(out), "jsonl": str(lines)}
     assert not list(tmp_path.glob(".*partial*"))  # the temporary name was renamed away
 

@@ -51,7 +51,7 @@ class Service:
         self.settings = settings
         self.metrics = ServerMetrics(classifier.labels)
         self.batcher = Batcher(
-            classifier.predict_proba,
+            classifier.predict_scores,  # calibrated probabilities + the OOD score column, one row per image
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
@@ -151,7 +151,8 @@ class Service:
         return np.stack(rows)
 
     def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
-        """The answers to calibrated ``probs`` (``Classifier.answers`` with ``--threshold``), counted by label."""
+        """The answers to ``probs`` (rows of ``Classifier.predict_scores``: calibrated probabilities and the OOD
+        score; ``Classifier.answers`` with ``--threshold``), counted by label."""
         preds = self.clf.answers(probs, top_k, self.settings.threshold, names)
         for pred in preds:
             self.metrics.predictions.labels(label=pred.label).inc()

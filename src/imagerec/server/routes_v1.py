@@ -82,6 +82,8 @@ def register(api, service) -> None:
             if session:
                 smoothed = service.smoothed(session, alpha, row)
                 item["smoothed"] = {"label": smoothed.label, "confidence": round(smoothed.confidence, 6)}
+                if smoothed.reason:
+                    item["smoothed"]["reason"] = smoothed.reason
             out.append(item)
         return json_response({"predictions": out, "model": service.model_info()})
 

@@ -8,7 +8,9 @@
   ``tritonclient.http`` sends by default;
 * ``FP32`` (or ``UINT8``) of shape ``[N, S, S, C]`` with pixel values in 0..255 (the model's input size).
 
-It answers the outputs ``probabilities`` (FP32 ``[N, K]``) and ``labels`` (BYTES ``[N]``, top-1 class) as JSON.
+It answers the outputs ``probabilities`` (FP32 ``[N, K]``), ``labels`` (BYTES ``[N]``, top-1 class or ``unknown``)
+and, for a run with an embedding reference, ``ood_score`` (FP32 ``[N]``, higher = further from the training data)
+as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
 from imagerec.data.images import sniff_format
+from imagerec.prediction import split_scores
 from imagerec.server.limits import HTTPError
 from imagerec.server.responses import json_response
 
@@ -172,6 +175,7 @@ def register(api, service) -> None:
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(clf.labels)]},
                 {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+                *([{"name": "ood_score", "datatype": "FP32", "shape": [-1]}] if clf.reference is not None else []),
             ],
             "parameters": {"labels": clf.labels},
         }
@@ -229,8 +233,9 @@ def register(api, service) -> None:
                     f"pixels shape {list(data.shape)} does not match the model input [N, {size}, {size}, {channels}]"
                 )
             images = list(data)
-        probs = await service.infer(images, [f"image {i}" for i in range(len(images))])
-        preds = service.results(probs, 1, [None] * len(images))
+        scores = await service.infer(images, [f"image {i}" for i in range(len(images))])
+        preds = service.results(scores, 1, [None] * len(images))
+        probs, ood = split_scores(scores, len(clf.labels))
         outputs = [
             {
                 "name": "probabilities",
@@ -240,6 +245,8 @@ def register(api, service) -> None:
             },
             {"name": "labels", "datatype": "BYTES", "shape": [len(preds)], "data": [p.label for p in preds]},
         ]
+        if ood is not None and not np.isnan(ood).any():
+            outputs.append({"name": "ood_score", "datatype": "FP32", "shape": [len(ood)], "data": ood.tolist()})
         wanted = payload.get("outputs")
         if isinstance(wanted, list) and wanted:
             names = {o.get("name") for o in wanted if isinstance(o, dict)}

@@ -20,12 +20,19 @@ class FrameResult:
     classified: bool
     processing_fps: float = 0.0
     image: np.ndarray | None = field(default=None, repr=False)
+    ood_score: float | None = None  # the (smoothed) out-of-distribution score; None without a reference
+    reason: str | None = None  # why the label is 'unknown' (low_confidence | out_of_distribution)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "frame": self.frame,
             "time_s": round(self.time_s, 4),
             "label": self.label,
             "confidence": round(float(self.confidence), 6),
             "top_k": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top_k],
         }
+        if self.ood_score is not None:
+            out["ood_score"] = round(float(self.ood_score), 6)
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out

@@ -9,7 +9,7 @@ Three stages, so capture never waits for the model:
    per frame. Live sources keep only the newest frame and count the stale ones dropped;
 2. a *worker* thread crops the region of interest, converts BGR to RGB, runs the serving preprocessing
    (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
-   (``classifier.predict_proba``);
+   (``classifier.predict_scores``: probabilities and the OOD score);
 3. the caller's thread (this iterator) smooths (``classifier.smoother``), labels like every surface does
    (``classifier.answers``: top-k, ``unknown`` threshold), keeps the timeline, and yields each :class:`FrameResult`.
 
@@ -104,6 +104,7 @@ class VideoStream:
         self._reconnects = 0
         self._counts = {"read": 0, "classified": 0, "yielded": 0}
         self._last: tuple[str, float, list[tuple[str, float]]] = (UNKNOWN, 0.0, [])  # label, conf, top-k
+        self._last_ood: tuple[float | None, str | None] = (None, None)  # OOD score, reason for 'unknown'
         self._segments: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._recent: deque[float] = deque(maxlen=30)
@@ -289,7 +290,7 @@ class VideoStream:
                     self.classifier.preprocess(cv2.cvtColor(self._crop(f.image), cv2.COLOR_BGR2RGB))
                     for f in chosen
                 ]
-                probs = iter(self.classifier.predict_proba(np.stack(arrays)))
+                probs = iter(self.classifier.predict_scores(np.stack(arrays)))  # + the OOD score column
             for f in frames:
                 self._put(self._results, (f, next(probs) if f.classify else None))
         self._put(self._results, _END)
@@ -322,19 +323,18 @@ class VideoStream:
         now = time.monotonic()
         self._counts["yielded"] += 1
         self._recent.append(now)
-        rate = (
-            (len(self._recent) - 1) / (now - self._recent[0])
-            if len(self._recent) > 1 and now > self._recent[0]
-            else 0.0
-        )
+        span = now - self._recent[0] if len(self._recent) > 1 else 0.0
+        rate = (len(self._recent) - 1) / span if span > 0 else 0.0
         if probs is not None:
             self._counts["classified"] += 1
             smoothed = self.smoother.update(probs)[None]
             answer = self.classifier.answers(smoothed, self.config.top_k, self.config.threshold)[0]
             self._last = (answer.label, answer.confidence, answer.top_k)
+            self._last_ood = (answer.ood_score, answer.reason)
             self._timeline(answer.label, frame.time_s)
         image = frame.image if self.config.keep_images else None
-        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image)
+        ood, reason = self._last_ood
+        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image, ood, reason)
 
     def _timeline(self, label: str, time_s: float) -> None:
         if self._segments:
