@@ -41,3 +41,26 @@ def trained_run(tmp_path_factory, imagerec_home) -> Path:
     )
     assert run.metrics["test"]["accuracy"] >= 0.8, run.metrics
     return run.path
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, imagerec_home) -> Path:
+    """One tiny multi-label run (``path,labels`` CSV: each colour square present or not), trained once per test
+    session. Treat as read-only."""
+    import imagerec
+    from imagefixtures import write_multilabel_dataset
+
+    root = tmp_path_factory.mktemp("multilabel")
+    data = write_multilabel_dataset(root / "data", n=120, seed=2)
+    run = imagerec.train(
+        data,
+        out=root / "run",
+        epochs=12,
+        batch_size=8,
+        val=0.2,
+        seed=0,
+        mixed_precision="off",
+        log=lambda *_: None,
+    )
+    assert run.metrics["test"]["macro_f1"] >= 0.8, run.metrics
+    return run.path

@@ -17,7 +17,8 @@ import numpy as np
 
 from imagerec.data.images import load_image
 from imagerec.errors import ImagerecError, ImageRejected
-from imagerec.prediction import UNKNOWN, Prediction, PredictionError, softmax_temperature
+from imagerec.multilabel import multilabel_answers, read_thresholds, run_task
+from imagerec.prediction import UNKNOWN, EMASmoother, Prediction, PredictionError, softmax_temperature
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime
 from imagerec.settings import (
@@ -42,6 +43,8 @@ class Classifier:
         config = run_dir.read_config()
         self.config = config
         self.labels: list[str] = run_dir.read_labels()
+        # a multi-label run answers with one threshold per class (see imagerec.multilabel)
+        self.task, self.thresholds = run_task(config), read_thresholds(run_dir, self.labels)
         self.image_size: int = int(config["image_size"])
         self.channels: int = int(config["channels"])
         self.resize: str = config.get("resize", "stretch")
@@ -55,7 +58,7 @@ class Classifier:
             check_flip_tta(config)
             self._run = with_flip_tta(self._run)
         calib = read_json(run_dir.calibration) if run_dir.calibration.exists() else {}
-        self.temperature: float = float(calib.get("temperature", 1.0))
+        self.temperature: float = float(calib.get("temperature", 1.0)) if self.task != "multilabel" else 1.0
         self.threshold: float | None = calib.get("threshold")
         hash_file = Path(str(run_dir.model) + ".sha256.json")
         self.version: str = read_json(hash_file)["sha256"][:12] if hash_file.exists() else "unversioned"
@@ -177,6 +180,8 @@ class Classifier:
         k = max(1, min(top_k, len(self.labels)))
         order = np.argsort(-probs, axis=1)[:, :k]
         names = sources if sources is not None else [None] * len(probs)
+        if self.task == "multilabel":  # each class at or above its own threshold (imagerec.multilabel)
+            return multilabel_answers(probs, self.labels, self.thresholds, order, names)
         out = []
         for i, row in enumerate(order):
             conf = float(probs[i, row[0]])
@@ -375,25 +380,3 @@ def with_flip_tta(run_fn):
         return 0.5 * (probs[: len(batch)] + probs[len(batch) :])
 
     return run
-
-
-class EMASmoother:
-    """Smooth a stream of probability vectors of one source (a video, a browser camera session)."""
-
-    def __init__(self, alpha: float = VideoConfig.smooth):
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {alpha}")
-        self.alpha = alpha
-        self.state: np.ndarray | None = None
-
-    def update(self, probs: np.ndarray) -> np.ndarray:
-        """Fold one probability vector in and return the smoothed vector."""
-        probs = np.asarray(probs, dtype=np.float64)
-        if self.state is None or self.alpha == 0.0:
-            self.state = probs.copy()
-        else:
-            self.state = self.alpha * self.state + (1.0 - self.alpha) * probs
-        return self.state.astype(np.float32)
-
-    def reset(self) -> None:
-        self.state = None

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from imagerec.settings import VideoConfig
+
 #: the label of an answer whose confidence is below the ``unknown`` threshold
 UNKNOWN = "unknown"
 
@@ -28,6 +30,14 @@ class Prediction:
     source: str | None = None
     index: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: out-of-distribution score of the image (higher = further from the training data); None without one
+    ood_score: float | None = None
+    #: why the label is ``unknown``: ``low_confidence`` or ``out_of_distribution`` (None when it is not)
+    reason: str | None = None
+    #: a multi-label run's answer: the classes at or above their thresholds, most probable first (None: one label)
+    labels: list[str] | None = None
+    #: a multi-label run's probability of every class (None: one label)
+    scores: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -38,6 +48,13 @@ class Prediction:
             confidence=round(float(self.confidence), 6),
             top_k=[{"label": lab, "score": round(float(s), 6)} for lab, s in self.top_k],
         )
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+            out["scores"] = {name: round(float(p), 6) for name, p in (self.scores or {}).items()}
+        if self.ood_score is not None:
+            out["ood_score"] = round(float(self.ood_score), 6)
+        if self.reason is not None:
+            out["reason"] = self.reason
         return out
 
 
@@ -63,4 +80,26 @@ def softmax_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-__all__ = ["UNKNOWN", "Prediction", "PredictionError", "softmax_temperature"]
+class EMASmoother:
+    """Smooth a stream of probability vectors of one source (a video, a browser camera session)."""
+
+    def __init__(self, alpha: float = VideoConfig.smooth):
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self.state: np.ndarray | None = None
+
+    def update(self, probs: np.ndarray) -> np.ndarray:
+        """Fold one probability vector in and return the smoothed vector."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.state is None or self.alpha == 0.0:
+            self.state = probs.copy()
+        else:
+            self.state = self.alpha * self.state + (1.0 - self.alpha) * probs
+        return self.state.astype(np.float32)
+
+    def reset(self) -> None:
+        self.state = None
+
+
+__all__ = ["UNKNOWN", "EMASmoother", "Prediction", "PredictionError", "softmax_temperature"]

@@ -152,6 +152,7 @@ class ModelConfig(Settings):
         30, ge=0, flag=False
     )  # top backbone layers unfrozen in phase two (0 = head only)
     bn_momentum: float | None = number(None, gt=0, lt=1, flag=False)  # None = from the steps per epoch
+    task: str = "auto"  # auto (multilabel for a path,labels CSV) | multiclass | multilabel (sigmoid head)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ TRAIN_FLAGS = {
     "--weights": (ModelConfig, "weights"), "--mixed-precision": (TrainConfig, "mixed_precision"),
     "--strategy": (TrainConfig, "strategy"), "--val": (DataConfig, "val"), "--test": (DataConfig, "test"),
     "--seed": (TrainConfig, "seed"), "--deterministic": (TrainConfig, "deterministic"),
-    "--follow-symlinks": (DataConfig, "follow_symlinks"),
+    "--follow-symlinks": (DataConfig, "follow_symlinks"), "--task": (ModelConfig, "task"),
 }  # fmt: skip
 VIDEO_FLAGS = (
     "every",

@@ -20,8 +20,33 @@ def _console():
     return Console()
 
 
+def _print_multilabel(metrics: dict[str, Any], run: str) -> None:
+    """A multi-label evaluation: per-class precision, recall, F1, AP and threshold, then the averages."""
+    from rich.table import Table
+
+    from imagerec.evaluation.multilabel import report_rows
+
+    table = Table(title=f"{run}: {metrics['num_images']} images from {metrics.get('source')} (multi-label)")
+    header, rows = report_rows(metrics)
+    for col in header:
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for i, row in enumerate(rows):
+        if i == len(metrics["per_class"]):
+            table.add_section()
+        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console = _console()
+    console.print(table)
+    console.print(
+        f"macro F1 {metrics['macro']['f1']:.4f}   micro F1 {metrics['micro']['f1']:.4f}   mAP {metrics['mAP']:.4f}   "
+        f"subset accuracy {metrics['subset_accuracy']:.4f}   Hamming loss {metrics['hamming_loss']:.4f}"
+    )
+
+
 def _print_metrics(metrics: dict[str, Any], run: str) -> None:
     from rich.table import Table
+
+    if metrics.get("task") == "multilabel":
+        return _print_multilabel(metrics, run)
 
     table = Table(title=f"{run}: {metrics['num_images']} images from {metrics.get('source')}")
     for col in ("class", "precision", "recall", "F1", "support"):

@@ -187,7 +187,8 @@ class _Writer:
             self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ""])
         else:
             top = "  ".join(f"{label} {score:.2f}" for label, score in pred.top_k)
-            self.rows.append((path, pred.label, f"{pred.confidence:.3f}", top))
+            label = ", ".join(pred.labels) if pred.labels else pred.label  # a multi-label answer: its classes
+            self.rows.append((path, label, f"{pred.confidence:.3f}", top))
 
     def error(self, path: str, code: str, message: str) -> None:
         if self.fmt == "json":

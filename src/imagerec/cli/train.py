@@ -41,6 +41,12 @@ def train(
     class_weights: str = typer.Option(None, "--class-weights", help="none | auto"),
     early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs (0 = off)."),
     weights: str = typer.Option(None, help="Backbones: imagenet | none | PATH.weights.h5"),
+    task: str = typer.Option(
+        None,
+        "--task",
+        help="auto (multilabel for a CSV with a 'labels' column) | multiclass | multilabel (several classes "
+        "per image: sigmoid head, one threshold per class).",
+    ),
     mixed_precision: str = typer.Option(
         None, "--mixed-precision", help="auto (bf16 on AVX512-BF16/AMX CPUs and GPUs) | off | bf16"
     ),
@@ -95,7 +101,7 @@ def train(
         learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
         weight_decay=weight_decay, class_weights=class_weights, early_stopping=early_stopping, weights=weights,
         mixed_precision=mixed_precision, strategy=strategy, seed=seed, deterministic=deterministic, val=val, test=test,
-        follow_symlinks=follow_symlinks,
+        follow_symlinks=follow_symlinks, task=task,
     )  # fmt: skip
 
 

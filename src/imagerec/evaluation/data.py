@@ -21,7 +21,7 @@ class EvalSet:
 
     paths: list[str]
     images: np.ndarray  # uint8 (N, S, S, C)
-    y: np.ndarray  # int64 (N,)
+    y: np.ndarray  # int64 (N,); a multi-label run's: multi-hot float32 (N, K)
     source: str  # "run:test", "run:val" or the dataset path
     skipped: int = 0
 
@@ -39,7 +39,7 @@ def _spec(clf):
 
 def run_split(clf, split: str) -> EvalSet:
     """The ``split`` part of the run's own manifest, decoded."""
-    from imagerec.data.pipeline import decode_all
+    from imagerec.data.pipeline import decode_all, label_array
     from imagerec.data.split import read_manifest, rows_for
 
     _check_split(split)
@@ -52,8 +52,7 @@ def run_split(clf, split: str) -> EvalSet:
             f"the {split!r} split of run {str(run_dir.path)!r} has no images; "
             f"pick another with --split or evaluate on a dataset with --data"
         )
-    index = {name: i for i, name in enumerate(clf.labels)}
-    unknown = sorted({r.label for r in rows} - set(index))
+    unknown = sorted({name for r in rows for name in r.labels} - set(clf.labels))
     if unknown:
         raise RunError(f"manifest of {str(run_dir.path)!r} names classes {unknown} that labels.json lacks")
     missing = [r.path for r in rows if not _exists(r.path)]
@@ -66,7 +65,8 @@ def run_split(clf, split: str) -> EvalSet:
         images = decode_all([r.path for r in rows], _spec(clf))
     except ImageRejected as exc:
         raise DataError(f"an image of the {split!r} split no longer decodes: {exc}") from None
-    return EvalSet([r.path for r in rows], images, np.array([index[r.label] for r in rows]), f"run:{split}")
+    y = label_array(rows, clf.labels)
+    return EvalSet([r.path for r in rows], images, y.astype(np.int64) if y.ndim == 1 else y, f"run:{split}")
 
 
 def _exists(path: str) -> bool:
@@ -82,10 +82,16 @@ def dataset_split(clf, data: str, split: str) -> EvalSet:
     ``split`` part when it has one, otherwise all of its images. Undecodable files are skipped and counted.
     """
     from imagerec.data.images import load_image
-    from imagerec.data.sources import load_source
+    from imagerec.data.sources import label_set, load_source
 
     _check_split(split)
     source = load_source(data)
+    multilabel = getattr(clf, "task", "multiclass") == "multilabel"
+    if source.task == "multilabel" and not multilabel:
+        raise DataError(
+            f"dataset {str(data)!r} is multi-label (a 'labels' column) but run {str(clf.run_dir.path)!r} answers "
+            "one class per image; evaluate a multi-label run on it"
+        )
     unknown = [name for name in source.class_names if name not in clf.labels]
     if unknown:
         raise DataError(
@@ -104,10 +110,20 @@ def dataset_split(clf, data: str, split: str) -> EvalSet:
             skipped += 1
             continue
         paths.append(s.path)
-        y.append(index[s.label])
+        names = label_set(s.label) if source.task == "multilabel" else [s.label]
+        y.append(_hot(names, index) if multilabel else index[s.label])
     if not arrays:
         raise DataError(f"dataset {str(data)!r} has no decodable images to evaluate on")
-    return EvalSet(paths, np.stack(arrays), np.array(y, dtype=np.int64), str(data), skipped)
+    return EvalSet(
+        paths, np.stack(arrays), np.array(y, dtype=np.float32 if multilabel else np.int64), str(data), skipped
+    )
+
+
+def _hot(names: list[str], index: dict[str, int]) -> np.ndarray:
+    """The multi-hot row of ``names`` over a run's classes (a single-label image: one 1)."""
+    row = np.zeros(len(index), dtype=np.float32)
+    row[[index[name] for name in names]] = 1.0
+    return row
 
 
 def load_eval_set(clf, data: str | None, split: str) -> EvalSet:

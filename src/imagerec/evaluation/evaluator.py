@@ -11,6 +11,7 @@ import numpy as np
 
 from imagerec.evaluation.issues import find_label_issues, write_issues
 from imagerec.evaluation.metrics import compute_metrics, expected_calibration_error
+from imagerec.evaluation.multilabel import evaluate_multilabel
 from imagerec.evaluation.report import label_issue_gallery, write_pictures, write_predictions, write_report
 from imagerec.settings import EvaluateSettings
 
@@ -47,6 +48,11 @@ def evaluate_classifier(
     require_classifier(clf, "evaluate")
     EvaluateSettings(split=split, top_k=top_k).validate()
     evalset = load_eval_set(clf, data, split)
+    if clf.task == "multilabel":  # per-class thresholds, micro/macro F1, mAP (see evaluation/multilabel.py)
+        metrics = evaluate_multilabel(clf, evalset, split if data is None else None, EVAL_BATCH, write)
+        if write:
+            write_report(clf.run_dir)
+        return metrics
     raw = predict_in_batches(clf.raw_proba, evalset.images, EVAL_BATCH)
     probs = clf.calibrated(raw)
     metrics = compute_metrics(evalset.y, probs, clf.labels, top_k)

@@ -91,7 +91,8 @@ def best_epoch(history: dict[str, list[float]]) -> int | None:
 
 
 def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Path | None:
-    """Loss and accuracy per epoch, train vs val, with the best epoch marked; None without a history."""
+    """Loss and accuracy (a multi-label run: ROC AUC) per epoch, train vs val, with the best epoch marked; None
+    without a history."""
     if not history or "loss" not in history:
         return None
     plt = _plt()
@@ -100,7 +101,7 @@ def training_curves_png(history: dict[str, list[float]], path: str | Path) -> Pa
     epochs = np.arange(1, len(history["loss"]) + 1)
     best = best_epoch(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    for ax, metric in zip(axes, ("loss", "accuracy" if "accuracy" in history else "auc"), strict=True):
         for prefix, style in (("", "-o"), ("val_", "-s")):
             if prefix + metric in history:
                 ax.plot(
@@ -218,3 +219,61 @@ def image_grid_png(
 
 def wrong_captions(items: list[dict[str, Any]]) -> list[str]:
     return [f"true: {it['true']}\npred: {it['pred']} ({it['confidence']:.2f})" for it in items]
+
+
+def pr_curves_png(curves: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """One precision-recall curve per class (a multi-label run), its AP in the title and the operating point of
+    the class's threshold marked. ``curves``: name -> ``precision``, ``recall`` (arrays), ``ap``, ``point``
+    (``(recall, precision)`` at the threshold)."""
+    plt = _plt()
+    cols = min(5, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows + 0.3), squeeze=False, sharex=True,
+                             sharey=True)  # fmt: skip
+    for ax in axes.flat[len(curves) :]:
+        ax.axis("off")
+    for ax, (name, c) in zip(axes.flat, curves.items(), strict=False):
+        ax.plot(c["recall"], c["precision"], lw=1.2)
+        if c.get("point") is not None:
+            ax.plot(*c["point"], "o", color="tab:red", ms=4)
+        ap = "n/a" if c.get("ap") is None else f"{c['ap']:.3f}"
+        ax.set_title(f"{name}\nAP {ap}", fontsize=8)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("precision", fontsize=8)
+    fig.suptitle("precision-recall per class (red: at the class's threshold)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def co_occurrence_png(
+    matrix: list[list[int]], support: list[int], labels: list[str], path: str | Path
+) -> Path:
+    """A multi-label run's label confusion: of the images that have class *i* (row), the share for which class *j*
+    (column) was predicted. The diagonal is each class's recall; off the diagonal, the classes predicted with it
+    (also where both are true: compare the true co-occurrence in the data)."""
+    plt = _plt()
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = np.asarray(support, dtype=np.float64)[:, None]
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    k = len(labels)
+    side = max(4.5, 0.55 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_title("predicted classes per true class (share of its images)")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=8 if k > 10 else 10,
+                        color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, path)

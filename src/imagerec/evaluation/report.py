@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.evaluation import plots
+from imagerec.evaluation.multilabel import report_cards, report_rows
 
 MAX_WRONG = 12
 MAX_GALLERY = 18
@@ -40,6 +41,16 @@ PICTURES = (
         "From history.csv; the dashed line marks the epoch of the saved model.",
     ),
     ("reliability.png", "Reliability diagram", "Bars below the diagonal: over-confident answers."),
+    (
+        "pr_curves.png",
+        "Precision-recall per class",
+        "Multi-label: each class's curve and AP; the red dot is the class's tuned threshold.",
+    ),
+    (
+        "co_occurrence.png",
+        "Label confusion",
+        "Multi-label: of the images of the row's class, the share where the column's class was predicted.",
+    ),
     (
         "most_wrong.png",
         "Most confidently wrong images",
@@ -173,7 +184,9 @@ def render_html(
 ) -> str:
     """The report as one HTML string with every picture of ``run_dir/evaluation`` embedded."""
     esc = html.escape
-    cards = [
+    multilabel = metrics.get("task") == "multilabel"
+    per_class = _table(*report_rows(metrics)) if multilabel else None
+    cards = report_cards(metrics) if multilabel else [
         ("accuracy", metrics["accuracy"]),
         (f"top-{metrics.get('top_k', 5)} accuracy", metrics["top_k_accuracy"]),
         ("macro F1", metrics["macro"]["f1"]),
@@ -181,7 +194,7 @@ def render_html(
         ("ECE", metrics["ece"]),
         ("ROC AUC (OvR)", metrics.get("roc_auc_ovr")),
         ("images", metrics["num_images"]),
-    ]
+    ]  # fmt: skip
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imagerec report: {esc(str(run_dir.path))}</title>",
         f"<style>{STYLE}</style></head><body>",
@@ -193,7 +206,8 @@ def render_html(
         + "".join(f"<div class='card'>{esc(k)}<b>{esc(_fmt(v))}</b></div>" for k, v in cards)
         + "</div>",
         "<h2>Per class</h2>",
-        _table(
+        per_class
+        or _table(
             ["class", "precision", "recall", "F1", "support"],
             [[n, c["precision"], c["recall"], c["f1"], c["support"]] for n, c in metrics["per_class"].items()]
             + [

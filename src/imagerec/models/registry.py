@@ -2,6 +2,8 @@
 
 A builder takes ``(image_size, channels, num_classes, config)`` and returns an uncompiled ``keras.Model`` whose
 input is a float32 image batch in 0..255 of shape ``(S, S, C)``; rescaling/normalisation lives inside the model.
+Its last layers are a Dense named ``logits`` and a float32 softmax named ``probs``; :func:`build_model` swaps the
+softmax for a sigmoid of the same name for a multi-label run (``config.task``), so every builder serves both tasks.
 """
 
 from __future__ import annotations
@@ -60,7 +62,19 @@ def build_model(name: str, image_size: int, channels: int, num_classes: int, con
         raise ImagerecError(
             f"model {name!r} needs an image size of at least {spec.min_size}, got {image_size}"
         )
-    return spec.build(image_size, channels, num_classes, config or ModelConfig(name=name))
+    config = config or ModelConfig(name=name)
+    model = spec.build(image_size, channels, num_classes, config)
+    return sigmoid_head(model) if config.task == "multilabel" else model
+
+
+def sigmoid_head(model):
+    """``model`` with its softmax ``probs`` replaced by a float32 sigmoid ``probs`` on the same ``logits``: one
+    independent probability per class (multi-label)."""
+    import keras
+    from keras import layers
+
+    probs = layers.Activation("sigmoid", dtype="float32", name="probs")(model.get_layer("logits").output)
+    return keras.Model(model.inputs, probs, name=model.name)
 
 
 def count_flops(model) -> int:

@@ -8,6 +8,7 @@ RUN/
   manifest.csv         the split (path, label, split, sha256)
   history.csv          one row per epoch (CSVLogger)
   metrics.json         final validation and test metrics
+  thresholds.json      a multi-label run's per-class thresholds (tuned on val)
   train.log            what was printed
   logs/                TensorBoard
   backup/              resumable state (AtomicBackupAndRestore)
@@ -87,6 +88,11 @@ class RunDir:
     @property
     def calibration(self) -> Path:
         return self.path / "calibration.json"
+
+    @property
+    def thresholds(self) -> Path:
+        """A multi-label run's per-class thresholds, tuned on validation (``imagerec.multilabel``)."""
+        return self.path / "thresholds.json"
 
     # state ------------------------------------------------------------------------------------------------
     def exists(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from imagerec.data.scan import ScanResult
 from imagerec.models.registry import get_model_spec
+from imagerec.multilabel import resolve_task
 from imagerec.settings import RunConfig
 
 GREY_MODES = {"L", "1", "I;16", "I;16B", "I;16L", "I", "LA", "F"}
@@ -90,7 +91,7 @@ def resolve(config: RunConfig, result: ScanResult, n_train: int) -> RunConfig:
         train = replace(train, epochs=choose_epochs(n_train, spec.kind))
     if train.learning_rate is None:
         train = replace(train, learning_rate=choose_learning_rate(spec.kind, train.optimizer))
-    model = config.model
+    model = replace(config.model, task=resolve_task(config.model.task, result))
     if model.bn_momentum is None:
         model = replace(model, bn_momentum=choose_bn_momentum(n_train, train.batch_size))
     augment = config.augment

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from imagerec import multilabel
 from imagerec.data.augment import augment_flips
 from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make_dataset
 from imagerec.data.scan import scan_dataset
@@ -172,7 +173,7 @@ class Learner:
             if has_val
             else None
         )
-        self.monitor = "val_accuracy" if has_val else "accuracy"
+        self.monitor = ("val_" if has_val else "") + multilabel.monitored(self.config.model.task)
         self.steps = steps_for(len(self.arrays["train"][1]), self.pipe.batch_size)
 
     def describe(self) -> str:
@@ -223,7 +224,7 @@ class Learner:
         ]
         if t.early_stopping:
             callbacks.append(
-                keras.callbacks.EarlyStopping(monitor=self.monitor, patience=t.early_stopping, mode="max")
+                keras.callbacks.EarlyStopping(monitor=self.monitor, patience=t.early_stopping, mode="auto")
             )
         return callbacks
 
@@ -314,6 +315,8 @@ class Learner:
             )
         fn = self._runtime[1]
         probs = predict_in_batches(fn, x, batch_size)
+        if y.ndim == 2:  # multi-hot targets: a multi-label run (see imagerec.multilabel)
+            return multilabel.split_metrics(self, split, y, probs)
         k = min(5, probs.shape[1])
         out = {
             "accuracy": float((probs.argmax(1) == y).mean()),

@@ -20,10 +20,16 @@ def steps_for(n: int, batch_size: int) -> int:
 
 
 def one_hot(ds, num_classes: int):
-    """``(images, int labels)`` batches -> ``(images, one-hot labels)``, as the categorical loss expects."""
+    """``(images, int labels)`` batches -> ``(images, one-hot labels)``, as the categorical loss expects.
+
+    Multi-hot targets (a multi-label dataset's) are what the binary loss expects already: returned as they are.
+    """
     import tensorflow as tf
 
     from imagerec.data.pipeline import parallel_calls
+
+    if ds.element_spec[1].shape.rank == 2:
+        return ds
 
     return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=parallel_calls())
 
@@ -34,6 +40,11 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
         return None
     if mode != "auto":
         raise ImagerecError(f"unknown class_weights {mode!r}; choose none or auto")
+    if labels.ndim == 2:
+        raise ImagerecError(
+            "--class-weights auto weighs one class per image; a multi-label run's classes are weighed by their "
+            "own thresholds (tuned on the validation split): train it with --class-weights none"
+        )
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
@@ -82,8 +93,25 @@ def make_optimizer(config: RunConfig, learning_rate):
 
 def compile_model(model, config: RunConfig, learning_rate, metrics: bool = True) -> None:
     """Compile ``model`` with the configured optimizer at ``learning_rate`` (a float or a schedule, see
-    :func:`lr_schedule`), label-smoothed cross-entropy on one-hot labels, and accuracy + top-5 metrics."""
+    :func:`lr_schedule`), label-smoothed cross-entropy on one-hot labels, and accuracy + top-5 metrics.
+
+    A multi-label model (``config.model.task``): label-smoothed binary cross-entropy on multi-hot labels, and the
+    binary accuracy and the ROC AUC over the classes as metrics (its epoch is chosen on the validation loss).
+    """
     import keras
+
+    if config.model.task == "multilabel":
+        model.compile(
+            optimizer=make_optimizer(config, learning_rate),
+            loss=keras.losses.BinaryCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=[
+                keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+                keras.metrics.AUC(multi_label=True),
+            ]
+            if metrics
+            else None,
+        )
+        return
 
     model.compile(
         optimizer=make_optimizer(config, learning_rate),

@@ -68,6 +68,7 @@ def write_run_record(learner) -> dict[str, Any]:
         "config": lr.config.to_dict(),
         "class_names": lr.class_names,
         "num_classes": len(lr.class_names),
+        "task": lr.config.model.task,  # multiclass | multilabel (sigmoid head, RUN/thresholds.json)
         "image_size": d.image_size,
         "channels": d.channels,
         "resize": d.resize,

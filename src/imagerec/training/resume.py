@@ -39,9 +39,16 @@ def check_resume(previous: dict[str, Any], config: RunConfig, class_names: list[
             )
     if previous.get("class_names") != class_names:
         raise RunError("cannot resume: the dataset's classes differ from the checkpoint's")
+    task = previous.get("task", "multiclass")  # runs from before multi-label have none
+    if config.model.task != task:
+        raise RunError(
+            f"cannot resume: the run is {task} but the data makes it {config.model.task}; start a new run with --out"
+        )
     changed = []
     for section in new:
         for name, value in new[section].items():
+            if (section, name) == ("model", "task"):
+                continue  # checked above (an older run's config says "auto")
             if value is not None and value != old[section][name]:
                 changed.append(f"{section}.{name}: {old[section][name]!r} -> {value!r}")
     return changed

@@ -7,7 +7,7 @@ many epochs tie (45 images: accuracy moves in steps of 2.2 points, and several e
 accuracy 0.907-0.984 (mean 0.956, up to 7.8 points below the run's best epoch); ties to the lower loss 0.919-0.992
 (mean 0.972, at most 2.2 points below). On a large validation set ties are rare and the rule is plain best accuracy.
 Without a validation split: the last epoch (training accuracy is measured on augmented images while the weights
-change).
+change). A multi-label run has no accuracy: it keeps the epoch of the lowest validation loss.
 
 Pure Python (no TensorFlow): the plots read the same rule from a run's history.
 """
@@ -29,8 +29,8 @@ def epoch_score(logs: Mapping[str, float], monitor: str | None, epoch: int) -> S
 
     Args:
         logs: the epoch's Keras logs (``val_accuracy``, ``val_loss``...).
-        monitor: ``val_accuracy`` (ties broken by ``val_loss``), ``accuracy`` (by ``loss``), or None: the last
-            epoch wins.
+        monitor: ``val_accuracy`` (ties broken by ``val_loss``), ``accuracy`` (by ``loss``), ``val_loss`` (the
+            lowest wins: multi-label runs), or None: the last epoch wins.
         epoch: the 1-based epoch.
     """
     if monitor is None:
@@ -38,6 +38,8 @@ def epoch_score(logs: Mapping[str, float], monitor: str | None, epoch: int) -> S
     value = logs.get(monitor)
     if value is None or not math.isfinite(float(value)):
         return None
+    if monitor.endswith("loss"):
+        return (-float(value),)
     loss = logs.get(monitor.replace("accuracy", "loss"))
     loss = float(loss) if loss is not None and math.isfinite(float(loss)) else math.inf
     return (float(value), -loss)
@@ -58,7 +60,7 @@ def from_record(value) -> Score | None:
 
 def best_epoch(history: Mapping[str, Sequence[float]]) -> int | None:
     """The 1-based epoch the rule keeps from a run's history columns (``val_accuracy``, ``val_loss``...)."""
-    monitor = "val_accuracy" if "val_accuracy" in history else None
+    monitor = "val_accuracy" if "val_accuracy" in history else "val_loss" if "val_loss" in history else None
     n = len(next(iter(history.values()), []))
     best, kept = None, None
     for i in range(n):
@@ -77,12 +79,18 @@ def kept_text(kept: Mapping | None, epochs: int) -> str:
     return f"kept epoch {kept['epoch']} of {epochs}{loss}"
 
 
-def small_validation_warning(val_labels: Sequence[int], num_classes: int, given_splits: bool) -> str | None:
-    """One line when the validation split is too small to choose an epoch reliably; None when it is not."""
+def small_validation_warning(val_labels, num_classes: int, given_splits: bool) -> str | None:
+    """One line when the validation split is too small to choose an epoch reliably; None when it is not.
+
+    ``val_labels``: class indices, or multi-hot rows (multi-label: a class's count is the images that have it).
+    """
     n = len(val_labels)
     if n == 0:
         return None
-    fewest = min(list(val_labels).count(c) for c in range(num_classes))
+    if len(getattr(val_labels, "shape", ())) == 2:
+        fewest = int(min(val_labels.sum(axis=0)))
+    else:
+        fewest = min(list(val_labels).count(c) for c in range(num_classes))
     if n >= MIN_VAL_IMAGES and fewest >= MIN_VAL_PER_CLASS:
         return None
     fix = (

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from imagerec.errors import ImagerecError
+from imagerec.multilabel import check_task
 from imagerec.run import FORMAT_VERSION, RunDir
 from imagerec.settings import RunConfig
 from imagerec.training.learner import Learner, TrainingInterrupted
@@ -22,6 +23,7 @@ FLAT_KEYS = {
     "weights": ("model", "weights"),
     "dropout": ("model", "dropout"),
     "fine_tune_layers": ("model", "fine_tune_layers"),
+    "task": ("model", "task"),
     "image_size": ("data", "image_size"),
     "channels": ("data", "channels"),
     "resize": ("data", "resize"),
@@ -96,6 +98,7 @@ def train(
     checked = apply_overrides(
         config or RunConfig(), **overrides
     ).validate()  # refused before `out` is touched
+    check_task(checked.model.task)
     # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
     with worker_run(out, resume, lambda resume: prepare_run_dir(RunDir(out), resume, force), force) as (
         path,
