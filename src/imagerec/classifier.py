@@ -18,9 +18,10 @@ import numpy as np
 from imagerec.data.images import load_image
 from imagerec.errors import ImagerecError, ImageRejected
 from imagerec.multilabel import multilabel_answers, read_thresholds, run_task
-from imagerec.prediction import UNKNOWN, EMASmoother, Prediction, PredictionError, softmax_temperature
+from imagerec.prediction import UNKNOWN, EMASmoother, Prediction, PredictionError, softmax_temperature, split_scores
 from imagerec.run import RunDir
-from imagerec.runtime import get_runtime
+from imagerec.runtime import get_runtime, outputs_of
+from imagerec.runtime.tta import check_flip_tta, trained_with_flips, with_flip_tta
 from imagerec.settings import (
     EXPORT_FORMAT,
     RUNTIME,
@@ -60,6 +61,8 @@ class Classifier:
         calib = read_json(run_dir.calibration) if run_dir.calibration.exists() else {}
         self.temperature: float = float(calib.get("temperature", 1.0)) if self.task != "multilabel" else 1.0
         self.threshold: float | None = calib.get("threshold")
+        self.ood_threshold: float | None = calib.get("ood_threshold")
+        self._reference = None
         hash_file = Path(str(run_dir.model) + ".sha256.json")
         self.version: str = read_json(hash_file)["sha256"][:12] if hash_file.exists() else "unversioned"
 
@@ -74,13 +77,10 @@ class Classifier:
         Args:
             run: the run directory written by ``imagerec train``, or an artifact / export directory written by
                 ``imagerec export``.
-            runtime: ``auto`` (default: the fastest of Keras and the exports that answer like it (unquantized,
-                the Keras top-1 on every parity image), as recorded in ``RUN/exports/runtime.json`` by
-                ``imagerec export`` (a quick measurement) or ``imagerec benchmark`` (a thorough one); Keras when
-                nothing was recorded), ``auto-quantized`` (the fastest that passed parity, quantized ones
-                included: faster, possibly less accurate), ``keras``, or an export of the run: ``tflite``,
-                ``onnx``, ``savedmodel`` or an export directory name such as ``tflite-int8`` (looked up in
-                ``RUN/exports/``).
+            runtime: ``auto`` (default: the fastest runtime that answers like Keras, as recorded in
+                ``RUN/exports/runtime.json``; Keras when none was recorded), ``auto-quantized`` (quantized exports
+                allowed), ``keras``, or an export of the run: ``tflite``, ``onnx``, ``savedmodel`` or an export
+                directory name such as ``tflite-int8`` (see :mod:`imagerec.runtime`).
             tta: test-time augmentation: average the probabilities of each image and its mirror image (twice the
                 model cost; for runs trained with horizontal flips, see :func:`with_flip_tta`).
 
@@ -118,9 +118,50 @@ class Classifier:
 
         What temperature scaling is fitted on and what parity compares; answers use :meth:`predict_proba`.
         """
+        return self.raw_outputs(batch)[0]
+
+    def raw_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(raw_proba, embedding)`` of a preprocessed batch in one model call; the embedding ``(N, D)``
+        (L2-normalised penultimate features) is None for an export written without one."""
         if len(batch) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
-        return self._run(batch)
+            return np.zeros((0, len(self.labels)), np.float32), None
+        return outputs_of(self._run, batch)
+
+    def embed(self, x: Any, batch_size: int = PredictSettings.batch_size) -> np.ndarray:
+        """L2-normalised embeddings ``(N, D)`` of one input or a list (paths, bytes, PIL images, arrays); raises
+        ImageRejected for an unreadable input, ImagerecError for a runtime without embeddings (an old export)."""
+        from imagerec.runtime import predict_in_batches
+
+        items = list(x) if isinstance(x, (list, tuple)) else [x]
+        batch = np.stack([self.preprocess(item) for item in items]) if items else np.zeros((0, 1))
+        _, emb = predict_in_batches(self.raw_outputs, batch, batch_size, embedding=True)
+        if emb is None:
+            raise ImagerecError(f"runtime {self.runtime!r} returns no embedding; re-export the run or use --runtime keras")
+        return emb
+
+    @property
+    def reference(self):
+        """The run's training-embedding reference (``imagerec.openworld.reference``), None when absent."""
+        if self._reference is None and self.run_dir.reference.exists():
+            from imagerec.openworld.reference import Reference
+
+            self._reference = Reference.load(self.run_dir.reference)
+        return self._reference
+
+    def ood_scores(self, embedding: np.ndarray | None) -> np.ndarray | None:
+        """Out-of-distribution scores ``(N,)`` (higher = further from the training data), or None."""
+        if embedding is None or self.reference is None:
+            return None
+        return self.reference.score(embedding)
+
+    def predict_scores(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities with the out-of-distribution score as one more column: ``(N, K + 1)``
+        (NaN where there is no score). One array per image, so batching, smoothing and stacking carry both;
+        :meth:`answers` reads it."""
+        probs, emb = self.raw_outputs(batch)
+        ood = self.ood_scores(emb)
+        ood = np.full(len(probs), np.nan, np.float32) if ood is None else ood
+        return np.concatenate([self.calibrated(probs), ood[:, None]], axis=1).astype(np.float32)
 
     def keras_model(self):
         """The run's own Keras model (loaded once, safely, when an export answers), for what needs its gradients or
@@ -173,21 +214,28 @@ class Classifier:
         Returns:
             One :class:`Prediction` per row, ``index`` = the row.
         """
-        probs = np.asarray(probs)
+        probs, ood = split_scores(np.asarray(probs), len(self.labels))
         if not calibrated:
             probs = self.calibrated(probs)
         limit = self.threshold_for(threshold)
+        ood_limit = self.ood_threshold if threshold != 0 else None
         k = max(1, min(top_k, len(self.labels)))
         order = np.argsort(-probs, axis=1)[:, :k]
         names = sources if sources is not None else [None] * len(probs)
         if self.task == "multilabel":  # each class at or above its own threshold (imagerec.multilabel)
-            return multilabel_answers(probs, self.labels, self.thresholds, order, names)
+            return multilabel_answers(probs, self.labels, self.thresholds, order, names, ood, ood_limit)
         out = []
         for i, row in enumerate(order):
             conf = float(probs[i, row[0]])
-            label = UNKNOWN if limit is not None and conf < limit else self.labels[row[0]]
+            score = None if ood is None or np.isnan(ood[i]) else float(ood[i])
+            reason = None
+            if limit is not None and conf < limit:
+                reason = "low_confidence"
+            elif ood_limit is not None and score is not None and score > ood_limit:
+                reason = "out_of_distribution"
+            label = UNKNOWN if reason else self.labels[row[0]]
             top = [(self.labels[j], float(probs[i, j])) for j in row]
-            out.append(Prediction(label, conf, top, names[i], i))
+            out.append(Prediction(label, conf, top, names[i], i, ood_score=score, reason=reason))
         return out
 
     def predict(
@@ -234,8 +282,7 @@ class Classifier:
                 where.append(index)
                 names.append(name)
             if arrays:
-                raw = self.raw_proba(np.stack(arrays))
-                answers = self.answers(raw, top_k, threshold, names, calibrated=False)
+                answers = self.answers(self.predict_scores(np.stack(arrays)), top_k, threshold, names)
                 for index, pred in zip(where, answers, strict=True):
                     results[index] = dataclasses.replace(pred, index=index)
         return results  # type: ignore[return-value]
@@ -247,24 +294,24 @@ class Classifier:
         split: str = EvaluateSettings.split,
         top_k: int = EvaluateSettings.top_k,
         write: bool = True,
+        ood: str | None = None,
     ) -> dict[str, Any]:
         """Metrics on the run's own held-out split, or on ``data`` (see :func:`imagerec.evaluate`)."""
         from imagerec.evaluation.evaluator import evaluate_classifier
 
-        return evaluate_classifier(self, data=data, split=split, top_k=top_k, write=write)
+        return evaluate_classifier(self, data=data, split=split, top_k=top_k, write=write, ood=ood)
 
     def calibrate(
         self,
         split: str = CalibrateSettings.split,
         target_accuracy: float | None = CalibrateSettings.target_accuracy,
+        ood_keep: float | None = CalibrateSettings.ood_keep,
     ) -> dict[str, Any]:
-        """Fit temperature scaling and an ``unknown`` threshold on ``split``; write ``RUN/calibration.json``.
-
-        This classifier answers with the new calibration at once (see ``imagerec.evaluation.calibrate``).
-        """
+        """Fit temperature scaling, the ``unknown`` confidence threshold and the out-of-distribution threshold on
+        ``split``; write ``RUN/calibration.json``. Answers use them at once (``imagerec.evaluation.calibrate``)."""
         from imagerec.evaluation.calibration import calibrate
 
-        return calibrate(self, split=split, target_accuracy=target_accuracy)
+        return calibrate(self, split=split, target_accuracy=target_accuracy, ood_keep=ood_keep)
 
     def explain(self, image: Any, out: str | os.PathLike, class_name: str | None = None) -> dict[str, Any]:
         """Grad-CAM of what the model looked at in ``image``, written as a PNG (see ``imagerec.evaluation``)."""
@@ -307,6 +354,7 @@ def evaluate(
     top_k: int = EvaluateSettings.top_k,
     write: bool = True,
     tta: bool = False,
+    ood: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its own held-out ``split`` (default ``test``) or on ``data`` with the same class names.
 
@@ -320,6 +368,8 @@ def evaluate(
         top_k: k of ``top_k_accuracy``.
         write: write ``RUN/evaluation/`` (metrics.json, predictions.csv, pictures, report.html).
         tta: average each image with its mirror image (runs trained with horizontal flips only).
+        ood: a folder of images of none of the classes: adds ``"ood"`` (AUROC, FPR at 95% TPR, and the
+            max-softmax baseline's).
 
     Returns:
         The content of ``metrics.json``: ``accuracy``, ``top_k_accuracy``, ``macro``, ``weighted``,
@@ -334,7 +384,7 @@ def evaluate(
         >>> m["accuracy"], m["macro"]["f1"], m["per_class"]["Shirt"]["recall"]
     """
     EvaluateSettings(split=split, top_k=top_k).validate()  # before the model loads
-    return Classifier.load(run, tta=tta).evaluate(data=data, split=split, top_k=top_k, write=write)
+    return Classifier.load(run, tta=tta).evaluate(data=data, split=split, top_k=top_k, write=write, ood=ood)
 
 
 def compare(runs: list[str | os.PathLike], split: str = EvaluateSettings.split) -> list[dict[str, Any]]:
@@ -347,36 +397,3 @@ def compare(runs: list[str | os.PathLike], split: str = EvaluateSettings.split) 
 
     # the runs' own Keras models: compare reports their parameters and size, which an export does not have
     return compare_runs([Classifier.load(run, runtime="keras") for run in runs], split=split)
-
-
-def trained_with_flips(config: dict[str, Any]) -> bool | None:
-    """Whether the run's augmentation mirrored images horizontally (None: not recorded)."""
-    from imagerec.data.augment import augment_flips
-
-    preset = ((config.get("config") or {}).get("augment") or {}).get("preset")
-    return augment_flips(preset) if isinstance(preset, str) else None
-
-
-def check_flip_tta(config: dict[str, Any]) -> None:
-    """Refuse flip TTA for a run that never saw mirrored images (digits, text: a mirror is another thing)."""
-    if trained_with_flips(config) is False:
-        preset = config["config"]["augment"]["preset"]
-        raise ImagerecError(
-            f"--tta averages each image with its mirror image, but this run was trained without flips "
-            f"(augmentation {preset!r}), so mirrored images are not what it learned; drop --tta"
-        )
-
-
-def with_flip_tta(run_fn):
-    """``batch -> probs`` averaged over the batch and its horizontal mirror (flip test-time augmentation).
-
-    Like fastai's ``Learner.tta`` and Ultralytics' ``augment=True``, reduced to the one view that is exactly
-    label-preserving for a run trained with flips. One model call on the stacked ``2N`` images.
-    """
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch)
-        probs = run_fn(np.concatenate([batch, batch[:, :, ::-1]]))
-        return 0.5 * (probs[: len(batch)] + probs[len(batch) :])
-
-    return run

@@ -21,7 +21,8 @@ UNKNOWN = "unknown"
 class Prediction:
     """One image's answer: the top label, its confidence, and the top-k ``(label, score)`` pairs.
 
-    ``label`` is ``"unknown"`` when calibration's rejection threshold is on and the confidence is below it.
+    ``label`` is ``"unknown"`` when the confidence is below the calibrated threshold or the out-of-distribution
+    score above its threshold (``reason`` says which).
     """
 
     label: str
@@ -80,6 +81,14 @@ def softmax_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def split_scores(scores: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probabilities (N, K), OOD scores (N,) or None)`` of ``Classifier.predict_scores`` rows (or plain
+    probabilities)."""
+    if scores.ndim == 2 and scores.shape[1] == num_classes + 1:
+        return scores[:, :num_classes], scores[:, num_classes]
+    return scores, None
+
+
 class EMASmoother:
     """Smooth a stream of probability vectors of one source (a video, a browser camera session)."""
 
@@ -102,4 +111,4 @@ class EMASmoother:
         self.state = None
 
 
-__all__ = ["UNKNOWN", "EMASmoother", "Prediction", "PredictionError", "softmax_temperature"]
+__all__ = ["UNKNOWN", "EMASmoother", "Prediction", "PredictionError", "softmax_temperature", "split_scores"]

@@ -333,6 +333,8 @@ class CalibrateSettings(Settings):
 
     target_accuracy: float | None = number(0.95, gt=0, le=1)  # None: store no threshold (--no-threshold)
     split: str = "val"
+    # the share of in-distribution (validation) images the out-of-distribution threshold keeps (its TPR)
+    ood_keep: float | None = number(0.95, gt=0, lt=1)  # None: store no OOD threshold
 
 
 @dataclass(frozen=True)

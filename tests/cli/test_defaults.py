@@ -63,6 +63,8 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
     ("compare", "--split"): (EvaluateSettings, "split"),
     ("calibrate", "--target-accuracy"): (CalibrateSettings, "target_accuracy"),
     ("calibrate", "--split"): (CalibrateSettings, "split"),
+    ("calibrate", "--ood-keep"): (CalibrateSettings, "ood_keep"),
+    ("embed", "--batch-size"): (PredictSettings, "batch_size"),
     ("data issues", "--splits"): (IssuesSettings, "splits"),  # comma-joined on the command line
     ("data issues", "--limit"): (IssuesSettings, "limit"),
     ("data issues", "--max-p"): (IssuesSettings, "max_p_given"),
@@ -77,7 +79,7 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
 CONSTANTS = {
     ("export", "--parity-images"): "PARITY_IMAGES",
     ("export", "--format"): "EXPORT_FORMAT",
-    **{(cmd, "--runtime"): "RUNTIME" for cmd in ("predict", "video", "serve")},
+    **{(cmd, "--runtime"): "RUNTIME" for cmd in ("predict", "video", "serve", "embed")},
 }
 
 TRAIN_FLAGS = {
@@ -126,7 +128,8 @@ CLI_ONLY = {
     "models": {"--image-size", "--channels"},
     "demo": {"--out"},
     "lr-find": set(),
-    "evaluate": {"--data", "--json", "--tta"},
+    "evaluate": {"--data", "--json", "--tta", "--ood"},
+    "embed": {"--out"},
     "report": set(),
     "explain": {"--out", "--class"},
     "compare": {"--json"},

@@ -80,6 +80,15 @@ def _print_metrics(metrics: dict[str, Any], run: str) -> None:
     )
     if metrics.get("skipped_images"):
         console.print(f"[yellow]skipped {metrics['skipped_images']} undecodable image(s)[/yellow]")
+    if ood := metrics.get("ood"):
+        ours = "n/a (no embedding reference)" if ood["auroc"] is None else (
+            f"AUROC {ood['auroc']:.4f}, FPR@95%TPR {ood['fpr_at_95_tpr']:.4f} ({ood['method']})"
+        )  # fmt: skip
+        console.print(
+            f"out-of-distribution ({ood['num_images']} images of {ood['source']}): {ours}; max-softmax baseline "
+            f"AUROC {ood['msp_auroc']:.4f}, FPR@95%TPR {ood['msp_fpr_at_95_tpr']:.4f}; answered 'unknown': "
+            f"{ood['ood_answered_unknown']:.1%} of them, {ood['in_distribution_answered_unknown']:.1%} of the test images"
+        )
 
 
 @app.command("evaluate")
@@ -98,11 +107,14 @@ def evaluate(
         "--tta",
         help="Average each image with its mirror image (runs trained with flips; 2x the cost).",
     ),
+    ood: str = typer.Option(
+        None, "--ood", help="Folder (or builtin:NAME) of images of none of the classes: how well they are told apart."
+    ),
 ) -> None:
     """Metrics, pictures and report.html of RUN on its held-out split (written to RUN/evaluation/)."""
     from imagerec.classifier import evaluate as evaluate_run
 
-    metrics = evaluate_run(run, data=data, split=split, top_k=top_k, tta=tta)
+    metrics = evaluate_run(run, data=data, split=split, top_k=top_k, tta=tta, ood=ood)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
@@ -187,16 +199,23 @@ def calibrate(
         help="Selective accuracy the 'unknown' threshold aims for.",
     ),
     no_threshold: bool = typer.Option(
-        False, "--no-threshold", help="Store the temperature only (never answer 'unknown')."
+        False, "--no-threshold", help="Store the temperature only (no 'unknown' threshold of either kind)."
     ),
     split: str = option(CalibrateSettings, "split", "--split", help="Held-out split to fit on."),
+    ood_keep: float = option(
+        CalibrateSettings,
+        "ood_keep",
+        "--ood-keep",
+        help="Share of the split's images the out-of-distribution threshold keeps (its true-positive rate).",
+    ),
 ) -> None:
     """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
     from imagerec.classifier import Classifier
 
-    CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
+    CalibrateSettings(target_accuracy=target_accuracy, split=split, ood_keep=ood_keep).validate()
     clf = Classifier.load(run)
-    rec = clf.calibrate(split=split, target_accuracy=None if no_threshold else target_accuracy)
+    no = no_threshold
+    rec = clf.calibrate(split=split, target_accuracy=None if no else target_accuracy, ood_keep=None if no else ood_keep)
     typer.echo(
         f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
         f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"
@@ -217,6 +236,11 @@ def calibrate(
         typer.echo(
             f"answers 'unknown' below confidence {rec['threshold']:.4f}: keeps {rec['coverage']:.1%} of {split} images "
             f"at >= {target_accuracy:.0%} accuracy (predict --threshold 0 turns it off)"
+        )
+    if rec.get("ood_threshold") is not None:
+        typer.echo(
+            f"answers 'unknown' above out-of-distribution score {rec['ood_threshold']:.4f}: keeps "
+            f"{rec['ood_keep']:.0%} of {split} images (imagerec evaluate --ood DIR measures it on foreign images)"
         )
     typer.echo(f"wrote {run / 'calibration.json'}")
 

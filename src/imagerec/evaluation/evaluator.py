@@ -28,6 +28,7 @@ def evaluate_classifier(
     split: str = EvaluateSettings.split,
     top_k: int = EvaluateSettings.top_k,
     write: bool = True,
+    ood: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``clf`` on its run's ``split`` or on ``data`` (what ``Classifier.evaluate`` returns).
 
@@ -37,6 +38,8 @@ def evaluate_classifier(
         split: which split of the manifest (or of ``data`` when it has fixed splits).
         top_k: k of ``top_k_accuracy``.
         write: write ``RUN/evaluation/`` (metrics.json, predictions.csv, pictures, report.html).
+        ood: a folder (or ``builtin:NAME``) of images of none of the classes: adds ``"ood"`` (AUROC and FPR at 95%
+            TPR of the OOD score and of the max-softmax baseline, see :mod:`imagerec.evaluation.ood`).
 
     Returns:
         The content of ``metrics.json``.
@@ -76,8 +79,20 @@ def evaluate_classifier(
         metrics["accuracy_answered"] = (
             float((probs.argmax(1) == evalset.y)[kept].mean()) if kept.any() else None
         )
+    scores = None
+    if ood is not None:
+        from imagerec.evaluation.ood import ood_metrics
+
+        metrics["ood"] = ood_metrics(clf, evalset.images, ood, EVAL_BATCH)
+        scores = dict(metrics["ood"])
+        del metrics["ood"]["_scores"]
     if write:
         write_outputs(clf, evalset, probs, metrics)
+        if scores is not None:
+            from imagerec.evaluation.ood import ood_png
+
+            ood_png(scores, clf.run_dir.evaluation / "ood_scores.png")
+            write_report(clf.run_dir)
     return metrics
 
 

@@ -146,6 +146,23 @@ def f1_bars_png(per_class: dict[str, dict[str, float]], path: str | Path) -> Pat
     return _save(fig, path)
 
 
+def score_histograms_png(
+    panels: list[tuple[str, np.ndarray, np.ndarray]], names: tuple[str, str], path: str | Path
+) -> Path:
+    """One panel per ``(title, scores_a, scores_b)``: the two score distributions as overlaid histograms."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.4), squeeze=False)
+    for ax, (title, a, b) in zip(axes[0], panels, strict=True):
+        both = np.r_[a, b]
+        bins = np.linspace(float(both.min()), float(both.max()) + 1e-9, 50)
+        ax.hist(a, bins=bins, alpha=0.6, density=True, label=names[0])
+        ax.hist(b, bins=bins, alpha=0.6, density=True, label=names[1])
+        ax.set_title(title)
+        ax.set_xlabel("score (higher = further from the training data)")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def reliability_png(bins: list[dict[str, float]], ece: float, path: str | Path, title: str = "") -> Path:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with the image count per bin."""
     plt = _plt()

@@ -52,6 +52,11 @@ PICTURES = (
         "Multi-label: of the images of the row's class, the share where the column's class was predicted.",
     ),
     (
+        "ood_scores.png",
+        "Out-of-distribution scores",
+        "Test images against images of none of the classes (imagerec evaluate --ood): the less overlap, the better.",
+    ),
+    (
         "most_wrong.png",
         "Most confidently wrong images",
         "The model's most confident mistakes, with true and predicted labels.",

@@ -94,6 +94,11 @@ class RunDir:
         """A multi-label run's per-class thresholds, tuned on validation (``imagerec.multilabel``)."""
         return self.path / "thresholds.json"
 
+    @property
+    def reference(self) -> Path:
+        """The training embeddings' reference of the out-of-distribution score (``imagerec.openworld``)."""
+        return self.path / "reference.npz"
+
     # state ------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.config.exists() or self.model.exists() or self.backup.exists()

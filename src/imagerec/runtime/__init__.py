@@ -59,22 +59,34 @@ def get_runtime(name: str) -> Factory:
     return registry[name]
 
 
+def outputs_of(fn: Callable, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probabilities, embedding or None)`` of one batch: ``fn.outputs`` where the runtime has an embedding
+    (Keras, and exports written with one), else ``(fn(batch), None)``."""
+    outputs = getattr(fn, "outputs", None)
+    out = outputs(batch) if outputs is not None else fn(batch)
+    if isinstance(out, tuple):  # a runtime's outputs, or a Classifier's raw_outputs
+        return out
+    return np.asarray(out, np.float32), None
+
+
 def predict_in_batches(
-    fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int
-) -> np.ndarray:
+    fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int, embedding: bool = False
+):
     """THE batched probability loop: ``fn`` over ``images`` in slices of ``batch_size``, concatenated ``(N, K)``.
 
     ``fn`` is a runtime callable (or a Classifier's ``predict_proba``); an empty input gives ``(0, K)`` only when
-    ``fn`` accepts an empty batch, so callers with possibly empty inputs pass ``num_classes``.
+    ``fn`` accepts an empty batch, so callers with possibly empty inputs pass ``num_classes``. With
+    ``embedding=True`` it returns ``(probabilities, embeddings or None)`` (see :func:`outputs_of`).
     """
     if batch_size < 1:
         raise ImagerecError(f"batch_size must be >= 1, got {batch_size}")
-    parts = [
-        np.asarray(fn(images[i : i + batch_size]), np.float32) for i in range(0, len(images), batch_size)
-    ]
-    if not parts:
-        return np.asarray(fn(images[:0]), np.float32)
-    return np.concatenate(parts)
+    step = (lambda b: outputs_of(fn, b)) if embedding else (lambda b: (fn(b), None))
+    parts = [step(images[i : i + batch_size]) for i in range(0, len(images), batch_size)] or [step(images[:0])]
+    probs = np.concatenate([np.asarray(p, np.float32) for p, _ in parts])
+    if not embedding:
+        return probs
+    embs = [e for _, e in parts]
+    return probs, (None if any(e is None for e in embs) else np.concatenate(embs).astype(np.float32))
 
 
-__all__ = ["Factory", "get_runtime", "predict_in_batches", "runtime_names"]
+__all__ = ["Factory", "get_runtime", "outputs_of", "predict_in_batches", "runtime_names"]

@@ -5,6 +5,8 @@ const state = {
   key: sessionStorage.getItem("imagerec-key") || "", camera: null, cameraAbort: null, session: null, numClasses: 5,
 };
 const $ = (id) => document.getElementById(id);
+// why an answer is "unknown" (the server's "reason")
+const REASONS = { low_confidence: "not sure", out_of_distribution: "unlike the training images" };
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -90,6 +92,7 @@ async function classifyFile(file) {
     const result = (await response.json()).predictions[0];
     li.className = "result ok";
     status.textContent = `${result.label} (${(result.confidence * 100).toFixed(1)}%)`;
+    if (result.reason) status.textContent += ` · ${REASONS[result.reason] || result.reason}`;
     li.setAttribute("aria-label", `${file.name}: ${result.label}`);
     body.append(renderBars(result.top_k));
   } catch (err) {
@@ -139,6 +142,7 @@ async function cameraLoop(stream, abort) {
         const shown = answer.smoothed || answer;
         frames += 1;
         result.textContent = `${shown.label} ${(shown.confidence * 100).toFixed(0)}%`;
+        if (shown.reason) result.textContent += ` · ${REASONS[shown.reason] || shown.reason}`;
         result.dataset.label = shown.label;
         result.dataset.frames = String(frames);
       } catch (err) {
