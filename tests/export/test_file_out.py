@@ -17,6 +17,15 @@ def _paths(run: Path) -> list[str]:
     return [r.path for r in rows_for(read_manifest(run / "manifest.csv"), "test")][:6]
 
 
+def _optional(run: Path) -> list[str]:
+    """The sidecars an export copies when the run has them: the OOD reference (every new run), calibration..."""
+    from imagerec.export.publish import SIDECARS
+
+    found = [n for n in SIDECARS if n not in ("labels.json", "config.json") and (run / n).exists()]
+    assert "reference.npz" in found
+    return found
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -28,7 +37,8 @@ def test_out_file_writes_the_file_and_its_sidecars(run_copy, tmp_path, cli, caps
     assert cli(argv) == 0, capsys.readouterr().err
     assert dest.is_file(), "the artifact must be a file, not a folder named like one"
     written = {p.name for p in dest.parent.iterdir()}
-    assert written == {name, *(f"{name}.{s}" for s in ("export.json", "labels.json", "config.json"))}, written
+    sidecars = ("export.json", "labels.json", "config.json", *_optional(run_copy))
+    assert written == {name, *(f"{name}.{s}" for s in sidecars)}, written
     record = json.loads((dest.parent / f"{name}.export.json").read_text())
     assert record["artifact"] == name and record["format"] == fmt
     # every file of the export is readable like the artifact (the JSON records were 0600)
@@ -52,7 +62,7 @@ def test_export_directory_files_are_readable(run_copy, cli):
     assert cli(["export", str(run_copy), "--format", "tflite", "--parity-images", "8"]) == 0
     folder = run_copy / "exports" / "tflite"
     modes = {p.name: _mode(p) for p in folder.iterdir()}
-    assert set(modes) == {"model.tflite", "export.json", "labels.json", "config.json"}
+    assert set(modes) == {"model.tflite", "export.json", "labels.json", "config.json", *_optional(run_copy)}
     assert set(modes.values()) == {modes["model.tflite"]}, modes
     assert _mode(run_copy / "exports" / "runtime.json") == modes["model.tflite"]
 

@@ -8,6 +8,8 @@ Example:
 
 Each export is built in a temporary folder beside its destination, checked on the run's test split, and only
 renamed into place when parity passes (see :mod:`imagerec.export.parity`); ``export.json`` records it all.
+Every artifact returns the probabilities and, as a second output, the embedding (``with_embedding``); the run's
+``reference.npz`` and ``calibration.json`` travel with it, so an export answers with the run's ``ood_score``.
 Exports made into the run (no ``out``) are then timed briefly against the Keras model, and the fastest is recorded
 in ``RUN/exports/runtime.json``: ``Classifier.load(run)`` (runtime ``auto``) uses it from then on when it answers
 like the Keras model (unquantized, same top-1 on every parity image; ``auto-quantized`` may pick any that passed)
@@ -26,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from imagerec.errors import ImagerecError
 from imagerec.export.formats import (
     EXPORT_JSON,
     FORMATS,
@@ -45,6 +48,7 @@ from imagerec.export.publish import (
 )
 from imagerec.quiet import quiet_stderr
 from imagerec.run import RunDir
+from imagerec.runtime.exported import HASHED_SIDECARS
 from imagerec.settings import EXPORT_FORMAT, PARITY_IMAGES
 from imagerec.utils import atomic_write_json, sha256_file
 
@@ -119,30 +123,22 @@ def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, pa
             f"{str(run_dir.path)!r} is not a run directory (no model.keras); export from the run"
         )
     run_dir.require()
-    from imagerec.export.parity import evaluation_images
-    from imagerec.runtime import predict_in_batches
+    from imagerec.runtime.keras import KerasRuntime
 
     model = (
         classifier.model
         if classifier.runtime == "keras" and classifier.model is not None
         else run_dir.load_model()
     )
-    images, _, split = evaluation_images(run_dir, parity_images)
-    if not len(images):
-        raise ExportError(
-            f"run {str(run_dir.path)!r}: no readable test or val images in manifest.csv to check parity on; "
-            "restore the dataset files at the paths in the manifest"
-        )
-    reference = predict_in_batches(
-        lambda x: model(x.astype("float32"), training=False).numpy(), images, PARITY_BATCH
-    )
-    # the reference above is the model as the keras runtime runs it; exports are made from its float32 twin
-    keras_model, model = model, float32_model(model)
+    keras_fn = KerasRuntime(model, classifier.image_size, classifier.channels)
+    check = parity_data(run_dir, keras_fn, parity_images)
+    # the check above is the model as the keras runtime runs it; exports are made from its float32 twin, with the
+    # embedding as a second output
+    model = export_model(float32_model(model))
     parent = Path(out) if out is not None and format == "all" else run_dir.exports
     records, failures = [], {}
     for fmt, q in pairs:
         dest = Path(out) if out is not None and format != "all" else parent / export_name(fmt, q)
-        check = (images, reference, split)
         try:
             with quiet_stderr():  # converters print their settings and deprecation notices
                 records.append(_export_one(classifier, model, fmt, q, dest, check, representative_images))
@@ -150,7 +146,7 @@ def export_records(classifier, format=EXPORT_FORMAT, quantize=None, out=None, pa
             failures[export_name(fmt, q)] = _failure_line(export_name(fmt, q), exc)
             log.debug("%s export failed", export_name(fmt, q), exc_info=True)
     if out is None and records:  # the run's own exports: time them so that runtime ``auto`` picks the fastest
-        _record_default_runtime(classifier, keras_model, records, images)
+        _record_default_runtime(classifier, keras_fn, records, check.images)
     if failures:
         raise ExportFailures(failures, records, str(parent))
     return (parent if format == "all" else Path(records[0]["path"])), records
@@ -166,15 +162,44 @@ def _failure_line(name: str, exc: Exception) -> str:
     return f"{name} export failed: {kind}{text}; nothing was published for it"
 
 
-def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any]], images) -> None:
-    from imagerec.export.benchmark import quick_default_runtime
-    from imagerec.runtime.keras import KerasRuntime
+def export_model(model):
+    """The network every export writes: ``with_embedding(model)`` (probabilities, then the embedding), or the
+    model itself when it has no embedding (no ``logits`` layer: not built by the registry)."""
+    from imagerec.openworld.features import with_embedding
 
-    keras_fn = (
-        classifier.raw_proba
-        if classifier.runtime == "keras"
-        else KerasRuntime(keras_model, classifier.image_size, classifier.channels)
-    )
+    try:
+        return with_embedding(model)
+    except ImagerecError:
+        return model
+
+
+def parity_data(run_dir: RunDir, keras_fn, parity_images: int):
+    """The Keras model's answers on the run's held-out images, and the run's OOD reference: what exports match.
+
+    Raises:
+        ExportError: the run has no readable test or val image.
+        RunError: the run's ``reference.npz`` is unreadable (rebuilt by ``imagerec calibrate``).
+    """
+    from imagerec.export.parity import ParityData, evaluation_images
+    from imagerec.openworld.reference import Reference
+    from imagerec.runtime import predict_in_batches
+    from imagerec.utils import read_json
+
+    images, _, split = evaluation_images(run_dir, parity_images)
+    if not len(images):
+        raise ExportError(
+            f"run {str(run_dir.path)!r}: no readable test or val images in manifest.csv to check parity on; "
+            "restore the dataset files at the paths in the manifest"
+        )
+    probs, embedding = predict_in_batches(keras_fn, images, PARITY_BATCH, embedding=True)
+    reference = Reference.load(run_dir.reference) if run_dir.reference.is_file() else None
+    calibration = read_json(run_dir.calibration) if run_dir.calibration.is_file() else {}
+    return ParityData(images, probs, embedding, split, reference, calibration.get("ood_threshold"))
+
+
+def _record_default_runtime(classifier, keras_fn, records: list[dict[str, Any]], images) -> None:
+    from imagerec.export.benchmark import quick_default_runtime
+
     written = [export_name(r["format"], r["quantization"]) for r in records]
     quick_default_runtime(classifier.run_dir.path, keras_fn, written, images)
 
@@ -182,11 +207,9 @@ def _record_default_runtime(classifier, keras_model, records: list[dict[str, Any
 def _export_one(
     classifier, model, fmt_name: str, quantize: str, dest: Path, check, representative_images: int
 ):
-    from imagerec.export.parity import parity, run_spec, split_images
-    from imagerec.runtime import predict_in_batches
+    from imagerec.export.parity import run_spec, split_images
 
     fmt = FORMATS[fmt_name]
-    images, reference, split = check
     spec = run_spec(classifier.run_dir)
     representative = None
     if quantize == "int8":
@@ -209,16 +232,16 @@ def _export_one(
         runtime = module.Runtime(
             artifact, None, {"image_size": spec["image_size"], "channels": spec["channels"]}
         )
-        result = parity(reference, predict_in_batches(runtime, images, PARITY_BATCH), quantize, split)
+        result = _check(runtime, check, quantize)
         record = _record(classifier, fmt_name, quantize, artifact, spec, result)
         record["artifact"] = dest.name if as_file else fmt.artifact
         if not result["passed"]:
             raise ExportError(
-                f"{export_name(fmt_name, quantize)} export failed its parity check: top-1 agreement "
-                f"{result['top1_agreement_excluding_ties']:.2%} (near-ties excluded) < {result['threshold']:.0%} on {result['num_images']} {split} images "
-                f"(max prob diff {result['max_abs_prob_diff']}); nothing was written to {str(dest)!r}"
+                f"{export_name(fmt_name, quantize)} export failed its parity check: {_parity_failure(result)}; "
+                f"nothing was written to {str(dest)!r}"
             )
         copy_sidecars(classifier.run_dir.path, tmp)
+        record["sidecars"] = {n: sha256_file(tmp / n) for n in HASHED_SIDECARS if (tmp / n).is_file()}
         atomic_write_json(tmp / EXPORT_JSON, record)
         if as_file:
             publish_file(tmp, fmt, dest)
@@ -228,6 +251,31 @@ def _export_one(
         shutil.rmtree(tmp, ignore_errors=True)
     record["path"] = str(dest)
     return record
+
+
+def _check(runtime, check, quantize: str) -> dict[str, Any]:
+    from imagerec.export.parity import check as parity_check
+    from imagerec.runtime import predict_in_batches
+
+    probs, embedding = predict_in_batches(runtime, check.images, PARITY_BATCH, embedding=True)
+    return parity_check(check, probs, embedding, quantize)
+
+
+def _parity_failure(result: dict[str, Any]) -> str:
+    """Why a parity record failed, in words: the top-1 agreement, else the embedding's similarity."""
+    n, split = result["num_images"], result["split"]
+    if result.get("top1_agreement_excluding_ties", 0.0) < result["threshold"]:
+        return (
+            f"top-1 agreement {result.get('top1_agreement_excluding_ties', 0.0):.2%} (near-ties excluded) < "
+            f"{result['threshold']:.0%} on {n} {split} images (max prob diff {result.get('max_abs_prob_diff')})"
+        )
+    emb = result["embedding"]
+    if not emb["present"]:
+        return "the artifact has no embedding output, but the Keras model has one"
+    return (
+        f"embedding cosine similarity {emb['cosine_mean']:.4f} (mean; min {emb['cosine_min']:.4f}) < "
+        f"{emb['threshold']} on {n} {split} images"
+    )
 
 
 def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dict[str, Any]:
@@ -262,14 +310,23 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
         "versions": {"tensorflow": tf.__version__},
         "parity": result,
     }
+    embedding = result.get("embedding") or {}
+    if embedding.get("present"):  # the second output (the first stays ``output``, as before embeddings)
+        record["embedding_output"] = {
+            "name": "embedding",
+            "shape": [None, embedding["dims"]],
+            "dtype": "float32",
+            "normalised": "L2 (the input of the logits layer); ood_score = reference.npz's score of it",
+        }
     if fmt_name == "onnx":
         from imagerec.export.onnx import OPSET
 
         record["opset"] = OPSET
     if fmt_name == "savedmodel":
+        outputs = "probabilities, labels" + (", embedding" if embedding.get("present") else "")
         record["signatures"] = {
-            "serving_default": "images: string [N] (encoded JPEG/PNG/...) -> probabilities, labels",
-            "serving_pixels": f"pixels: float32 [N,{size},{size},{channels}] -> probabilities, labels",
+            "serving_default": f"images: string [N] (encoded JPEG/PNG/...) -> {outputs}",
+            "serving_pixels": f"pixels: float32 [N,{size},{size},{channels}] -> {outputs}",
         }
     return record
 

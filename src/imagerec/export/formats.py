@@ -7,7 +7,13 @@ An export directory is self-contained (copy it to another machine and ``Classifi
       export.json       format, quantization, input shape/dtype, preprocessing, labels, source run, sha256, parity
       labels.json       class names in output order (the sidecar every runtime reads)
       config.json       the run's preprocessing contract (image_size, channels, resize, class_names)
-      calibration.json  copied from the run when it has one
+      calibration.json  copied from the run when it has one (temperature, thresholds, ood_threshold)
+      reference.npz     the run's training-embedding reference, copied when it has one (the OOD score's data)
+      thresholds.json   a multi-label run's per-class thresholds, copied when it has them
+
+The artifact has two outputs: ``probabilities`` (first, ``[N, K]``, as before) and ``embedding`` (``[N, D]``,
+L2-normalised, see :mod:`imagerec.openworld.features`), so every runtime computes the run's ``ood_score``.
+An export written before embeddings has ``probabilities`` only; its runtime answers without ``ood_score``.
 
 Inside a run, exports live in ``RUN/exports/<format>[-<quantization>]/`` (``tflite``, ``tflite-int8``, ...).
 Each format's module has ``export_artifact(...)`` and a ``Runtime`` class; :mod:`imagerec.runtime` opens and
@@ -25,6 +31,7 @@ from imagerec.utils import sha256_file
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 EXPORT_JSON = "export.json"
+PROBABILITIES = "probabilities"  # the artifact's first output; openworld.features.EMBEDDING the second
 
 
 class ExportError(ImagerecError):
@@ -105,6 +112,14 @@ def check_quantization(fmt: ExportFormat, quantize: str) -> str:
 def export_name(fmt: str, quantize: str) -> str:
     """The export directory name inside ``RUN/exports``: ``tflite``, ``tflite-int8``, ``onnx``, ``savedmodel``."""
     return fmt if quantize in (None, "none") else f"{fmt}-{quantize}"
+
+
+def model_outputs(model, x) -> tuple:
+    """``(probabilities, embedding or None)`` of a model with one output or two (``with_embedding``'s)."""
+    out = model(x, training=False)
+    if isinstance(out, (list, tuple)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
 
 
 def tree_sha256(path: Path) -> str:

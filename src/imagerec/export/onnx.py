@@ -1,7 +1,8 @@
 """ONNX export through ``tf2onnx`` (opset 17) and its ``onnxruntime`` runtime.
 
-The graph takes ``image``: float32 ``[N, S, S, C]`` pixels 0..255 (preprocessing inside) and returns the
-softmax probabilities ``[N, K]``; class names travel in the ``labels.json`` sidecar and in the model's
+The graph takes ``image``: float32 ``[N, S, S, C]`` pixels 0..255 (preprocessing inside) and returns
+``probabilities`` (the softmax, ``[N, K]``, first) and ``embedding`` (``[N, D]``, L2-normalised; absent from
+exports written before embeddings); class names travel in the ``labels.json`` sidecar and in the model's
 metadata (``labels``, JSON).
 """
 
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imagerec.export.formats import PROBABILITIES
+from imagerec.openworld.features import EMBEDDING
 
 OPSET = 17
 
@@ -31,13 +35,14 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
     # graph inputs, so the constants a layer holds as plain tensors (the Normalization mean/variance inside
     # EfficientNetV2's preprocessing) became required ONNX inputs that no caller can feed.
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    image, probs = frozen.inputs[0].name, frozen.outputs[0].name
+    image = frozen.inputs[0].name
+    outputs = [t.name for t in frozen.outputs]  # probabilities, then the embedding (with_embedding's order)
     proto, _ = tf2onnx.convert.from_graph_def(
         frozen.graph.as_graph_def(),
         input_names=[image],
-        output_names=[probs],
+        output_names=outputs,
         opset=OPSET,
-        tensors_to_rename={image: "image", probs: "probabilities"},
+        tensors_to_rename={image: "image", **dict(zip(outputs, (PROBABILITIES, EMBEDDING), strict=False))},
     )
     extra = [i.name for i in proto.graph.input if i.name != "image"]
     if extra:
@@ -64,7 +69,20 @@ class Runtime:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        self.output_names = [PROBABILITIES if PROBABILITIES in names else names[0]]
+        if EMBEDDING in names:  # not in an export written before embeddings
+            self.output_names.append(EMBEDDING)
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities (N, K), embedding (N, D) or None)``: None for an export written before embeddings."""
+        x = np.asarray(batch, dtype=np.float32)
+        out = [
+            o.astype(np.float32, copy=False)
+            for o in self.session.run(self.output_names, {self.input_name: x})
+        ]
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+        return self.session.run(self.output_names[:1], {self.input_name: x})[0].astype(np.float32, copy=False)

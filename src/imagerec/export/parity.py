@@ -2,12 +2,17 @@
 
 Top-1 agreement (share of images where both pick the same class) and the largest absolute difference of any
 class probability. An export passes when agreement >= 99% (float formats) or >= 97% (int8), near-ties excluded
-(see :func:`parity`).
+(see :func:`parity`), and when its embedding (the artifact's second output) points where the Keras one does: mean
+cosine similarity >= 0.99 for the float exports (float32, float16, dynamic), a looser bar for int8, whose
+activations are 8-bit (see ``EMBEDDING_THRESHOLDS``). When the run has an embedding reference (``reference.npz``)
+the out-of-distribution scores of both are compared too, and recorded (not a pass/fail bar: a score near
+``ood_threshold`` may legitimately fall on the other side after rounding).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,20 @@ from imagerec.run import RunDir
 THRESHOLDS = {"none": 0.99, "float16": 0.99, "dynamic": 0.99, "int8": 0.97}
 #: a disagreement where the reference's own scores of the two classes differ by less than this is a near-tie
 TIE_MARGIN = {"none": 0.05, "float16": 0.05, "dynamic": 0.05, "int8": 0.1}
+#: the mean cosine similarity of an export's embedding to the Keras one that passes (min and mean are recorded)
+EMBEDDING_THRESHOLDS = {"none": 0.99, "float16": 0.99, "dynamic": 0.99, "int8": 0.95}
+
+
+@dataclass(frozen=True)
+class ParityData:
+    """What an export is checked against: the run's held-out images and the Keras model's answers on them."""
+
+    images: np.ndarray  # uint8 (N, S, S, C)
+    probs: np.ndarray  # (N, K)
+    embedding: np.ndarray | None  # (N, D); None for a model without one
+    split: str
+    reference: Any = None  # the run's imagerec.openworld.reference.Reference, None without one
+    ood_threshold: float | None = None
 
 
 def run_spec(run_dir: RunDir) -> dict[str, Any]:
@@ -118,8 +137,71 @@ def parity(reference: np.ndarray, candidate: np.ndarray, quantize: str, split: s
     }
 
 
+def check(data: ParityData, probs: np.ndarray, embedding: np.ndarray | None, quantize: str) -> dict[str, Any]:
+    """The parity record of an export's outputs: :func:`parity` of the probabilities, plus ``embedding`` (and
+    ``ood``) when the Keras model has an embedding; ``passed`` needs both."""
+    result = parity(data.probs, probs, quantize, data.split)
+    if data.embedding is None or not len(data.embedding):
+        return result
+    result["embedding"] = embedding_parity(data.embedding, embedding, quantize)
+    result["passed"] = bool(result["passed"] and result["embedding"]["passed"])
+    if data.reference is not None and embedding is not None:
+        result["ood"] = ood_parity(data.reference.score(data.embedding), data.reference.score(embedding),
+                                   data.ood_threshold)  # fmt: skip
+    return result
+
+
+def embedding_parity(reference: np.ndarray, candidate: np.ndarray | None, quantize: str) -> dict[str, Any]:
+    """Cosine similarity of two embedding arrays ``(N, D)``, row by row: its mean (the bar) and minimum."""
+    threshold = EMBEDDING_THRESHOLDS.get(quantize, 0.99)
+    if candidate is None:
+        return {"present": False, "threshold": threshold, "passed": False}
+    a, b = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = (a * b).sum(1) / np.maximum(norms, 1e-12)
+    mean = float(cosine.mean())
+    return {
+        "present": True,
+        "dims": int(a.shape[1]),
+        "cosine_mean": round(mean, 6),
+        "cosine_min": round(float(cosine.min()), 6),
+        "threshold": threshold,
+        "passed": bool(mean >= threshold),
+    }
+
+
+def ood_parity(reference: np.ndarray, candidate: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """How far an export's out-of-distribution scores are from the Keras model's (the same reference), and how
+    often they fall on the same side of ``ood_threshold`` (when the run has one)."""
+    diff = np.abs(np.asarray(candidate, np.float64) - np.asarray(reference, np.float64))
+    relative = diff / np.maximum(np.abs(reference), 1e-6)
+    record: dict[str, Any] = {
+        "max_abs_diff": round(float(diff.max()), 6),
+        "median_rel_diff": round(float(np.median(relative)), 6),
+        "max_rel_diff": round(float(relative.max()), 6),
+        "ood_threshold": threshold,
+    }
+    if threshold is not None:
+        same = (np.asarray(reference) > threshold) == (np.asarray(candidate) > threshold)
+        record["decision_agreement"] = round(float(same.mean()), 6)
+    return record
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
     return round(float(np.mean(probs.argmax(1) == labels)), 6) if len(labels) else None
 
 
-__all__ = ["THRESHOLDS", "run_spec", "split_images", "evaluation_images", "parity", "accuracy", "Path"]
+__all__ = [
+    "EMBEDDING_THRESHOLDS",
+    "THRESHOLDS",
+    "ParityData",
+    "accuracy",
+    "check",
+    "embedding_parity",
+    "evaluation_images",
+    "ood_parity",
+    "parity",
+    "run_spec",
+    "split_images",
+    "Path",
+]

@@ -2,8 +2,9 @@
 
 ``--out`` is a folder (an export directory: ``model.tflite``, ``export.json``, ``labels.json``... inside) unless it
 ends in the format's file suffix: ``--out model.tflite`` writes that file, with its sidecars beside it
-(``model.tflite.export.json``, ``model.tflite.labels.json``, ``model.tflite.config.json`` and, when the run is
-calibrated, ``model.tflite.calibration.json``); ``Classifier.load("model.tflite")`` loads either layout.
+(``model.tflite.export.json``, ``model.tflite.labels.json``, ``model.tflite.config.json`` and, when the run has
+them, ``model.tflite.calibration.json``, ``model.tflite.reference.npz`` (the out-of-distribution reference) and
+``model.tflite.thresholds.json`` (a multi-label run's)); ``Classifier.load("model.tflite")`` loads either layout.
 
 Every file an export writes is readable like the artifact itself (``0666`` less the umask, usually ``0644``;
 :func:`imagerec.utils.atomic_write_bytes` gives its files that mode).
@@ -18,7 +19,8 @@ from pathlib import Path
 from imagerec.export.formats import EXPORT_JSON, ExportError, ExportFormat
 from imagerec.runtime.exported import FILE_SUFFIXES, sidecar
 
-SIDECARS = ("labels.json", "config.json", "calibration.json")  # copied from the run when present
+#: copied from the run when present (RunDir's file names; FileExportSidecars maps them beside a file export)
+SIDECARS = ("labels.json", "config.json", "calibration.json", "reference.npz", "thresholds.json")
 
 
 def is_file_destination(out: Path, fmt: ExportFormat) -> bool:
@@ -76,13 +78,13 @@ def publish_file(tmp: Path, fmt: ExportFormat, dest: Path) -> None:
         if (tmp / name).exists():
             os.replace(tmp / name, sidecar(dest, name))
         else:
-            sidecar(dest, name).unlink(missing_ok=True)  # an older export's calibration no longer applies
+            sidecar(dest, name).unlink(missing_ok=True)  # an older export's ones no longer apply
     os.replace(tmp / fmt.artifact, dest)
     os.replace(tmp / EXPORT_JSON, sidecar(dest, EXPORT_JSON))
 
 
 def copy_sidecars(run_path: Path, dest: Path) -> None:
-    """Copy the run's labels, config and calibration into a (temporary) export directory."""
+    """Copy the run's labels, config, calibration, OOD reference and thresholds into a (temporary) export directory."""
     for name in SIDECARS:
         src = Path(run_path) / name
         if src.exists():

@@ -10,7 +10,9 @@ Signatures:
   send pixels to ``serving_pixels`` instead.
 * ``serving_pixels(pixels: tf.float32 [N, S, S, C])`` — pixels 0..255 as ``Classifier.preprocess`` makes them.
 
-Both return ``probabilities`` (float32 [N, K], uncalibrated softmax) and ``labels`` (string [N], the top-1 class).
+Both return ``probabilities`` (float32 [N, K], uncalibrated softmax), ``labels`` (string [N], the top-1 class) and
+``embedding`` (float32 [N, D], L2-normalised, for the out-of-distribution score; absent from exports written before
+embeddings, and from a model without one).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imagerec.export.formats import PROBABILITIES, model_outputs
+from imagerec.openworld.features import EMBEDDING
 
 BACKGROUND = 255.0
 
@@ -58,8 +63,8 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
     class_names = tf.constant(labels)
 
     def outputs(pixels):
-        probs = tf.cast(model(pixels, training=False), tf.float32)
-        return {"probabilities": probs, "labels": tf.gather(class_names, tf.argmax(probs, axis=1))}
+        named = _named_outputs(model, pixels)
+        return {**named, "labels": tf.gather(class_names, tf.argmax(named[PROBABILITIES], axis=1))}
 
     def decode_one(data):
         img = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
@@ -86,7 +91,7 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
 
 
 def write_float_savedmodel(model, spec: dict[str, Any], path: Path) -> None:
-    """A plain float-in/probs-out SavedModel (the converter input for LiteRT)."""
+    """A plain float-in SavedModel returning probabilities (and the embedding): the converter input for LiteRT."""
     import keras
     import tensorflow as tf
 
@@ -95,10 +100,20 @@ def write_float_savedmodel(model, spec: dict[str, Any], path: Path) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda image: {"probabilities": tf.cast(model(image, training=False), tf.float32)},
+        lambda image: _named_outputs(model, image),
         input_signature=[tf.TensorSpec(shape, tf.float32, name="image")],
     )
     archive.write_out(str(path), verbose=False)
+
+
+def _named_outputs(model, x) -> dict[str, Any]:
+    import tensorflow as tf
+
+    probs, embedding = model_outputs(model, x)
+    named = {PROBABILITIES: tf.cast(probs, tf.float32)}
+    if embedding is not None:
+        named[EMBEDDING] = tf.cast(embedding, tf.float32)
+    return named
 
 
 class Runtime:
@@ -112,8 +127,13 @@ class Runtime:
         self._loaded = tf.saved_model.load(str(artifact))
         self._fn = self._loaded.signatures["serving_pixels"]
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities (N, K), embedding (N, D) or None)``: None for an export written before embeddings."""
         import tensorflow as tf
 
-        x = tf.convert_to_tensor(np.asarray(batch, dtype=np.float32))
-        return self._fn(pixels=x)["probabilities"].numpy()
+        out = self._fn(pixels=tf.convert_to_tensor(np.asarray(batch, dtype=np.float32)))
+        embedding = out.get(EMBEDDING)
+        return out[PROBABILITIES].numpy(), (None if embedding is None else embedding.numpy())
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]

@@ -7,6 +7,11 @@
   The input is **uint8** (the raw pixels 0..255, which the model's own input scale maps exactly) and the output
   stays **float32** probabilities, so callers feed ``Classifier.preprocess`` output unchanged.
 
+Outputs: ``probabilities`` first and ``embedding`` second (both float32), named so in the ``serving_default``
+signature and as tensor names. The converter orders a signature's outputs by name (``embedding`` first), so the
+flatbuffer's output list is put back in that order after conversion (:func:`probabilities_first`); the runtime
+still picks them by name, as LiteRT gives no order guarantee.
+
 The converter reads a float SavedModel written to a temporary folder (the reliable route for Keras 3 models).
 The runtime is ``ai_edge_litert.interpreter.Interpreter`` with XNNPACK and ``num_threads`` set; one interpreter per
 thread (the server calls from worker threads), input resized to the batch size on demand.
@@ -22,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imagerec.export.formats import PROBABILITIES
+from imagerec.openworld.features import EMBEDDING
 
 
 def default_threads() -> int:
@@ -93,7 +101,37 @@ def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarr
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.float32
-        return converter.convert()
+        return probabilities_first(converter.convert())
+
+
+def probabilities_first(content: bytes) -> bytes:
+    """The flatbuffer with ``probabilities`` as its first output and the output tensors named after the signature's
+    keys (what consumers that read ``get_output_details()[0]`` relied on before the embedding output existed)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    if not model.signatureDefs or len(model.subgraphs[0].outputs) < 2:
+        return content
+    graph = model.subgraphs[0]
+    by_name = {t.name.decode(): t.tensorIndex for t in model.signatureDefs[0].outputs}
+    order = [by_name[name] for name in (PROBABILITIES, EMBEDDING) if name in by_name]
+    graph.outputs = np.asarray(order + [i for i in graph.outputs if i not in order], dtype=np.int32)
+    for name, index in by_name.items():
+        graph.tensors[index].name = name.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def output_indices(it) -> tuple[int, int | None]:
+    """The tensor indices of ``(probabilities, embedding or None)`` of an interpreter, by name: the signature's
+    output keys, else the tensor names; an export written before embeddings has its one output only."""
+    details = it.get_output_details()
+    try:
+        named = {k: d["index"] for k, d in it.get_signature_runner().get_output_details().items()}
+    except (ValueError, KeyError, RuntimeError):  # a flatbuffer without signatures
+        named = {}
+    named = named or {d["name"]: d["index"] for d in details}
+    probs = named.get(PROBABILITIES, details[0]["index"])
+    return probs, named.get(EMBEDDING)
 
 
 def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, representative=None) -> None:
@@ -136,26 +174,43 @@ class Runtime:
             with _quiet_once():
                 it = Interpreter(model_content=self.content, num_threads=self.num_threads)
                 it.allocate_tensors()
-            inp, out = it.get_input_details()[0], it.get_output_details()[0]
-            state = self._local.state = {"it": it, "in": inp, "out": out, "n": int(inp["shape"][0])}
+            inp = it.get_input_details()[0]
+            state = self._local.state = {"it": it, "in": inp, "n": int(inp["shape"][0])}
+            state["idx"] = output_indices(it)  # tensor indices stay when the input is resized
+            state["out"] = _outputs(it, state["idx"])
         return state
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities (N, K), embedding (N, D) or None)``: None for an export written before embeddings."""
         state = self._interpreter()
-        it, inp, out = state["it"], state["in"], state["out"]
+        it, inp = state["it"], state["in"]
         batch = np.asarray(batch)
         if len(batch) != state["n"]:
             it.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
             it.allocate_tensors()
             state["in"], state["out"], state["n"] = (
                 it.get_input_details()[0],
-                it.get_output_details()[0],
+                _outputs(it, state["idx"]),
                 len(batch),
             )
-            inp, out = state["in"], state["out"]
+            inp = state["in"]
         it.set_tensor(inp["index"], quantize_input(batch, inp))
         it.invoke()
-        return dequantize_output(it.get_tensor(out["index"]), out)
+        probs, embedding = state["out"]
+        return (
+            dequantize_output(it.get_tensor(probs["index"]), probs),
+            None if embedding is None else dequantize_output(it.get_tensor(embedding["index"]), embedding),
+        )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+
+def _outputs(it, indices: tuple[int, int | None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The output details of ``(probabilities, embedding or None)`` at ``indices`` (:func:`output_indices`)."""
+    by_index = {d["index"]: d for d in it.get_output_details()}
+    probs, embedding = indices
+    return by_index[probs], (None if embedding is None else by_index[embedding])
 
 
 def quantize_input(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Exported artifacts as runtimes: verify an export, find a run's export, resolve ``auto``.
 
 An export (written by :mod:`imagerec.export`) is loaded only when its artifact's sha256 matches its
-``export.json`` and its ``labels.json`` / ``config.json`` sidecars are present. It is either an export directory
+``export.json``, its ``labels.json`` / ``config.json`` sidecars are present, and its ``reference.npz`` (the
+out-of-distribution reference) matches the sha256 recorded for it. It is either an export directory
 (``model.tflite``, ``export.json``, ``labels.json``... inside) or a single file with its sidecars beside it
 (``--out model.tflite`` writes ``model.tflite``, ``model.tflite.export.json``, ``model.tflite.labels.json``...).
 
@@ -26,12 +27,14 @@ from imagerec.export.formats import (
     tree_sha256,
 )
 from imagerec.run import RunDir
-from imagerec.utils import read_json
+from imagerec.utils import read_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
 RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`` picks (export, benchmark)
 AUTO_RUNTIMES = ("auto", "auto-quantized")
+#: sidecars whose sha256 export.json records (``sidecars``) and loading checks: a modified one is refused
+HASHED_SIDECARS = ("reference.npz",)
 #: the formats whose artifact is one file, by suffix: ``--out model.tflite`` writes that file
 FILE_SUFFIXES = {Path(f.artifact).suffix: f.name for f in FORMATS.values() if Path(f.artifact).suffix}
 
@@ -47,8 +50,14 @@ def is_file_export(path: str | Path) -> bool:
     return path.suffix in FILE_SUFFIXES and sidecar(path, EXPORT_JSON).is_file()
 
 
+def _beside_artifact(run_file: property) -> property:
+    """A run's file seen beside a single-file export: ``RUN/<name>`` -> ``<artifact>.<name>``."""
+    return property(lambda self: sidecar(self.artifact, run_file.fget(self).name))
+
+
 class FileExportSidecars(RunDir):
-    """A single-file export's sidecars seen as a run directory (labels, config, calibration beside the file)."""
+    """A single-file export's sidecars seen as a run directory (labels, config, calibration, the OOD reference and
+    a multi-label run's thresholds beside the file: ``model.tflite.reference.npz``...)."""
 
     def __init__(self, artifact: str | Path):
         super().__init__(Path(artifact).parent)
@@ -58,17 +67,11 @@ class FileExportSidecars(RunDir):
     def model(self) -> Path:
         return self.artifact
 
-    @property
-    def labels(self) -> Path:
-        return sidecar(self.artifact, "labels.json")
-
-    @property
-    def config(self) -> Path:
-        return sidecar(self.artifact, "config.json")
-
-    @property
-    def calibration(self) -> Path:
-        return sidecar(self.artifact, "calibration.json")
+    labels = _beside_artifact(RunDir.labels)
+    config = _beside_artifact(RunDir.config)
+    calibration = _beside_artifact(RunDir.calibration)
+    reference = _beside_artifact(RunDir.reference)
+    thresholds = _beside_artifact(RunDir.thresholds)
 
 
 def answers_like_keras(record: dict[str, Any]) -> bool:
@@ -141,7 +144,28 @@ def _verify(file: Path | None, record_path: Path, sidecars: RunDir) -> dict[str,
             f"{str(artifact)!r}: sha256 mismatch (export.json says {expected[:16]}..., file is {actual[:16]}...); "
             "refusing to load a modified artifact"
         )
+    _verify_sidecars(record, sidecars)
     return record
+
+
+def _verify_sidecars(record: dict[str, Any], sidecars: RunDir) -> None:
+    """Refuse a hashed sidecar (the OOD reference) that differs from export.json's sha256; a missing one only
+    means answers without ``ood_score``."""
+    hashes = record.get("sidecars")
+    hashes = hashes if isinstance(hashes, dict) else {}
+    for name in HASHED_SIDECARS:
+        expected = hashes.get(name)
+        if expected is None:  # an export written before its sidecars were hashed
+            continue
+        path = getattr(sidecars, Path(name).stem)  # RunDir's property: ``reference`` for reference.npz
+        if not path.is_file():
+            logger.warning("%s is missing: the export answers without ood_score", path)
+            continue
+        if sha256_file(path) != expected:
+            raise ExportError(
+                f"{str(path)!r}: sha256 mismatch (export.json says {str(expected)[:16]}...); refusing to load a "
+                "modified sidecar; restore it, delete it (answers without ood_score), or re-export"
+            )
 
 
 def find_export(run_path: Path, runtime: str) -> Path:
