@@ -10,7 +10,11 @@ def test_batch_epochs_and_bn_momentum_follow_the_dataset_size():
     assert auto.choose_batch_size(40) == 10 and auto.choose_batch_size(3) == 8
     assert auto.choose_epochs(54_000, "scratch") == 12 and auto.choose_epochs(500, "scratch") == 30
     assert auto.choose_epochs(500, "backbone") == 10
-    assert auto.choose_bn_momentum(500, 32) == 0.9 and auto.choose_bn_momentum(54_000, 256) == 0.99
+    assert auto.choose_bn_momentum(500, 32) == 0.9 and auto.choose_bn_momentum(10**6, 32) == 0.99
+    # Fashion-MNIST, 211 steps per epoch: the moving variance's start (1) is forgotten within the first epoch
+    # (0.99 left 0.99^422 = 1.4% of it after two epochs, 58x the data's variance of 2.5e-4)
+    momentum = auto.choose_bn_momentum(54_000, 256)
+    assert 0.9 < momentum < 0.99 and momentum**211 < 2e-6
 
 
 def test_augmentation_follows_size_data_and_schedule():

@@ -48,7 +48,8 @@ def test_build_then_train_then_evaluate_with_the_one_batched_loop(data, tmp_path
     assert metrics == run.metrics
     assert list(metrics) == ["val", "test", "epochs_completed", "best_epoch", "fit_seconds", "total_seconds",
                              "images_per_second", "flops_per_image"]  # fmt: skip
-    assert list(metrics["test"]) == ["accuracy", "top3_accuracy", "num_images", "accuracy_tta"]
+    assert list(metrics["test"]) == ["accuracy", "top3_accuracy", "num_images", "ece", "confidence",
+                                     "ece_uncalibrated", "accuracy_tta"]  # fmt: skip
     assert (
         metrics["epochs_completed"] == 4
         and metrics["flops_per_image"] == run.config["model"]["flops_per_image"]
@@ -75,7 +76,8 @@ def test_no_tta_figure_without_flips_and_top2_for_two_classes(tmp_path):
         Learner(data, config(epochs=1, augment="none"), log=lambda *_: None).prepare().build(distribute=False)
     )
     got = learner.evaluate(learner.model, "test")
-    assert list(got) == ["accuracy", "top2_accuracy", "num_images"] and got["top2_accuracy"] == 1.0
+    assert list(got) == ["accuracy", "top2_accuracy", "num_images", "ece", "confidence", "ece_uncalibrated"]
+    assert got["top2_accuracy"] == 1.0
 
 
 def test_lr_find_sweeps_upwards_and_writes_nothing(data, tmp_path, monkeypatch):

@@ -72,6 +72,35 @@ def suggest_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) 
     return threshold, float((conf >= threshold).mean())
 
 
+def calibration_record(
+    raw: np.ndarray, y: np.ndarray, split: str, target_accuracy: float | None
+) -> dict[str, Any]:
+    """The temperature fitted on uncalibrated ``raw`` probabilities of the ``split`` images labelled ``y``, the
+    ``unknown`` threshold for ``target_accuracy`` (None: no threshold), and the figures before and after.
+
+    What ``calibration.json`` holds; training writes it for the val split at its end, ``calibrate`` re-fits it.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    temperature = fit_temperature(raw, y)
+    calibrated = softmax_temperature(raw, temperature)
+    threshold, coverage = (None, 1.0)
+    if target_accuracy is not None:
+        threshold, coverage = suggest_threshold(calibrated, y, target_accuracy)
+    return {
+        "temperature": round(temperature, 6),
+        "threshold": None if threshold is None else round(threshold, 6),
+        "target_accuracy": target_accuracy,
+        "coverage": round(coverage, 6),
+        "ece_before": expected_calibration_error(y, raw),
+        "ece_after": expected_calibration_error(y, calibrated),
+        "nll_before": nll(raw, y),
+        "nll_after": nll(calibrated, y),
+        "accuracy": float((raw.argmax(1) == y).mean()),
+        "num_images": int(len(y)),
+        "split": split,
+    }
+
+
 def calibrate(
     clf: Classifier,
     split: str = CalibrateSettings.split,
@@ -102,25 +131,8 @@ def calibrate(
     require_classifier(clf, "calibrate")
     CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
     data = run_split(clf, split)
-    raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH).astype(np.float64)
-    temperature = fit_temperature(raw, data.y)
-    calibrated = softmax_temperature(raw, temperature)
-    threshold, coverage = (None, 1.0)
-    if target_accuracy is not None:
-        threshold, coverage = suggest_threshold(calibrated, data.y, target_accuracy)
-    record = {
-        "temperature": round(temperature, 6),
-        "threshold": None if threshold is None else round(threshold, 6),
-        "target_accuracy": target_accuracy,
-        "coverage": round(coverage, 6),
-        "ece_before": expected_calibration_error(data.y, raw),
-        "ece_after": expected_calibration_error(data.y, calibrated),
-        "nll_before": nll(raw, data.y),
-        "nll_after": nll(calibrated, data.y),
-        "accuracy": float((raw.argmax(1) == data.y).mean()),
-        "num_images": int(len(data.y)),
-        "split": split,
-    }
+    raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH)
+    record = calibration_record(raw, data.y, split, target_accuracy)
     atomic_write_json(clf.run_dir.calibration, record)
     clf.temperature, clf.threshold = record["temperature"], record["threshold"]  # as a reload reads them
     return record

@@ -28,6 +28,7 @@ from imagerec.errors import RunError
 from imagerec.run import RunDir
 from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training import auto
+from imagerec.training.finalize import calibrate_run, final_model, split_metrics
 from imagerec.training.lr_range import LRFinderResult, RangeRecorder, suggest
 from imagerec.training.recipe import (
     class_weights,
@@ -297,32 +298,20 @@ class Learner:
         return err
 
     # finish -------------------------------------------------------------------------------------------------------
-    def evaluate(self, model, split: str) -> dict[str, float]:
-        """Accuracy and top-5 of ``model`` on ``split``; for a run trained with mirrored images also the accuracy
-        with flip test-time augmentation (``imagerec evaluate --tta``). Empty split: ``{}``."""
-        from imagerec.evaluation.metrics import top_k_accuracy
-        from imagerec.runtime import get_runtime, predict_in_batches
+    def evaluate(self, model, split: str, temperature: float = 1.0) -> dict[str, float]:
+        """Accuracy, top-5, ECE and confidence of ``model`` on ``split`` at ``temperature``; for a run trained
+        with mirrored images also the accuracy with flip TTA (``--tta``). Empty split: ``{}``."""
+        from imagerec.runtime import predict_in_batches
 
         x, y = self.arrays[split]
         if len(y) == 0:
             return {}
-        d, batch_size = self.config.data, self.config.train.batch_size
-        if getattr(self, "_runtime", (None,))[0] is not model:
-            # one tf.function (one trace) for every split and the TTA, not one per split
-            self._runtime = (
-                model,
-                get_runtime("keras")(model, {"image_size": d.image_size, "channels": d.channels}),
-            )
-        fn = self._runtime[1]
+        batch_size = self.config.train.batch_size
+        fn = self.runtime_of(model)
         probs = predict_in_batches(fn, x, batch_size)
         if y.ndim == 2:  # multi-hot targets: a multi-label run (see imagerec.multilabel)
             return multilabel.split_metrics(self, split, y, probs)
-        k = min(5, probs.shape[1])
-        out = {
-            "accuracy": float((probs.argmax(1) == y).mean()),
-            f"top{k}_accuracy": top_k_accuracy(y, probs, k),
-            "num_images": int(len(y)),
-        }
+        out = split_metrics(probs, y, temperature)
         if augment_flips(self.config.augment.preset):
             from imagerec.classifier import with_flip_tta
 
@@ -330,13 +319,29 @@ class Learner:
             out["accuracy_tta"] = float((tta.argmax(1) == y).mean())
         return out
 
+    def runtime_of(self, model):
+        """The keras runtime of ``model``: one tf.function (one trace) for every split, the TTA and the
+        reference, not one per split."""
+        from imagerec.runtime import get_runtime
+
+        if getattr(self, "_runtime", (None,))[0] is not model:
+            d = self.config.data
+            self._runtime = (
+                model,
+                get_runtime("keras")(model, {"image_size": d.image_size, "channels": d.channels}),
+            )
+        return self._runtime[1]
+
     def finish(self, fit_seconds: float) -> Run:
-        """Evaluate the best model on val and test, write metrics.json, log the closing line; return the Run."""
+        """Make the kept model final (:mod:`imagerec.training.finalize`), fit its temperature on val, evaluate it
+        on val and test, write metrics.json, log the closing line; return the Run."""
         run = self.run
         if not run.model.exists():
             run.save_model(self.model)
-        best = run.load_model()
-        metrics = {"val": self.evaluate(best, "val"), "test": self.evaluate(best, "test")}
+        best = final_model(run, self.train_ds)  # the kept weights with their own BatchNorm statistics
+        val_x, val_y = self.arrays["val"]
+        t = calibrate_run(run, self.runtime_of(best), val_x, val_y, self.config.train.batch_size, self.log)
+        metrics = {"val": self.evaluate(best, "val", t), "test": self.evaluate(best, "test", t)}
         epochs, kept = latest_epoch(self.backup), self.backup.kept()
         trained = len(self.arrays["train"][1]) * max(1, epochs - (self.backup.restored_epoch or 0))
         metrics.update({
@@ -350,6 +355,7 @@ class Learner:
         run.write_json("metrics.json", metrics)
         val, test = metrics["val"], metrics["test"]
         tta = f" ({test['accuracy_tta']:.4f} with --tta)" if "accuracy_tta" in test else ""
+        tta += f", test ECE {test['ece']:.4f}" if "ece" in test else ""
         self.log(
             f"done in {metrics['total_seconds']:.0f}s: {kept_text(kept, epochs)}, val accuracy "
             f"{val.get('accuracy', float('nan')):.4f}, test accuracy {test.get('accuracy', float('nan')):.4f}{tta}; "
