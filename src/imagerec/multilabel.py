@@ -31,14 +31,20 @@ def check_task(task: str) -> None:
         raise ImagerecError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def resolve_task(task: str, scan) -> str:
+def resolve_task(task: str, scan, class_weights: str = "none") -> str:
     """The task a run on ``scan`` trains: the data's own (``auto``), or ``task`` when the data can train it.
 
     Raises:
         DataError: ``multilabel`` asked for data with one class per image, or ``multiclass`` for a multi-label CSV.
+        ImagerecError: ``class_weights="auto"`` for a multi-label run (its classes have their own thresholds).
     """
     check_task(task)
     if task in ("auto", scan.task):
+        if scan.task == "multilabel" and class_weights == "auto":
+            raise ImagerecError(
+                "--class-weights auto weighs one class per image; a multi-label run's classes each get their own "
+                "threshold (tuned on the validation split): train it with --class-weights none"
+            )
         return scan.task
     if task == "multilabel":
         raise DataError(

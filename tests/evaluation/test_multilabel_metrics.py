@@ -82,3 +82,29 @@ def test_evaluate_a_multilabel_run_writes_metrics_pictures_and_report(multilabel
     assert "mAP" in report and "Precision-recall per class" in report and "subset accuracy" in report
     code, out, _ = run_cli(capsys, "evaluate", str(multilabel_run))
     assert code == 0 and "mAP" in out and "threshold" in out
+
+
+def test_evaluate_on_another_labels_csv(multilabel_run: Path, tmp_path: Path):
+    from imagefixtures import write_multilabel_dataset
+    from imagerec import Classifier
+
+    data = write_multilabel_dataset(tmp_path / "more", n=12, seed=9)
+    metrics = Classifier.load(multilabel_run).evaluate(data=str(data), write=False)
+    assert metrics["task"] == "multilabel" and metrics["num_images"] == 12 and metrics["source"] == str(data)
+
+
+def test_verbs_of_one_class_per_image_refuse_a_multilabel_run_clearly(multilabel_run: Path):
+    import pytest
+
+    from imagerec import Classifier
+    from imagerec.errors import ImagerecError
+
+    clf = Classifier.load(multilabel_run)
+    with pytest.raises(ImagerecError, match="no temperature"):
+        clf.calibrate()
+    with pytest.raises(ImagerecError, match="imagerec data issues reads one class per image"):
+        clf.label_issues()
+    with pytest.raises(ImagerecError, match="imagerec compare reads one class per image"):
+        from imagerec.evaluation import compare_runs
+
+        compare_runs([clf, clf])

@@ -21,6 +21,7 @@ def test_augmentation_follows_size_data_and_schedule():
     assert auto.choose_augment(28, 1, 54_000, 10) == "hflip"
     assert auto.choose_augment(28, 1, 54_000, 40) == "flip"  # long schedules need translation
     assert auto.choose_augment(28, 1, 2_000, 20) == "flip"
+    assert auto.choose_augment(28, 1, 27_000, 20) == "hflip"  # fashion-mnist-pairs: still improving at 20
     assert auto.choose_augment(128, 3, 54_000, 12) == "default"
 
 

@@ -78,3 +78,9 @@ def test_selection_keeps_the_lowest_validation_loss():
     assert selection.best_epoch(history) == 2
     assert selection.epoch_score({"val_loss": 0.3}, "val_loss", 2) == (-0.3,)
     assert selection.small_validation_warning(np.ones((20, 3), np.float32), 3, False) is not None
+
+
+def test_class_weights_auto_is_refused_before_training(tmp_path: Path, imagerec_home):
+    data = write_multilabel_dataset(tmp_path / "d", n=12)
+    with pytest.raises(ImagerecError, match="--class-weights auto weighs one class per image"):
+        imagerec.train(data, out=tmp_path / "run", class_weights="auto", **QUIET)

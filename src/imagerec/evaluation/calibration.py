@@ -130,6 +130,13 @@ def calibrate(
 
     require_classifier(clf, "calibrate")
     CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
+    if getattr(clf, "task", "multiclass") == "multilabel":  # sigmoid outputs: no softmax temperature to fit
+        from imagerec.errors import ImagerecError
+
+        raise ImagerecError(
+            f"run {str(clf.run_dir.path)!r} is multi-label: it has no temperature; its per-class thresholds were "
+            f"tuned on the validation split at the end of training ({clf.run_dir.thresholds.name})"
+        )
     data = run_split(clf, split)
     raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH)
     record = calibration_record(raw, data.y, split, target_accuracy)

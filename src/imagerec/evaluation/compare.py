@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.errors import ImagerecError
+from imagerec.evaluation.multilabel import refuse_multilabel
 from imagerec.settings import EvaluateSettings
 
 LATENCY_BATCH = 8
@@ -73,4 +74,6 @@ def compare_runs(classifiers: list, split: str = EvaluateSettings.split) -> list
     """
     if len(classifiers) < 2:
         raise ImagerecError(f"compare needs at least two runs, got {len(classifiers)}")
+    for clf in classifiers:
+        refuse_multilabel(clf, "imagerec compare")
     return [summarise_run(clf, split) for clf in classifiers]

@@ -11,7 +11,7 @@ import numpy as np
 
 from imagerec.evaluation.issues import find_label_issues, write_issues
 from imagerec.evaluation.metrics import compute_metrics, expected_calibration_error
-from imagerec.evaluation.multilabel import evaluate_multilabel
+from imagerec.evaluation.multilabel import evaluate_multilabel, refuse_multilabel
 from imagerec.evaluation.report import label_issue_gallery, write_pictures, write_predictions, write_report
 from imagerec.settings import EvaluateSettings
 
@@ -52,6 +52,8 @@ def evaluate_classifier(
     EvaluateSettings(split=split, top_k=top_k).validate()
     evalset = load_eval_set(clf, data, split)
     if clf.task == "multilabel":  # per-class thresholds, micro/macro F1, mAP (see evaluation/multilabel.py)
+        if ood is not None:  # the out-of-distribution figures do not know label sets yet
+            refuse_multilabel(clf, "imagerec evaluate --ood")
         metrics = evaluate_multilabel(clf, evalset, split if data is None else None, EVAL_BATCH, write)
         if write:
             write_report(clf.run_dir)

@@ -80,9 +80,11 @@ def find_label_issues(
         >>> rows = imagerec.Classifier.load("runs/fmnist").label_issues(limit=20)
     """
     from imagerec.evaluation.data import require_classifier, run_split
+    from imagerec.evaluation.multilabel import refuse_multilabel
     from imagerec.runtime import predict_in_batches
 
     require_classifier(clf, "find_label_issues")
+    refuse_multilabel(clf, "imagerec data issues")
     IssuesSettings(splits=tuple(splits), limit=limit, max_p_given=max_p_given).validate()
     if not splits:
         raise DataError("name at least one split to check (train, val or test)")

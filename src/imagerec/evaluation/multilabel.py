@@ -132,3 +132,14 @@ def report_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         ap = metrics["mAP"] if avg == "macro" else None
         rows.append([f"{avg} avg", m["precision"], m["recall"], m["f1"], ap, None, metrics["num_images"]])
     return header, rows
+
+
+def refuse_multilabel(clf, verb: str) -> None:
+    """One clear error for a verb that reads one class per image, given a multi-label run."""
+    from imagerec.errors import ImagerecError
+
+    if getattr(clf, "task", "multiclass") == "multilabel":
+        raise ImagerecError(
+            f"{verb} reads one class per image; run {str(clf.run_dir.path)!r} is multi-label (not supported by "
+            f"{verb} yet): see 'imagerec evaluate {clf.run_dir.path}' for its per-class figures"
+        )

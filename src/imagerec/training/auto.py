@@ -72,14 +72,16 @@ def choose_bn_momentum(n_train: int, batch_size: int) -> float:
 
 
 def choose_augment(image_size: int, channels: int, n_train: int, epochs: int) -> str:
-    """Large datasets of small images on a short schedule (<= 15 epochs): horizontal flip only.
+    """Large datasets of small images on a short schedule (<= 20 epochs): horizontal flip only.
 
     With ~12 epochs there is little overfitting to fight, and on Fashion-MNIST random translation cost 1.4
-    points of test accuracy (91.4% vs 92.9%, same net and epochs) besides its CPU time in the input pipeline.
+    points of test accuracy (91.4% vs 92.9%, same net and epochs) besides its CPU time in the input pipeline. The
+    same on the multi-label fashion-mnist-pairs (27k training images, 20 epochs, still improving at the last):
+    macro F1 0.886 with translation, 0.906 without (bench/multilabel.py).
     """
     from imagerec.data.augment import resolve_preset
 
-    if image_size <= 32 and n_train >= 20_000 and epochs <= 15:
+    if image_size <= 32 and n_train >= 20_000 and epochs <= 20:
         return "hflip"
     return resolve_preset("auto", image_size, channels)
 
@@ -99,7 +101,7 @@ def resolve(config: RunConfig, result: ScanResult, n_train: int) -> RunConfig:
         train = replace(train, epochs=choose_epochs(n_train, spec.kind))
     if train.learning_rate is None:
         train = replace(train, learning_rate=choose_learning_rate(spec.kind, train.optimizer))
-    model = replace(config.model, task=resolve_task(config.model.task, result))
+    model = replace(config.model, task=resolve_task(config.model.task, result, config.train.class_weights))
     if model.bn_momentum is None:
         model = replace(model, bn_momentum=choose_bn_momentum(n_train, train.batch_size))
     augment = config.augment
