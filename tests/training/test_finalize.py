@@ -16,6 +16,17 @@ from imagerec.training.finalize import batchnorm_layers, reestimate_batchnorm
 QUIET = {"log": lambda *_: None}
 
 
+@pytest.fixture
+def float32():
+    """Exact float32 comparisons, whatever global dtype policy an earlier test (a bf16 run) left behind."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy(before)
+
+
 def tiny_bn_model():
     """conv -> BN -> ReLU -> conv -> frozen BN -> pool -> softmax, nested one level inside an outer model."""
     import keras
@@ -33,7 +44,7 @@ def tiny_bn_model():
     return keras.Model(outer_in, inner(outer_in)), inner
 
 
-def test_reestimated_statistics_are_the_batches_own_and_inference_matches_training_mode():
+def test_reestimated_statistics_are_the_batches_own_and_inference_matches_training_mode(float32):
     import keras
     import tensorflow as tf
 
@@ -66,7 +77,7 @@ def test_reestimated_statistics_are_the_batches_own_and_inference_matches_traini
     np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-5)
 
 
-def test_nothing_to_do_without_batchnorm_or_batches():
+def test_nothing_to_do_without_batchnorm_or_batches(float32):
     import keras
     import tensorflow as tf
 
