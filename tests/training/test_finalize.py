@@ -130,10 +130,14 @@ def test_a_run_keeps_batchnorm_statistics_of_its_weights_and_a_fitted_temperatur
     assert test["ece"] == pytest.approx(clf.evaluate(split="test", write=False)["ece"], abs=1e-6)
 
     # resume: the target accuracy `imagerec calibrate` stored is kept, its threshold re-fitted to the new weights
-    (out / "calibration.json").write_text(json.dumps({**record, "target_accuracy": 0.5, "threshold": 0.9}))
+    # (and so the out-of-distribution threshold's share kept, against the new weights' reference)
+    assert (out / "reference.npz").is_file() and "ood_threshold" not in record  # OOD answers: calibrate's opt-in
+    stale = {**record, "target_accuracy": 0.5, "threshold": 0.9, "ood_keep": 0.9, "ood_threshold": -1.0}
+    (out / "calibration.json").write_text(json.dumps(stale))
     imagerec.train(data, out=out, resume=True, epochs=2, **QUIET)
     again = json.loads((out / "calibration.json").read_text())
     assert again["target_accuracy"] == 0.5 and again["threshold"] is not None
+    assert again["ood_keep"] == 0.9 and again["ood_threshold"] > 0
     assert again["fitted_by"] == "train"
     assert Classifier.load(out).temperature == again["temperature"]
 

@@ -105,13 +105,18 @@ def calibrate(
     clf: Classifier,
     split: str = CalibrateSettings.split,
     target_accuracy: float | None = CalibrateSettings.target_accuracy,
+    ood_keep: float | None = CalibrateSettings.ood_keep,
 ) -> dict[str, Any]:
     """Fit temperature scaling on the run's ``split`` and write ``RUN/calibration.json``.
+
+    With an embedding reference (``RUN/reference.npz``, written by training; built here from the train split when
+    missing) it also picks the out-of-distribution threshold: the score that keeps ``ood_keep`` of the split.
 
     Args:
         clf: a loaded :class:`imagerec.Classifier`; it answers with the new calibration at once.
         split: the held-out split to fit on (``val``; ``test`` only if you accept an optimistic test score).
         target_accuracy: the selective accuracy the suggested threshold aims for; None stores no threshold.
+        ood_keep: the share of the split's images the OOD threshold keeps (its true-positive rate); None: none.
 
     Returns:
         The calibration record: ``temperature``, ``threshold``, ``target_accuracy``, ``coverage``, ``ece_before``,
@@ -129,7 +134,7 @@ def calibrate(
     from imagerec.utils import atomic_write_json
 
     require_classifier(clf, "calibrate")
-    CalibrateSettings(target_accuracy=target_accuracy, split=split).validate()
+    CalibrateSettings(target_accuracy=target_accuracy, split=split, ood_keep=ood_keep).validate()
     if getattr(clf, "task", "multiclass") == "multilabel":  # sigmoid outputs: no softmax temperature to fit
         from imagerec.errors import ImagerecError
 
@@ -138,8 +143,28 @@ def calibrate(
             f"tuned on the validation split at the end of training ({clf.run_dir.thresholds.name})"
         )
     data = run_split(clf, split)
-    raw = predict_in_batches(clf.raw_proba, data.images, CALIBRATION_BATCH)
-    record = calibration_record(raw, data.y, split, target_accuracy)
+    raw, emb = predict_in_batches(clf.raw_outputs, data.images, CALIBRATION_BATCH, embedding=True)
+    record = {**calibration_record(raw, data.y, split, target_accuracy), **ood_record(clf, emb, ood_keep)}
     atomic_write_json(clf.run_dir.calibration, record)
     clf.temperature, clf.threshold = record["temperature"], record["threshold"]  # as a reload reads them
+    clf.ood_threshold = record.get("ood_threshold")
     return record
+
+
+def ood_record(clf: Classifier, emb: np.ndarray | None, keep: float | None) -> dict[str, Any]:
+    """``ood_threshold`` (keeping ``keep`` of the split's embeddings ``emb``) and ``ood_keep``; the run's reference
+    is built from its train split first when it has none. Empty without embeddings (an old export)."""
+    from imagerec.openworld import ood_threshold
+    from imagerec.openworld.reference import Reference
+
+    if emb is None or keep is None:
+        return {}
+    if clf.reference is None:
+        from imagerec.evaluation.data import run_split
+        from imagerec.runtime import predict_in_batches
+
+        train = run_split(clf, "train")
+        _, train_emb = predict_in_batches(clf.raw_outputs, train.images, CALIBRATION_BATCH, embedding=True)
+        Reference.fit(train_emb, train.y, len(clf.labels)).save(clf.run_dir.reference)
+    threshold = ood_threshold(clf.ood_scores(emb), keep)
+    return {"ood_threshold": None if threshold is None else round(threshold, 6), "ood_keep": keep}

@@ -91,12 +91,24 @@ def final_model(run, batches):
     return model
 
 
+def write_reference(run, fn, images: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> None:
+    """The training ``images``' embeddings (as the runtime callable ``fn`` gives them) in a few MB,
+    ``RUN/reference.npz``: what out-of-distribution scores are measured against (:mod:`imagerec.openworld`)."""
+    from imagerec.openworld.reference import Reference
+    from imagerec.runtime import predict_in_batches
+
+    _, emb = predict_in_batches(fn, images, batch_size, embedding=True)
+    if emb is not None and len(y):
+        Reference.fit(emb, y, num_classes).save(run.reference)
+
+
 def calibrate_run(run, fn, images: np.ndarray, y: np.ndarray, batch_size: int, log=print) -> float:
     """Fit the temperature on the validation ``images`` (labels ``y``) as the runtime callable ``fn`` answers
     them, write ``RUN/calibration.json``; return the temperature the run answers with.
 
     No ``unknown`` threshold unless ``imagerec calibrate`` had stored one with a target accuracy: a resumed run
-    then keeps that target, re-fitted to the new weights. With fewer than ``MIN_VAL_IMAGES`` validation images
+    then keeps that target, re-fitted to the new weights (and so for the out-of-distribution threshold's
+    ``ood_keep``, against the new reference). With fewer than ``MIN_VAL_IMAGES`` validation images
     nothing is fitted (a few images, all answered right, would drive the temperature to its sharpest bound) and
     the run keeps the calibration it has (none: 1.0). Multi-label runs (multi-hot ``y``) are left alone.
     """
@@ -115,8 +127,15 @@ def calibrate_run(run, fn, images: np.ndarray, y: np.ndarray, batch_size: int, l
                 f"(fewer than {MIN_VAL_IMAGES})"
             )
         return float(previous.get("temperature", 1.0))
-    raw = predict_in_batches(fn, images, batch_size)
+    raw, emb = predict_in_batches(fn, images, batch_size, embedding=True)
     record = calibration_record(raw, y, "val", previous.get("target_accuracy"))
+    keep = previous.get("ood_keep")
+    if keep is not None and emb is not None and run.reference.exists():
+        from imagerec.openworld import ood_threshold
+        from imagerec.openworld.reference import Reference
+
+        threshold = ood_threshold(Reference.load(run.reference).score(emb), keep)
+        record.update(ood_threshold=None if threshold is None else round(threshold, 6), ood_keep=keep)
     atomic_write_json(run.calibration, {**record, "fitted_by": "train"})
     return float(record["temperature"])
 

@@ -28,7 +28,7 @@ from imagerec.errors import RunError
 from imagerec.run import RunDir
 from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training import auto
-from imagerec.training.finalize import calibrate_run, final_model, split_metrics
+from imagerec.training.finalize import calibrate_run, final_model, split_metrics, write_reference
 from imagerec.training.lr_range import LRFinderResult, RangeRecorder, suggest
 from imagerec.training.recipe import (
     class_weights,
@@ -313,7 +313,7 @@ class Learner:
             return multilabel.split_metrics(self, split, y, probs)
         out = split_metrics(probs, y, temperature)
         if augment_flips(self.config.augment.preset):
-            from imagerec.classifier import with_flip_tta
+            from imagerec.runtime.tta import with_flip_tta
 
             tta = predict_in_batches(with_flip_tta(fn), x, batch_size)
             out["accuracy_tta"] = float((tta.argmax(1) == y).mean())
@@ -326,10 +326,8 @@ class Learner:
 
         if getattr(self, "_runtime", (None,))[0] is not model:
             d = self.config.data
-            self._runtime = (
-                model,
-                get_runtime("keras")(model, {"image_size": d.image_size, "channels": d.channels}),
-            )
+            info = {"image_size": d.image_size, "channels": d.channels}
+            self._runtime = (model, get_runtime("keras")(model, info))
         return self._runtime[1]
 
     def finish(self, fit_seconds: float) -> Run:
@@ -339,8 +337,9 @@ class Learner:
         if not run.model.exists():
             run.save_model(self.model)
         best = final_model(run, self.train_ds)  # the kept weights with their own BatchNorm statistics
-        val_x, val_y = self.arrays["val"]
-        t = calibrate_run(run, self.runtime_of(best), val_x, val_y, self.config.train.batch_size, self.log)
+        fn, batch_size = self.runtime_of(best), self.config.train.batch_size
+        write_reference(run, fn, *self.arrays["train"], len(self.class_names), batch_size)
+        t = calibrate_run(run, fn, *self.arrays["val"], batch_size, self.log)
         metrics = {"val": self.evaluate(best, "val", t), "test": self.evaluate(best, "test", t)}
         epochs, kept = latest_epoch(self.backup), self.backup.kept()
         trained = len(self.arrays["train"][1]) * max(1, epochs - (self.backup.restored_epoch or 0))
