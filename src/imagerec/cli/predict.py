@@ -176,7 +176,7 @@ class _Writer:
         self.csv = None
         if fmt == "csv":
             self.csv = csv.writer(sys.stdout)
-            self.csv.writerow(["path", "label", "confidence", "top_k", "error"])
+            self.csv.writerow(["path", "label", "confidence", "top_k", "ood_score", "error"])
 
     def result(self, path: str, pred) -> None:
         if self.fmt == "json":
@@ -184,17 +184,20 @@ class _Writer:
             sys.stdout.write(json.dumps({"path": path, **fields, "runtime": self.runtime}) + "\n")
         elif self.csv is not None:
             top = ";".join(f"{label}:{score:.4f}" for label, score in pred.top_k)
-            self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ""])
+            ood = "" if pred.ood_score is None else f"{pred.ood_score:.6f}"
+            self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ood, ""])
         else:
             top = "  ".join(f"{label} {score:.2f}" for label, score in pred.top_k)
             label = ", ".join(pred.labels) if pred.labels else pred.label  # a multi-label answer: its classes
+            if pred.reason:
+                label += f" ({pred.reason.replace('_', ' ')})"
             self.rows.append((path, label, f"{pred.confidence:.3f}", top))
 
     def error(self, path: str, code: str, message: str) -> None:
         if self.fmt == "json":
             sys.stdout.write(json.dumps({"path": path, "error": {"code": code, "message": message}}) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([path, "", "", "", f"{code}: {message}"])
+            self.csv.writerow([path, "", "", "", "", f"{code}: {message}"])
         else:
             self.rows.append((path, "[red]error[/red]", "", f"{code}: {message}"))
 
