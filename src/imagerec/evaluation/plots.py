@@ -154,9 +154,19 @@ def score_histograms_png(
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.4), squeeze=False)
     for ax, (title, a, b) in zip(axes[0], panels, strict=True):
         both = np.r_[a, b]
-        bins = np.linspace(float(both.min()), float(both.max()) + 1e-9, 50)
-        ax.hist(a, bins=bins, alpha=0.6, density=True, label=names[0])
-        ax.hist(b, bins=bins, alpha=0.6, density=True, label=names[1])
+        lo, hi = float(both.min()), float(both.max())
+        if lo >= 0 and hi > 20 * max(float(np.median(both)), 1e-9):  # a long tail (distances): a log axis
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            bins = np.geomspace(max(lo, hi * 1e-6, 1e-9), hi * 1.0001, 50)
+            ax.set_xscale("log")  # plain tick labels: mathtext is off (class names are user text)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            bins = np.linspace(lo, hi + 1e-9, 50)
+        ax.hist(a, bins=bins, alpha=0.6, label=names[0])
+        ax.hist(b, bins=bins, alpha=0.6, label=names[1])
+        ax.set_ylabel("images")
         ax.set_title(title)
         ax.set_xlabel("score (higher = further from the training data)")
         ax.legend(fontsize=8)
