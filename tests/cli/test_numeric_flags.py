@@ -171,6 +171,7 @@ def _arguments(command: str, tmp) -> list[str]:
         "evaluate": [run],
         "calibrate": [run],
         "predict": [run, str(tmp / "no-image.png")],
+        "embed": [run, str(tmp / "no-image.png"), "--out", str(tmp / "out" / "vectors.npy")],
         "video": [run, "--source", str(tmp / "no-video.mp4")],
         "serve": [run],
         "export": [run, "--out", str(tmp / "out")],

@@ -182,7 +182,8 @@ def test_c24_an_upload_is_never_stored_or_served_back(classifier, tmp_path, monk
         response = client.post("/v1/predict", files={"file": (name, image, "image/png")})
         assert response.status_code == 200, response.text
         (pred,) = response.json()["predictions"]
-        assert set(pred) == {"filename", "label", "confidence", "top_k"}  # no id, URL or path to fetch it by
+        # no id, URL or path to fetch it by (ood_score: the run has an embedding reference)
+        assert set(pred) == {"filename", "label", "confidence", "top_k", "ood_score"}
         stem = name[: -len(".png")]
         for path in (f"/{name}", f"/static/{name}", f"/uploads/{name}", f"/v1/uploads/{name}", f"/files/{name}",
                      f"/download/{name}", f"/preview/{name}", f"/v1/predict/{name}", f"/v1/predict/{stem}",

@@ -40,13 +40,13 @@ def _fresh_classifier(run):
 
 def _stalling(clf, release: threading.Event, max_s: float = 20.0):
     """Fault injection: the model call blocks until ``release`` is set (a hung kernel, a deadlock)."""
-    real = clf.predict_proba
+    real = clf.predict_scores
 
     def stalled(batch):
         release.wait(max_s)
         return real(batch)
 
-    clf.predict_proba = stalled
+    clf.predict_scores = stalled
     return clf
 
 
@@ -172,7 +172,7 @@ def test_c21_a_model_call_stuck_forever_is_abandoned_and_a_fresh_worker_serves(t
     from imagerec.settings import ServeSettings
 
     clf = _fresh_classifier(trained)
-    real, armed, stuck = clf.predict_proba, threading.Event(), []
+    real, armed, stuck = clf.predict_scores, threading.Event(), []
 
     def deadlocking(batch):
         if armed.is_set() and not stuck:  # the first call once armed (the start-up warm-up is let through)
@@ -180,7 +180,7 @@ def test_c21_a_model_call_stuck_forever_is_abandoned_and_a_fresh_worker_serves(t
             never_released.wait()
         return real(batch)
 
-    clf.predict_proba = deadlocking
+    clf.predict_scores = deadlocking
     # deadline 1 s; the stuck call is abandoned at stall_s = 2 x the deadline
     app = create_app(clf, ServeSettings(timeout_s=1.0, max_batch=4, decode_workers=0))
     with LiveServer(app) as server, HealthProbe(server.url) as probe:

@@ -88,8 +88,11 @@ class Reference:
         method = method or self.method
         if method not in METHODS:
             raise RunError(f"unknown out-of-distribution method {method!r}; choose one of {', '.join(METHODS)}")
+        score = self.knn if method == "knn" else self.mahalanobis
+        if len(z) < 4:  # a vector-matrix product: one thread already, and the limit's own cost (~30 us) is saved
+            return score(z)
         with _one_blas_thread():
-            return self.knn(z) if method == "knn" else self.mahalanobis(z)
+            return score(z)
 
     def knn(self, z: np.ndarray) -> np.ndarray:
         """Cosine distance to the ``k``-th nearest training embedding of the sample."""
