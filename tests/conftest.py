@@ -64,3 +64,11 @@ def multilabel_run(tmp_path_factory, imagerec_home) -> Path:
     )
     assert run.metrics["test"]["macro_f1"] >= 0.8, run.metrics
     return run.path
+
+
+@pytest.fixture(scope="session")
+def multilabel_classifier(multilabel_run: Path):
+    """The session's multi-label run, loaded once (Keras runtime). Treat as read-only."""
+    from imagerec import Classifier
+
+    return Classifier.load(multilabel_run)

@@ -71,3 +71,19 @@ def test_predict_json_on_a_multilabel_run(multilabel_run: Path, capsys):
         assert line["label"] == (line["labels"][0] if line["labels"] else "unknown")
     right = sum(sorted(line["labels"]) == r.labels for line, r in zip(lines, rows, strict=True))
     assert right >= 0.75 * len(rows)
+
+
+def test_predict_csv_on_a_multilabel_run_has_a_labels_column(multilabel_run: Path, capsys):
+    import csv
+    import io
+
+    from imagerec.data.split import read_manifest, rows_for
+
+    paths = [r.path for r in rows_for(read_manifest(multilabel_run / "manifest.csv"), "test")]
+    code, out, err = run_cli(capsys, "predict", str(multilabel_run), *paths, "--format", "csv")
+    assert code == 0, err
+    records = list(csv.DictReader(io.StringIO(out)))
+    assert list(records[0]) == ["path", "label", "labels", "confidence", "top_k", "ood_score", "error"]
+    expected = Classifier.load(multilabel_run).predict(paths)
+    assert [r["labels"] for r in records] == [";".join(p.labels) for p in expected]  # '' = no class
+    assert [r["label"] for r in records] == [p.label for p in expected]

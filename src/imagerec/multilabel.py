@@ -19,10 +19,9 @@ import numpy as np
 
 from imagerec.errors import DataError, ImagerecError
 from imagerec.prediction import UNKNOWN, Prediction
+from imagerec.run.layout import DEFAULT_THRESHOLD
 
 TASKS = ("auto", "multiclass", "multilabel")
-#: the threshold of a class that the validation split cannot tune (no validation split, or no image of the class)
-DEFAULT_THRESHOLD = 0.5
 
 
 def check_task(task: str) -> None:
@@ -68,25 +67,10 @@ def run_task(config: dict[str, Any]) -> str:
     return str(config.get("task") or "multiclass")
 
 
-def thresholds_record(
-    class_names: list[str], thresholds: np.ndarray, split: str | None, num_images: int
-) -> dict[str, Any]:
-    """The content of ``RUN/thresholds.json``: class -> threshold, and where they were tuned."""
-    return {
-        "thresholds": {name: round(float(t), 6) for name, t in zip(class_names, thresholds, strict=True)},
-        "split": split,
-        "num_images": num_images,
-        "rule": "per-class F1 maximum" if split else f"default {DEFAULT_THRESHOLD} (no validation split)",
-    }
-
-
 def read_thresholds(run_dir, class_names: list[str]) -> np.ndarray:
-    """A run's per-class thresholds (in ``class_names`` order) from its thresholds.json; missing: the default."""
-    from imagerec.utils import read_json
-
-    path = run_dir.thresholds
-    table = (read_json(path).get("thresholds") or {}) if path.exists() else {}
-    return np.array([float(table.get(name, DEFAULT_THRESHOLD)) for name in class_names], dtype=np.float32)
+    """A run's per-class thresholds (in ``class_names`` order) from its thresholds.json; missing: the default
+    (:data:`DEFAULT_THRESHOLD`: the threshold of a class the validation split cannot tune)."""
+    return np.array(run_dir.read_thresholds(class_names), dtype=np.float32)
 
 
 def split_metrics(learner, split: str, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -97,6 +81,7 @@ def split_metrics(learner, split: str, y: np.ndarray, probs: np.ndarray) -> dict
     ``accuracy_score`` on label sets).
     """
     from imagerec.evaluation.metrics import f1_thresholds, multilabel_metrics
+    from imagerec.evaluation.multilabel import thresholds_record
 
     names = learner.class_names
     if split == "val" or getattr(learner, "thresholds", None) is None:

@@ -71,6 +71,28 @@ def local_ray():
     ray.shutdown()
 
 
+def test_written_rows_carry_label_sets_and_read_back_as_predict_json():
+    """A row of ``predict --ray`` output keeps a multi-label answer (labels, scores) and the OOD score: its JSON
+    line is the object ``imagerec predict --format json`` prints (no Ray needed: the row codec itself)."""
+    import pyarrow as pa
+
+    from imagerec.distributed.ray import _json_line, _row, _schema
+    from imagerec.prediction import Prediction, PredictionError
+
+    sets = Prediction("red", 0.9, [("red", 0.9), ("blue", 0.7)], "a.png", labels=["red", "blue"],
+                      scores={"blue": 0.7, "green": 0.1, "red": 0.9}, ood_score=1.25)  # fmt: skip
+    unknown = Prediction("unknown", 0.2, [("red", 0.2)], "b.png", labels=[], scores={"red": 0.2},
+                         reason="low_confidence")  # fmt: skip
+    single = Prediction("green", 0.8, [("green", 0.8)], "c.png")
+    failed = PredictionError("d.png", "unsupported_format", "not an image")
+    results = [sets, unknown, single, failed]
+    table = pa.Table.from_pylist([_row(r.source, r) for r in results], schema=_schema())
+    rows = table.to_pylist()
+    assert rows[0]["labels"] == ["red", "blue"] and rows[2]["labels"] is None
+    for row, result in zip(rows, results, strict=True):
+        assert json.loads(_json_line(row)) == result.to_dict()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ray_train_then_ray_data_predict_matches_single_process(tmp_path, local_ray, capsys):

@@ -137,3 +137,25 @@ def client(server):
 
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def multilabel_pngs() -> dict[tuple[str, ...], bytes]:
+    """PNGs of colour squares on grey (the multi-label run's kind of image), keyed by the colours they show."""
+    from imagefixtures import make_multilabel_image
+
+    rng = np.random.default_rng(7)
+    sets = [("red",), ("blue", "green"), ("green", "red"), ("blue", "green", "red")]
+    return {present: png_bytes(make_multilabel_image(list(present), rng)) for present in sets}
+
+
+@pytest.fixture(scope="module")
+def multilabel_server(multilabel_classifier):
+    """The service around the session's multi-label run (default settings)."""
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
+
+    app = create_app(multilabel_classifier, ServeSettings(max_wait_ms=20))
+    with LiveServer(app) as live:
+        live.app = app
+        yield live

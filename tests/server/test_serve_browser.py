@@ -126,6 +126,27 @@ def test_non_image_shows_an_error(page, tmp_path: Path):
     assert not page.errors
 
 
+def test_a_multilabel_answer_shows_its_label_set(playwright, multilabel_server, multilabel_classifier,
+                                                multilabel_pngs, tmp_path: Path):  # fmt: skip
+    """A multi-label run's answer reads as its set ("green + red"), in the model's order, not as one label."""
+    from playwright.sync_api import expect
+
+    data = multilabel_pngs[("green", "red")]
+    path = tmp_path / "pair.png"
+    path.write_bytes(data)
+    shown = " + ".join(multilabel_classifier.predict(data)[0].labels)
+    assert "+" in shown  # the tiny run sees both squares
+    browser, page = open_page(playwright, multilabel_server.url, ARGS)
+    try:
+        page.set_input_files("#file-input", str(path))
+        item = page.locator(f'#results li.result.ok[aria-label="pair.png: {shown}"]')
+        expect(item).to_have_count(1)
+        expect(item.locator(".label")).to_contain_text(shown)
+        assert not page.errors
+    finally:
+        browser.close()
+
+
 def write_y4m(path: Path, rgb, frames: int = 4) -> Path:
     """A Y4M video (what Chromium's fake camera plays, in a loop) of ``frames`` copies of the RGB image ``rgb``
     (even height and width), 4:2:0 with full-range BT.601 chroma."""

@@ -164,28 +164,37 @@ def compare(
     split: str = option(EvaluateSettings, "split", "--split", help="Which split of each run to compare on."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
-    """Side-by-side accuracy, macro F1, ECE, parameters, model file size and latency of RUNS."""
+    """Side-by-side accuracy (multi-label runs: micro F1, mAP), macro F1, ECE, parameters, size and latency of RUNS."""
     from rich.table import Table
 
     from imagerec.classifier import compare as compare_runs
+    from imagerec.evaluation.compare import TASK_FIGURES
 
     rows = compare_runs(runs, split=split)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    tasks = {row["task"] for row in rows}
+    mixed = len(tasks) > 1
+    caption = (
+        f"n/a: not a figure of that run's task ({', '.join(TASK_FIGURES['multiclass'])}: single-label; "
+        f"{', '.join(TASK_FIGURES['multilabel'])}: multi-label; macro_f1: both)"
+    )
     table = Table(
-        title=f"runs compared on their {split} split (latency: keras runtime, batch of 8, median of 5)"
+        title=f"runs compared on their {split} split (latency: keras runtime, batch of 8, median of 5)",
+        caption=caption if mixed else None,
     )
     table.add_column("")
     for row in rows:
         table.add_column(row["run"], justify="right")
+    figures = [(k, "{:.4f}") for task in TASK_FIGURES if task in tasks for k in TASK_FIGURES[task]]
     fields = (
-        ("model", "{}"), ("image_size", "{}"), ("num_images", "{}"), ("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"),
-        ("top_k_accuracy", "{:.4f}"), ("ece", "{:.4f}"), ("params", "{:,}"), ("model_bytes", "{:,}"),
+        *([("task", "{}")] if mixed else []), ("model", "{}"), ("image_size", "{}"), ("num_images", "{}"),
+        ("macro_f1", "{:.4f}"), *figures, ("params", "{:,}"), ("model_bytes", "{:,}"),
         ("latency_ms_per_image", "{:.2f}"),
     )  # fmt: skip
     for key, fmt in fields:
-        table.add_row(key, *(fmt.format(row[key]) for row in rows))
+        table.add_row(key, *("n/a" if row[key] is None else fmt.format(row[key]) for row in rows))
     _console().print(table)
 
 
@@ -209,13 +218,17 @@ def calibrate(
         help="Share of the split's images the out-of-distribution threshold keeps (its true-positive rate).",
     ),
 ) -> None:
-    """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold."""
+    """Fit temperature scaling on RUN's validation split; store temperature and an 'unknown' threshold (a
+    multi-label run: re-tune its per-class thresholds on the split instead)."""
     from imagerec.classifier import Classifier
 
     CalibrateSettings(target_accuracy=target_accuracy, split=split, ood_keep=ood_keep).validate()
     clf = Classifier.load(run)
     no = no_threshold
     rec = clf.calibrate(split=split, target_accuracy=None if no else target_accuracy, ood_keep=None if no else ood_keep)
+    if rec.get("task") == "multilabel":  # no temperature: the per-class thresholds were re-tuned
+        _print_thresholds(rec, run / clf.run_dir.thresholds.name)
+        return
     typer.echo(
         f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
         f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> {rec['nll_after']:.4f}"
@@ -243,6 +256,18 @@ def calibrate(
             f"{rec['ood_keep']:.0%} of {split} images (imagerec evaluate --ood DIR measures it on foreign images)"
         )
     typer.echo(f"wrote {run / 'calibration.json'}")
+
+
+def _print_thresholds(rec: dict, path: Path) -> None:
+    """What ``imagerec calibrate`` did to a multi-label run: its per-class thresholds, before and after."""
+    typer.echo(
+        f"per-class thresholds re-tuned on {rec['num_images']} {rec['split']} images (each class's F1 maximum): "
+        f"macro F1 {rec['macro_f1_before']:.4f} -> {rec['macro_f1_after']:.4f}, micro F1 "
+        f"{rec['micro_f1_before']:.4f} -> {rec['micro_f1_after']:.4f} on {rec['split']}"
+    )
+    for name, value in rec["thresholds"].items():
+        typer.echo(f"  {name}: {rec['previous'][name]:.4f} -> {value:.4f}")
+    typer.echo(f"wrote {path}")
 
 
 @data_app.command("issues")
@@ -280,16 +305,20 @@ def issues(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    # a multi-label run: one row per image and class, a label missing from the given set or extra in it
+    sets = clf.task == "multilabel"
     table = Table(title=f"{len(rows)} possible label issue(s) in {run} (ranked by p(given label))")
-    for col in ("p(given)", "given", "model says", "p(model)", "split"):
+    named = ("issue", "label") if sets else ()
+    for col in ("p(given)", *named, "given", "model says", "p(model)", "split"):
         table.add_column(col, justify="right" if col.startswith("p(") else "left", no_wrap=True)
     table.add_column("path", overflow="fold")
     for r in rows:
         split_note = r["split"] + ("" if r["out_of_sample"] else " (in-sample)")
         table.add_row(
             f"{r['p_given']:.2g}",
-            r["given"],
-            r["predicted"],
+            *((r["kind"], r["label"]) if sets else ()),
+            r["given"] or ("(none)" if sets else ""),
+            r["predicted"] or ("(none)" if sets else ""),
             f"{r['p_predicted']:.3f}",
             split_note,
             r["path"],

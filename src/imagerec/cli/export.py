@@ -79,13 +79,17 @@ def _print_records(run: Path, records: list[dict], out: Path | None) -> None:
     from rich.table import Table
 
     table = Table(title=f"exports of {run}")
-    for col in ("export", "size", "input", "top-1 agreement", "max |Δp|", "images", "path"):
+    from imagerec.export.parity import agreement
+
+    sets = any(r["parity"].get("task") == "multilabel" for r in records)  # a multi-label run: its label sets
+    for col in ("export", "size", "input", "label-set agreement" if sets else "top-1 agreement", "max |Δp|",
+                "images", "path"):  # fmt: skip
         table.add_column(col)
     for r in records:
         p = r["parity"]
         table.add_row(
             f"{r['format']}" + ("" if r["quantization"] == "none" else f" {r['quantization']}"),
-            _mb(r["size_bytes"]), r["input"]["dtype"], f"{p['top1_agreement']:.2%}", f"{p['max_abs_prob_diff']:.2g}",
+            _mb(r["size_bytes"]), r["input"]["dtype"], f"{agreement(p):.2%}", f"{p['max_abs_prob_diff']:.2g}",
             f"{p['num_images']} {p['split']}", r["path"],
         )  # fmt: skip
     _console().print(table)

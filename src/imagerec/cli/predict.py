@@ -81,7 +81,7 @@ def predict(
             f"no image files found in {', '.join(paths)}; expected image files, folders or globs"
         )
     clf = Classifier.load(run, runtime=runtime, tta=tta)
-    writer = _Writer(output_format, top_k, clf.runtime, runtime)
+    writer = _Writer(output_format, top_k, clf.runtime, runtime, multilabel=clf.task == "multilabel")
     failed = 0
     for item in missing:
         writer.error(item, "not_found", f"{item}: no such file, folder or matching glob")
@@ -165,8 +165,16 @@ class _Writer:
     stderr after CSV (so that stdout stays plain CSV).
     """
 
-    def __init__(self, fmt: str, top_k: int, runtime: str | None = None, asked: str | None = None):
+    def __init__(
+        self,
+        fmt: str,
+        top_k: int,
+        runtime: str | None = None,
+        asked: str | None = None,
+        multilabel: bool = False,
+    ):
         self.fmt = fmt
+        self.multilabel = multilabel  # CSV: a 'labels' column after 'label' (the classes joined by ';')
         self.runtime = runtime
         # ``auto`` may have picked an export: say which runtime answered
         self.answered_by = f"answered by runtime {runtime}" if runtime else ""
@@ -176,7 +184,8 @@ class _Writer:
         self.csv = None
         if fmt == "csv":
             self.csv = csv.writer(sys.stdout)
-            self.csv.writerow(["path", "label", "confidence", "top_k", "ood_score", "error"])
+            labels = ["labels"] if multilabel else []
+            self.csv.writerow(["path", "label", *labels, "confidence", "top_k", "ood_score", "error"])
 
     def result(self, path: str, pred) -> None:
         if self.fmt == "json":
@@ -185,7 +194,8 @@ class _Writer:
         elif self.csv is not None:
             top = ";".join(f"{label}:{score:.4f}" for label, score in pred.top_k)
             ood = "" if pred.ood_score is None else f"{pred.ood_score:.6f}"
-            self.csv.writerow([path, pred.label, f"{pred.confidence:.6f}", top, ood, ""])
+            labels = [";".join(pred.labels or [])] if self.multilabel else []
+            self.csv.writerow([path, pred.label, *labels, f"{pred.confidence:.6f}", top, ood, ""])
         else:
             top = "  ".join(f"{label} {score:.2f}" for label, score in pred.top_k)
             label = ", ".join(pred.labels) if pred.labels else pred.label  # a multi-label answer: its classes
@@ -197,7 +207,8 @@ class _Writer:
         if self.fmt == "json":
             sys.stdout.write(json.dumps({"path": path, "error": {"code": code, "message": message}}) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([path, "", "", "", "", f"{code}: {message}"])
+            labels = [""] if self.multilabel else []
+            self.csv.writerow([path, "", *labels, "", "", "", f"{code}: {message}"])
         else:
             self.rows.append((path, "[red]error[/red]", "", f"{code}: {message}"))
 

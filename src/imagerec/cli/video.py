@@ -33,7 +33,10 @@ def video(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Annotated video to write (.mp4, .mov, .mkv, .avi)."),
     jsonl: Path = typer.Option(
-        None, "--jsonl", help="JSON lines, one per classified frame: frame, time_s, label, confidence, top_k."
+        None,
+        "--jsonl",
+        help="JSON lines, one per classified frame: frame, time_s, label, confidence, top_k (labels: a multi-label "
+        "run's set).",
     ),
     every: int = typer.Option(
         None, "--every", help="Classify every N-th frame (others carry the last label)."

@@ -201,25 +201,23 @@ class _Predictor:
 def _schema():
     import pyarrow as pa
 
+    pairs = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
     return pa.schema([
-        ("path", pa.string()), ("label", pa.string()), ("confidence", pa.float64()),
-        ("top_k", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+        ("path", pa.string()), ("label", pa.string()), ("confidence", pa.float64()), ("top_k", pairs),
+        ("labels", pa.list_(pa.string())), ("scores", pairs),  # a multi-label run's answer; null otherwise
+        ("ood_score", pa.float64()), ("reason", pa.string()),
         ("error_code", pa.string()), ("error_message", pa.string()),
     ])  # fmt: skip
 
 
 def _row(path: str, result: Prediction | PredictionError) -> dict[str, Any]:
     if isinstance(result, PredictionError):
-        return {
-            "path": path,
-            "label": None,
-            "confidence": None,
-            "top_k": [],
-            "error_code": result.code,
-            "error_message": result.message,
-        }
+        empty = dict.fromkeys(("label", "confidence", "labels", "scores", "ood_score", "reason"))
+        return {"path": path, **empty, "top_k": [], "error_code": result.code, "error_message": result.message}
     top = [{"label": label, "score": float(score)} for label, score in result.top_k]
+    scores = None if result.scores is None else [{"label": k, "score": float(p)} for k, p in result.scores.items()]
     return {"path": path, "label": result.label, "confidence": float(result.confidence), "top_k": top,
+            "labels": result.labels, "scores": scores, "ood_score": result.ood_score, "reason": result.reason,
             "error_code": None, "error_message": None}  # fmt: skip
 
 
@@ -233,7 +231,9 @@ def _result(row: dict[str, Any]) -> Prediction | PredictionError:
     if row["error_code"] is not None:
         return PredictionError(row["path"], row["error_code"], row["error_message"])
     top = [(t["label"], t["score"]) for t in row["top_k"]]
-    return Prediction(row["label"], row["confidence"], top, source=row["path"])
+    scores = None if row.get("scores") is None else {t["label"]: t["score"] for t in row["scores"]}
+    extra = {"ood_score": row.get("ood_score"), "reason": row.get("reason"), "labels": row.get("labels")}
+    return Prediction(row["label"], row["confidence"], top, source=row["path"], scores=scores, **extra)
 
 
 def predict_with_ray(
@@ -253,8 +253,9 @@ def predict_with_ray(
     Args:
         run: the run directory (on a path every node can read).
         sources: image files, folders (searched recursively) or globs.
-        out: ``*.parquet`` (columns path, label, confidence, top_k, error_code, error_message) or ``*.jsonl``
-            (the rows ``imagerec predict --format json`` prints).
+        out: ``*.parquet`` (columns path, label, confidence, top_k, labels, scores (a multi-label run's label set
+            and every class's probability; null otherwise), ood_score, reason, error_code, error_message) or
+            ``*.jsonl`` (the rows ``imagerec predict --format json`` prints).
         num_workers: model actors (each loads the model once).
         batch_size: images per actor call.
         threshold: answer ``unknown`` below this confidence (None: the run's calibrated threshold; 0: off).

@@ -1,4 +1,6 @@
-"""The evaluation of a multi-label run: metrics equal to scikit-learn's, predictions.csv, pictures, report rows.
+"""The evaluation of a multi-label run: metrics equal to scikit-learn's, predictions.csv, pictures, report rows,
+and its thresholds: ``thresholds.json``'s record (:func:`thresholds_record`, written by training) and their
+re-tuning on a split (:func:`tune_thresholds`, what ``imagerec calibrate`` does for a multi-label run).
 
 ``evaluator.evaluate_classifier`` hands a multi-label Classifier's decoded images here. An image's labels are the
 classes whose probability reaches the run's per-class threshold (``RUN/thresholds.json``, tuned on validation at
@@ -22,8 +24,10 @@ import numpy as np
 
 from imagerec.evaluation import plots
 from imagerec.evaluation.metrics import multilabel_metrics
+from imagerec.run.layout import DEFAULT_THRESHOLD
 
 MAX_WRONG = 12
+TUNE_BATCH = 256
 
 
 def evaluate_multilabel(clf, evalset, split: str | None, batch_size: int, write: bool) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def write_outputs(clf, evalset, probs: np.ndarray, metrics: dict[str, Any]) -> N
 
     out = clf.run_dir.evaluation
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("confusion_matrix.png", "reliability.png", "gradcam_wrong.png", "label_issues.png"):
+    for stale in ("confusion_matrix.png", "reliability.png", "gradcam_wrong.png"):
         (out / stale).unlink(
             missing_ok=True
         )  # single-label pictures of an earlier evaluation must not survive
@@ -132,6 +136,56 @@ def report_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         ap = metrics["mAP"] if avg == "macro" else None
         rows.append([f"{avg} avg", m["precision"], m["recall"], m["f1"], ap, None, metrics["num_images"]])
     return header, rows
+
+
+def thresholds_record(
+    class_names: list[str], thresholds: np.ndarray, split: str | None, num_images: int
+) -> dict[str, Any]:
+    """The content of ``RUN/thresholds.json``: class -> threshold, and where they were tuned."""
+    return {
+        "thresholds": {name: round(float(t), 6) for name, t in zip(class_names, thresholds, strict=True)},
+        "split": split,
+        "num_images": num_images,
+        "rule": "per-class F1 maximum" if split else f"default {DEFAULT_THRESHOLD} (no validation split)",
+    }
+
+
+def tune_thresholds(clf, split: str = "val") -> dict[str, Any]:
+    """``imagerec calibrate`` for a multi-label run: re-tune its per-class thresholds on ``split``.
+
+    A multi-label run has no softmax temperature; what calibrate fits for it is each class's threshold, as the end
+    of training does (the F1 maximum of each class, :func:`imagerec.evaluation.metrics.f1_thresholds`), on the
+    images of ``split``. ``RUN/thresholds.json`` is rewritten atomically and ``clf`` answers with the new
+    thresholds at once (exports keep the copy they were made with until the run is exported again).
+
+    Returns:
+        The new thresholds.json record (``thresholds``, ``split``, ``num_images``, ``rule``), plus ``task``,
+        ``previous`` (class -> the threshold replaced) and the split's macro and micro F1 ``before``/``after``.
+
+    Raises:
+        DataError: the split is empty.
+    """
+    from imagerec.evaluation.data import require_classifier, run_split
+    from imagerec.evaluation.metrics import f1_thresholds
+    from imagerec.runtime import predict_in_batches
+    from imagerec.settings import CalibrateSettings
+    from imagerec.utils import atomic_write_json
+
+    require_classifier(clf, "calibrate")
+    CalibrateSettings(split=split).validate()
+    data = run_split(clf, split)
+    probs = predict_in_batches(clf.raw_proba, data.images, TUNE_BATCH)  # sigmoid outputs, used as they are
+    record = thresholds_record(clf.labels, f1_thresholds(data.y, probs), split, len(data.y))
+    tuned = np.array(list(record["thresholds"].values()), np.float32)  # as a reload reads them
+    f1 = {
+        when: multilabel_metrics(data.y, probs, clf.labels, cut)
+        for when, cut in (("before", clf.thresholds), ("after", tuned))
+    }
+    atomic_write_json(clf.run_dir.thresholds, record)
+    previous = dict(zip(clf.labels, (round(float(t), 6) for t in clf.thresholds), strict=True))
+    clf.thresholds = tuned
+    figures = {f"{avg}_f1_{when}": m[avg]["f1"] for when, m in f1.items() for avg in ("macro", "micro")}
+    return {**record, "task": "multilabel", "previous": previous, **figures}
 
 
 def refuse_multilabel(clf, verb: str) -> None:

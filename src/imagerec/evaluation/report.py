@@ -144,6 +144,10 @@ def label_issue_gallery(clf, rows: list[dict[str, Any]]) -> Path | None:
             images.append(clf.preprocess(row["path"]))
         except (ImageRejected, OSError):
             continue
+        if "kind" in row:  # a multi-label run's row: one class missing from (or extra in) the given set
+            given = row["given"] or "(none)"
+            captions.append(f"{row['kind']}: {row['label']} (p={row['p_label']:.2f})\ngiven: {given}")
+            continue
         captions.append(
             f"given: {row['given']} (p={row['p_given']:.2g})\nmodel: {row['predicted']} ({row['p_predicted']:.2f})"
         )
@@ -239,15 +243,11 @@ def render_html(
                 f"<h2>{esc(title)}</h2><p class='muted'>{esc(caption)}</p><img alt='{esc(title)}' src='{_data_uri(path)}'>"
             )
     if issues:
-        parts.append(
-            _table(
-                ["path", "split", "given", "predicted", "p(given)", "out of sample"],
-                [
-                    [r["path"], r["split"], r["given"], r["predicted"], r["p_given"], r["out_of_sample"]]
-                    for r in issues[:50]
-                ],
-            )
-        )
+        # a multi-label run's rows also name the class and whether it is missing or extra
+        named = ["kind", "label"] if "kind" in issues[0] else []
+        columns = ["path", "split", *named, "given", "predicted", "p_given", "out_of_sample"]
+        header = [c.replace("p_given", "p(given)").replace("_", " ") for c in columns]
+        parts.append(_table(header, [[r[c] for c in columns] for r in issues[:50]]))
     parts += ["<h2>Run configuration</h2>", _table(["setting", "value"], _flatten({k: v for k, v in config.items() if k != "class_names"})),
               "</body></html>"]  # fmt: skip
     return "\n".join(parts)

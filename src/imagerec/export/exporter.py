@@ -180,7 +180,7 @@ def parity_data(run_dir: RunDir, keras_fn, parity_images: int):
         ExportError: the run has no readable test or val image.
         RunError: the run's ``reference.npz`` is unreadable (rebuilt by ``imagerec calibrate``).
     """
-    from imagerec.export.parity import ParityData, evaluation_images
+    from imagerec.export.parity import ParityData, evaluation_images, run_spec
     from imagerec.openworld.reference import Reference
     from imagerec.runtime import predict_in_batches
     from imagerec.utils import read_json
@@ -194,7 +194,9 @@ def parity_data(run_dir: RunDir, keras_fn, parity_images: int):
     probs, embedding = predict_in_batches(keras_fn, images, PARITY_BATCH, embedding=True)
     reference = Reference.load(run_dir.reference) if run_dir.reference.is_file() else None
     calibration = read_json(run_dir.calibration) if run_dir.calibration.is_file() else {}
-    return ParityData(images, probs, embedding, split, reference, calibration.get("ood_threshold"))
+    thresholds = run_spec(run_dir).get("thresholds")  # a multi-label run's: label sets are compared
+    ood_threshold = calibration.get("ood_threshold")
+    return ParityData(images, probs, embedding, split, reference, ood_threshold, thresholds)
 
 
 def _record_default_runtime(classifier, keras_fn, records: list[dict[str, Any]], images) -> None:
@@ -262,12 +264,15 @@ def _check(runtime, check, quantize: str) -> dict[str, Any]:
 
 
 def _parity_failure(result: dict[str, Any]) -> str:
-    """Why a parity record failed, in words: the top-1 agreement, else the embedding's similarity."""
+    """Why a parity record failed, in words: the top-1 (label-set) agreement, else the embedding's similarity."""
     n, split = result["num_images"], result["split"]
-    if result.get("top1_agreement_excluding_ties", 0.0) < result["threshold"]:
+    multilabel = result.get("task") == "multilabel"
+    what = "label-set agreement at the run's thresholds" if multilabel else "top-1 agreement"
+    effective = result.get(f"{'label_set' if multilabel else 'top1'}_agreement_excluding_ties", 0.0)
+    if effective < result["threshold"]:
         return (
-            f"top-1 agreement {result.get('top1_agreement_excluding_ties', 0.0):.2%} (near-ties excluded) < "
-            f"{result['threshold']:.0%} on {n} {split} images (max prob diff {result.get('max_abs_prob_diff')})"
+            f"{what} {effective:.2%} (near-ties excluded) < {result['threshold']:.0%} on {n} {split} images "
+            f"(max prob diff {result.get('max_abs_prob_diff')})"
         )
     emb = result["embedding"]
     if not emb["present"]:
@@ -304,6 +309,7 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
             "pixels": "0..255, rescaled inside the model",
         },
         "labels": spec["labels"],
+        **multilabel_fields(spec),
         "source_run": str(classifier.run_dir.path.resolve()),
         "source_model_sha256": sha256_file(classifier.run_dir.model),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -329,6 +335,14 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
             "serving_pixels": f"pixels: float32 [N,{size},{size},{channels}] -> {outputs}",
         }
     return record
+
+
+def multilabel_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """What export.json adds for a multi-label run: its task and per-class thresholds (the probabilities are
+    sigmoid outputs; a class is in an image's label set at or above its threshold)."""
+    if spec.get("thresholds") is None:
+        return {}
+    return {"task": "multilabel", "thresholds": dict(zip(spec["labels"], spec["thresholds"], strict=True))}
 
 
 def _float32_config(obj: Any) -> Any:

@@ -7,6 +7,11 @@ cosine similarity >= 0.99 for the float exports (float32, float16, dynamic), a l
 activations are 8-bit (see ``EMBEDDING_THRESHOLDS``). When the run has an embedding reference (``reference.npz``)
 the out-of-distribution scores of both are compared too, and recorded (not a pass/fail bar: a score near
 ``ood_threshold`` may legitimately fall on the other side after rounding).
+
+A multi-label run (``thresholds`` in :class:`ParityData`) compares label *sets* instead of the top-1 class: the
+share of images whose classes at the run's per-class thresholds (``RUN/thresholds.json``) are identical, with the
+same bars, a disagreement being a near-tie when every class that flips lies within ``TIE_MARGIN`` of its threshold
+(see :func:`multilabel_parity`).
 """
 
 from __future__ import annotations
@@ -40,21 +45,27 @@ class ParityData:
     split: str
     reference: Any = None  # the run's imagerec.openworld.reference.Reference, None without one
     ood_threshold: float | None = None
+    thresholds: list[float] | None = None  # a multi-label run's per-class thresholds (None: one label each)
 
 
 def run_spec(run_dir: RunDir) -> dict[str, Any]:
-    """The run's preprocessing contract, as every export records it: image size, channels, resize and labels."""
+    """The run's preprocessing contract, as every export records it: image size, channels, resize and labels (and
+    a multi-label run's per-class ``thresholds``, in label order)."""
     config = run_dir.read_config()
-    return {
+    spec = {
         "image_size": int(config["image_size"]),
         "channels": int(config["channels"]),
         "resize": config.get("resize", "stretch"),
         "labels": run_dir.read_labels(),
     }
+    if config.get("task") == "multilabel":
+        spec["thresholds"] = [round(t, 6) for t in run_dir.read_thresholds(spec["labels"])]
+    return spec
 
 
 def split_images(run_dir: RunDir, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 (N,S,S,C), label indices (N,))`` of one split of the run, via its manifest.
+    """``(images uint8 (N,S,S,C), label indices (N,))`` of one split of the run, via its manifest (a multi-label
+    run's labels: multi-hot float32 ``(N, K)``).
 
     Images are decoded as the run's classifier preprocesses them (``load_image`` with the run's size, channels
     and resize policy). Rows whose file is missing or unreadable are skipped; an empty result has shape
@@ -72,23 +83,26 @@ def split_images(run_dir: RunDir, split: str, limit: int | None = None) -> tuple
     order = list(range(len(rows)))
     if limit is not None and limit < len(rows):
         random.Random(0).shuffle(order)
-    chosen: list[tuple[int, np.ndarray, int]] = []
+    multilabel = any(row.multilabel for row in rows)
+    chosen: list[tuple[int, np.ndarray, Any]] = []
     for i in order:
         if limit is not None and len(chosen) >= limit:
             break
         row = rows[i]
-        if row.label not in index:
+        if not set(row.labels) <= set(index):
             continue
+        target = np.isin(spec["labels"], row.labels).astype(np.float32) if multilabel else index[row.label]
         try:
-            chosen.append((i, load_image(row.path, (size, size), channels, spec["resize"]), index[row.label]))
+            chosen.append((i, load_image(row.path, (size, size), channels, spec["resize"]), target))
         except ImageRejected:
             continue
     chosen.sort(key=lambda item: item[0])
     images = [image for _, image, _ in chosen]
     labels = [label for _, _, label in chosen]
+    empty = np.zeros((0, len(index)), np.float32) if multilabel else np.zeros((0,), np.int64)
     if not images:
-        return np.zeros((0, size, size, channels), np.uint8), np.zeros((0,), np.int64)
-    return np.stack(images), np.asarray(labels, np.int64)
+        return np.zeros((0, size, size, channels), np.uint8), empty
+    return np.stack(images), (np.stack(labels) if multilabel else np.asarray(labels, np.int64))
 
 
 def evaluation_images(run_dir: RunDir, limit: int = 1000) -> tuple[np.ndarray, np.ndarray, str]:
@@ -137,10 +151,51 @@ def parity(reference: np.ndarray, candidate: np.ndarray, quantize: str, split: s
     }
 
 
+def multilabel_parity(
+    reference: np.ndarray, candidate: np.ndarray, thresholds: Any, quantize: str, split: str
+) -> dict[str, Any]:
+    """Compare a multi-label run's probabilities ``(N, K)`` as label sets at its per-class ``thresholds``.
+
+    ``label_set_agreement`` is the share of images whose sets are identical; a disagreement is a near-tie when
+    every class that flips has a reference probability within ``TIE_MARGIN`` of its threshold (rounding may
+    legitimately move those across). The bar (:data:`THRESHOLDS`) applies to the agreement without near-ties.
+    """
+    n, bar, margin = len(reference), THRESHOLDS.get(quantize, 0.99), TIE_MARGIN.get(quantize, 0.05)
+    record: dict[str, Any] = {"task": "multilabel", "split": split, "num_images": int(n)}
+    if not n:
+        return {**record, "label_set_agreement": 0.0, "threshold": bar, "passed": False}
+    cut = np.asarray(thresholds, np.float64)[None, :]
+    flips = (reference >= cut) != (candidate >= cut)  # (N, K): a class in one set and not in the other
+    disagree = flips.any(axis=1)
+    ties = disagree & ~(flips & (np.abs(reference - cut) >= margin)).any(axis=1)
+    effective = 1.0 - float(np.mean(disagree & ~ties))
+    return {
+        **record,
+        "label_set_agreement": round(1.0 - float(np.mean(disagree)), 6),
+        "near_ties": int(ties.sum()),
+        "tie_margin": margin,
+        "label_set_agreement_excluding_ties": round(effective, 6),
+        "max_abs_prob_diff": round(float(np.abs(reference - candidate).max()), 6),
+        "thresholds": [round(float(t), 6) for t in np.ravel(cut)],
+        "threshold": bar,
+        "passed": bool(effective >= bar),
+    }
+
+
+def agreement(result: dict[str, Any]) -> float:
+    """The headline agreement of a parity record: top-1 (one label per image) or label sets (multi-label)."""
+    key = "label_set_agreement" if result.get("task") == "multilabel" else "top1_agreement"
+    return float(result.get(key, 0.0))
+
+
 def check(data: ParityData, probs: np.ndarray, embedding: np.ndarray | None, quantize: str) -> dict[str, Any]:
-    """The parity record of an export's outputs: :func:`parity` of the probabilities, plus ``embedding`` (and
-    ``ood``) when the Keras model has an embedding; ``passed`` needs both."""
-    result = parity(data.probs, probs, quantize, data.split)
+    """The parity record of an export's outputs: :func:`parity` (a multi-label run: :func:`multilabel_parity`) of
+    the probabilities, plus ``embedding`` (and ``ood``) when the Keras model has an embedding; ``passed`` needs
+    both."""
+    if data.thresholds is not None:
+        result = multilabel_parity(data.probs, probs, data.thresholds, quantize, data.split)
+    else:
+        result = parity(data.probs, probs, quantize, data.split)
     if data.embedding is None or not len(data.embedding):
         return result
     result["embedding"] = embedding_parity(data.embedding, embedding, quantize)
@@ -187,8 +242,15 @@ def ood_parity(reference: np.ndarray, candidate: np.ndarray, threshold: float | 
     return record
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
-    return round(float(np.mean(probs.argmax(1) == labels)), 6) if len(labels) else None
+def accuracy(probs: np.ndarray, labels: np.ndarray, thresholds: Any = None) -> float | None:
+    """Top-1 accuracy; for multi-hot ``labels`` ``(N, K)`` the subset accuracy (identical label sets) at
+    ``thresholds`` (0.5 when None)."""
+    if not len(labels):
+        return None
+    if np.ndim(labels) == 2:
+        cut = 0.5 if thresholds is None else np.asarray(thresholds)[None, :]
+        return round(float(np.mean(((probs >= cut) == (labels > 0.5)).all(axis=1))), 6)
+    return round(float(np.mean(probs.argmax(1) == labels)), 6)
 
 
 __all__ = [
@@ -196,9 +258,11 @@ __all__ = [
     "THRESHOLDS",
     "ParityData",
     "accuracy",
+    "agreement",
     "check",
     "embedding_parity",
     "evaluation_images",
+    "multilabel_parity",
     "ood_parity",
     "parity",
     "run_spec",

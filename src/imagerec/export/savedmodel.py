@@ -12,7 +12,9 @@ Signatures:
 
 Both return ``probabilities`` (float32 [N, K], uncalibrated softmax), ``labels`` (string [N], the top-1 class) and
 ``embedding`` (float32 [N, D], L2-normalised, for the out-of-distribution score; absent from exports written before
-embeddings, and from a model without one).
+embeddings, and from a model without one). For a multi-label run (``thresholds`` in the spec) ``probabilities`` are
+the sigmoid outputs and each ``labels`` element is the image's label set: the classes at or above their thresholds
+joined by ``;``, most probable first (``""`` when none), as KServe v2's ``labels`` output.
 """
 
 from __future__ import annotations
@@ -61,10 +63,19 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
     size, channels, labels = spec["image_size"], spec["channels"], spec["labels"]
     policy = spec.get("resize", "stretch")
     class_names = tf.constant(labels)
+    thresholds = spec.get("thresholds")  # a multi-label run's per-class thresholds
+
+    def label_sets(probs):
+        order = tf.argsort(probs, axis=1, direction="DESCENDING")
+        chosen = tf.gather(probs >= tf.constant(thresholds, tf.float32), order, batch_dims=1)
+        names = tf.ragged.boolean_mask(tf.gather(class_names, order), chosen)
+        return tf.strings.reduce_join(names, axis=1, separator=";")
 
     def outputs(pixels):
         named = _named_outputs(model, pixels)
-        return {**named, "labels": tf.gather(class_names, tf.argmax(named[PROBABILITIES], axis=1))}
+        probs = named[PROBABILITIES]
+        return {**named, "labels": tf.gather(class_names, tf.argmax(probs, axis=1)) if thresholds is None
+                else label_sets(probs)}  # fmt: skip
 
     def decode_one(data):
         img = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)

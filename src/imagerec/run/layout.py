@@ -31,6 +31,8 @@ from imagerec.run.model_file import MODEL_FILE, load_model_file, save_model_file
 from imagerec.utils import atomic_write_json, read_json
 
 FORMAT_VERSION = 1
+#: a multi-label run's threshold of a class its thresholds.json does not list (or without thresholds.json)
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,11 @@ class RunDir:
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
             raise RunError(f"{str(self.labels)!r} must be a JSON list of at least two class names")
         return labels
+
+    def read_thresholds(self, labels: list[str]) -> list[float]:
+        """A multi-label run's per-class thresholds in ``labels`` order (``DEFAULT_THRESHOLD`` where none)."""
+        table = (read_json(self.thresholds).get("thresholds") or {}) if self.thresholds.exists() else {}
+        return [float(table.get(name, DEFAULT_THRESHOLD)) for name in labels]
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path / name

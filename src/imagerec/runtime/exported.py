@@ -75,16 +75,18 @@ class FileExportSidecars(RunDir):
 
 
 def answers_like_keras(record: dict[str, Any]) -> bool:
-    """Whether ``auto`` may pick an export: unquantized, and it gave the Keras top-1 on every parity image.
+    """Whether ``auto`` may pick an export: unquantized, and it gave the Keras top-1 (a multi-label run: the Keras
+    label set) on every parity image.
 
     Such an export's accuracy on the parity split equals the Keras model's; a quantized export (or one with any
     disagreement, near-ties included) may be less accurate, so only ``auto-quantized`` picks it.
     """
     parity = record.get("parity") or {}
+    agreement = "label_set_agreement" if parity.get("task") == "multilabel" else "top1_agreement"
     return (
         record.get("quantization", "none") == "none"
         and bool(parity.get("passed"))
-        and parity.get("top1_agreement") == 1.0
+        and parity.get(agreement) == 1.0
     )
 
 

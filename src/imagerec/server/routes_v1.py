@@ -82,6 +82,8 @@ def register(api, service) -> None:
             if session:
                 smoothed = service.smoothed(session, alpha, row)
                 item["smoothed"] = {"label": smoothed.label, "confidence": round(smoothed.confidence, 6)}
+                if smoothed.labels is not None:  # a multi-label run: the smoothed label set
+                    item["smoothed"]["labels"] = list(smoothed.labels)
                 if smoothed.reason:
                     item["smoothed"]["reason"] = smoothed.reason
             out.append(item)
@@ -93,6 +95,12 @@ def register(api, service) -> None:
         clf = service.clf
         run = clf.run_dir
         metrics = read_json(run.metrics) if run.metrics.exists() else {}
+        # a multi-label run answers each class at its own threshold (RUN/thresholds.json)
+        multilabel_info = (
+            {"thresholds": dict(zip(clf.labels, map(float, clf.thresholds), strict=True))}
+            if clf.task == "multilabel"
+            else {}
+        )
         summary = {
             split: {k: v for k, v in values.items() if isinstance(v, (int, float))}
             for split, values in metrics.items()
@@ -107,8 +115,10 @@ def register(api, service) -> None:
                 "input": "any JPEG, PNG, BMP, GIF, WebP or TIFF image (resized by the server)",
                 "resize": clf.resize,
                 "runtime": clf.runtime,
+                "task": clf.task,
                 "temperature": clf.temperature,
                 "threshold": service.threshold,
+                **multilabel_info,
                 "metrics": summary,
                 "limits": {
                     "max_upload_mb": service.settings.max_upload_mb,

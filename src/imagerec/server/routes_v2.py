@@ -8,9 +8,11 @@
   ``tritonclient.http`` sends by default;
 * ``FP32`` (or ``UINT8``) of shape ``[N, S, S, C]`` with pixel values in 0..255 (the model's input size).
 
-It answers the outputs ``probabilities`` (FP32 ``[N, K]``), ``labels`` (BYTES ``[N]``, top-1 class or ``unknown``)
-and, for a run with an embedding reference, ``ood_score`` (FP32 ``[N]``, higher = further from the training data)
-as JSON.
+It answers the outputs ``probabilities`` (FP32 ``[N, K]``, always first), ``labels`` (BYTES ``[N]``, top-1 class or
+``unknown``) and, for a run with an embedding reference, ``ood_score`` (FP32 ``[N]``, higher = further from the
+training data) as JSON. For a multi-label run each element of ``labels`` is the image's label *set*: the classes at
+or above their own thresholds joined by ``;``, most probable first (``""`` when none); the model metadata says so in
+``parameters`` (``task`` ``multilabel``, ``labels_output`` and the per-class ``thresholds``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from imagerec.prediction import split_scores
 from imagerec.server.limits import HTTPError
 from imagerec.server.responses import json_response
 
+#: what the ``labels`` output holds for a multi-label run (the metadata's ``parameters.labels_output``)
+LABEL_SETS = "label sets: the classes at or above their thresholds joined by ';', most probable first, '' = none"
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
+
+
+def label_of(pred) -> str:
+    """The ``labels`` output element of one answer: its top-1 label, or a multi-label answer's ``;``-joined set."""
+    return pred.label if pred.labels is None else ";".join(pred.labels)
 
 
 def _bad(message: str) -> HTTPError:
@@ -177,8 +186,14 @@ def register(api, service) -> None:
                 {"name": "labels", "datatype": "BYTES", "shape": [-1]},
                 *([{"name": "ood_score", "datatype": "FP32", "shape": [-1]}] if clf.reference is not None else []),
             ],
-            "parameters": {"labels": clf.labels},
+            "parameters": {"labels": clf.labels, "task": clf.task, **multilabel_parameters()},
         }
+
+    def multilabel_parameters() -> dict[str, Any]:
+        if clf.task != "multilabel":
+            return {}
+        thresholds = dict(zip(clf.labels, map(float, clf.thresholds), strict=True))
+        return {"labels_output": LABEL_SETS, "thresholds": thresholds}
 
     @api.get("/v2")
     async def server_metadata():
@@ -243,7 +258,7 @@ def register(api, service) -> None:
                 "shape": list(probs.shape),
                 "data": probs.ravel().tolist(),
             },
-            {"name": "labels", "datatype": "BYTES", "shape": [len(preds)], "data": [p.label for p in preds]},
+            {"name": "labels", "datatype": "BYTES", "shape": [len(preds)], "data": list(map(label_of, preds))},
         ]
         if ood is not None and not np.isnan(ood).any():
             outputs.append({"name": "ood_score", "datatype": "FP32", "shape": [len(ood)], "data": ood.tolist()})

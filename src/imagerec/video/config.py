@@ -10,7 +10,11 @@ import numpy as np
 
 @dataclass
 class FrameResult:
-    """One frame: its index and time, the (smoothed) label, and whether the model saw it (``classified``)."""
+    """One frame: its index and time, the (smoothed) label, and whether the model saw it (``classified``).
+
+    A multi-label run's frame also carries ``labels``: the classes whose smoothed probability reaches their own
+    threshold, most probable first (``label`` is the first of them, or ``unknown`` when there is none).
+    """
 
     frame: int
     time_s: float
@@ -22,6 +26,12 @@ class FrameResult:
     image: np.ndarray | None = field(default=None, repr=False)
     ood_score: float | None = None  # the (smoothed) out-of-distribution score; None without a reference
     reason: str | None = None  # why the label is 'unknown' (low_confidence | out_of_distribution)
+    labels: list[str] | None = None  # a multi-label run's (smoothed) label set; None for one label per frame
+
+    @property
+    def shown(self) -> str:
+        """What the frame says in words: its label, or a multi-label run's set (``shirt + bag``)."""
+        return " + ".join(self.labels) if self.labels else self.label
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -31,6 +41,8 @@ class FrameResult:
             "confidence": round(float(self.confidence), 6),
             "top_k": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top_k],
         }
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
         if self.ood_score is not None:
             out["ood_score"] = round(float(self.ood_score), 6)
         if self.reason is not None:

@@ -171,14 +171,17 @@ class AnnotatedWriter:
 
 
 def draw(image: np.ndarray, result: FrameResult, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Draw the label, confidence and processing FPS (and the ROI box) on ``image`` in place."""
+    """Draw the label (a multi-label run: the label set), confidence and processing FPS (and the ROI box) on
+    ``image`` in place."""
     cv2 = import_cv2()
     height, width = image.shape[:2]
     scale = max(0.3, min(1.2, width / 640))
     thick = max(1, round(scale * 2))
-    lines = [f"{result.label} {result.confidence:.0%}", f"{result.processing_fps:.0f} fps"]
+    lines = [f"{result.shown} {result.confidence:.0%}", f"{result.processing_fps:.0f} fps"]
     line_h = int(22 * scale) + 4
-    cv2.rectangle(image, (0, 0), (min(width, int(230 * scale) + 8), line_h * len(lines) + 4), (0, 0, 0), -1)
+    text_w = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, thick)[0][0] for t in lines)
+    box_w = min(width, max(int(230 * scale), text_w) + 8)
+    cv2.rectangle(image, (0, 0), (box_w, line_h * len(lines) + 4), (0, 0, 0), -1)
     for i, text in enumerate(lines):
         cv2.putText(
             image,
@@ -314,7 +317,8 @@ def format_summary(summary: dict[str, Any], max_segments: int = 20) -> str:
     ]
     segs = summary.get("segments") or []
     for seg in segs[:max_segments]:
-        lines.append(f"  {seg['start_s']:8.2f} - {seg['end_s']:8.2f} s  {seg['label']}")
+        shown = " + ".join(seg["labels"]) if seg.get("labels") else seg["label"]
+        lines.append(f"  {seg['start_s']:8.2f} - {seg['end_s']:8.2f} s  {shown}")
     if len(segs) > max_segments:
         lines.append(f"  ... {len(segs) - max_segments} more segments (see --json)")
     for kind, path in summary.get("outputs", {}).items():

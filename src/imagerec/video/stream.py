@@ -11,7 +11,7 @@ Three stages, so capture never waits for the model:
    (``classifier.preprocess`` = ``imagerec.data.images.load_image``) and classifies small batches
    (``classifier.predict_scores``: probabilities and the OOD score);
 3. the caller's thread (this iterator) smooths (``classifier.smoother``), labels like every surface does
-   (``classifier.answers``: top-k, ``unknown`` threshold), keeps the timeline, and yields each :class:`FrameResult`.
+   (``classifier.answers``: top-k, ``unknown``, label sets), keeps the timeline, and yields each :class:`FrameResult`.
 
 Example:
     >>> clf = Classifier.load("runs/fmnist")
@@ -104,7 +104,7 @@ class VideoStream:
         self._reconnects = 0
         self._counts = {"read": 0, "classified": 0, "yielded": 0}
         self._last: tuple[str, float, list[tuple[str, float]]] = (UNKNOWN, 0.0, [])  # label, conf, top-k
-        self._last_ood: tuple[float | None, str | None] = (None, None)  # OOD score, reason for 'unknown'
+        self._extra: tuple[float | None, str | None, list[str] | None] = (None, None, None)  # ood, reason, set
         self._segments: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._recent: deque[float] = deque(maxlen=30)
@@ -330,17 +330,18 @@ class VideoStream:
             smoothed = self.smoother.update(probs)[None]
             answer = self.classifier.answers(smoothed, self.config.top_k, self.config.threshold)[0]
             self._last = (answer.label, answer.confidence, answer.top_k)
-            self._last_ood = (answer.ood_score, answer.reason)
-            self._timeline(answer.label, frame.time_s)
+            self._extra = (answer.ood_score, answer.reason, answer.labels)
+            self._timeline(answer.label, frame.time_s, answer.labels)
         image = frame.image if self.config.keep_images else None
-        ood, reason = self._last_ood
-        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image, ood, reason)
+        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image, *self._extra)
 
-    def _timeline(self, label: str, time_s: float) -> None:
-        if self._segments:
-            self._segments[-1]["end_s"] = time_s
-        if not self._segments or self._segments[-1]["label"] != label:
-            self._segments.append({"label": label, "start_s": time_s, "end_s": time_s})
+    def _timeline(self, label: str, time_s: float, labels: list[str] | None) -> None:
+        last = self._segments[-1] if self._segments else {}
+        if last:
+            last["end_s"] = time_s
+        if last.get("label") != label or last.get("labels") != labels:  # multi-label: the set changed
+            extra = {} if labels is None else {"labels": list(labels)}
+            self._segments.append({"label": label, "start_s": time_s, "end_s": time_s, **extra})
 
     def _finish(self) -> None:
         if self.summary is not None:

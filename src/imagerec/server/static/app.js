@@ -8,6 +8,11 @@ const $ = (id) => document.getElementById(id);
 // why an answer is "unknown" (the server's "reason")
 const REASONS = { low_confidence: "not sure", out_of_distribution: "unlike the training images" };
 
+// what an answer says: its label, or a multi-label run's label set ("shirt + bag"; "unknown" when empty)
+function shownLabel(answer) {
+  return Array.isArray(answer.labels) && answer.labels.length ? answer.labels.join(" + ") : answer.label;
+}
+
 function headers(extra) {
   const h = Object.assign({}, extra || {});
   if (state.key) h["X-API-Key"] = state.key;
@@ -91,9 +96,10 @@ async function classifyFile(file) {
     if (!response.ok) throw new Error(await errorText(response));
     const result = (await response.json()).predictions[0];
     li.className = "result ok";
-    status.textContent = `${result.label} (${(result.confidence * 100).toFixed(1)}%)`;
+    const label = shownLabel(result);
+    status.textContent = `${label} (${(result.confidence * 100).toFixed(1)}%)`;
     if (result.reason) status.textContent += ` · ${REASONS[result.reason] || result.reason}`;
-    li.setAttribute("aria-label", `${file.name}: ${result.label}`);
+    li.setAttribute("aria-label", `${file.name}: ${label}`);
     body.append(renderBars(result.top_k));
   } catch (err) {
     li.className = "result error";
@@ -141,9 +147,9 @@ async function cameraLoop(stream, abort) {
         if (state.camera !== stream) return dropLate(result); // stopped while the answer was on its way
         const shown = answer.smoothed || answer;
         frames += 1;
-        result.textContent = `${shown.label} ${(shown.confidence * 100).toFixed(0)}%`;
+        result.textContent = `${shownLabel(shown)} ${(shown.confidence * 100).toFixed(0)}%`;
         if (shown.reason) result.textContent += ` · ${REASONS[shown.reason] || shown.reason}`;
-        result.dataset.label = shown.label;
+        result.dataset.label = shownLabel(shown);
         result.dataset.frames = String(frames);
       } catch (err) {
         if (state.camera !== stream) return dropLate(result); // the abort of Stop, or a late failure
