@@ -320,9 +320,9 @@ class EvaluateSettings(Settings):
     """``imagerec evaluate`` / ``Classifier.evaluate``; ``split`` is also the one ``imagerec compare`` compares on."""
 
     _what: ClassVar[str] = "evaluate setting"
-
     split: str = "test"  # test | val | train: a part of the run's manifest
     top_k: int = integer(5, ge=1)  # k of the top-k accuracy
+    gate_tolerance: float = number(0.01, flag="--tolerance", ge=0, lt=1)  # compare --gate: NEW below OLD by
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
     ("evaluate", "--split"): (EvaluateSettings, "split"),
     ("evaluate", "--top-k"): (EvaluateSettings, "top_k"),
     ("compare", "--split"): (EvaluateSettings, "split"),
+    ("compare", "--tolerance"): (EvaluateSettings, "gate_tolerance"),
     ("calibrate", "--target-accuracy"): (CalibrateSettings, "target_accuracy"),
     ("calibrate", "--split"): (CalibrateSettings, "split"),
     ("calibrate", "--ood-keep"): (CalibrateSettings, "ood_keep"),
@@ -124,7 +125,7 @@ CLI_ONLY = {
     "data builtin": {"--limit"},
     "data split": {"--out"},
     "data issues": {"--json"},
-    "train": {"--out", "--resume", "--force", "--ray"},
+    "train": {"--out", "--resume", "--force", "--ray", "--init"},
     "models": {"--image-size", "--channels"},
     "demo": {"--out"},
     "lr-find": set(),
@@ -132,7 +133,7 @@ CLI_ONLY = {
     "embed": {"--out"},
     "report": set(),
     "explain": {"--out", "--class"},
-    "compare": {"--json"},
+    "compare": {"--json", "--gate", "--data"},
     "calibrate": {"--no-threshold"},
     "predict": {"--format", "--ray", "--out", "--tta"},
     "video": {"--source", "--out", "--jsonl", "--show", "--allow-any-source", "--json"},
@@ -157,7 +158,7 @@ NO_FLAG = {
 def _library():
     from imagerec import classifier
     from imagerec.distributed import ray
-    from imagerec.evaluation import calibration, compare, evaluator, issues, metrics
+    from imagerec.evaluation import calibration, compare, evaluator, gate, issues, metrics
     from imagerec.export import benchmark
     from imagerec.training import learner, lr_find
 
@@ -183,6 +184,7 @@ def _library():
         metrics.compute_metrics: {"top_k": (EvaluateSettings, "top_k")},
         classifier.compare: {"split": (EvaluateSettings, "split")},
         compare.compare_runs: {"split": (EvaluateSettings, "split")},
+        gate.gate_runs: {"tolerance": (EvaluateSettings, "gate_tolerance")},
         classifier.Classifier.calibrate: calibrate, calibration.calibrate: calibrate,
         classifier.Classifier.label_issues: find_issues, issues.find_label_issues: find_issues,
         classifier.Classifier.predict: predict, ray.predict_with_ray: {**predict, **ray_workers},

@@ -170,6 +170,7 @@ def _arguments(command: str, tmp) -> list[str]:
         "data issues": [run],
         "evaluate": [run],
         "calibrate": [run],
+        "compare": [run, run, "--gate"],
         "predict": [run, str(tmp / "no-image.png")],
         "embed": [run, str(tmp / "no-image.png"), "--out", str(tmp / "out" / "vectors.npy")],
         "video": [run, "--source", str(tmp / "no-video.mp4")],

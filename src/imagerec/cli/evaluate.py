@@ -163,8 +163,25 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
     split: str = option(EvaluateSettings, "split", "--split", help="Which split of each run to compare on."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    gate: bool = typer.Option(
+        False, "--gate", help="OLD NEW: exit 1 when NEW is worse than OLD beyond --tolerance."
+    ),
+    data: str = typer.Option(
+        None, "--data", help="With --gate: a dataset to test both on (default: OLD's test split)."
+    ),
+    tolerance: float = option(
+        EvaluateSettings, "gate_tolerance", "--tolerance", help="With --gate: how far below OLD NEW may fall."
+    ),
 ) -> None:
-    """Side-by-side accuracy (multi-label runs: micro F1, mAP), macro F1, ECE, parameters, size and latency of RUNS."""
+    """Side-by-side accuracy (multi-label runs: micro F1, mAP), macro F1, ECE, parameters, size and latency of RUNS;
+    with --gate, a pass/fail check of NEW against OLD on the same test images (exit 1 on fail)."""
+    EvaluateSettings(gate_tolerance=tolerance).validate()
+    if gate or data is not None:
+        if not gate:
+            raise ImagerecError("--data applies to --gate only; evaluate a run on a dataset with 'evaluate'")
+        from imagerec.cli.gate import run_gate
+
+        return run_gate(runs, data, tolerance)
     from rich.table import Table
 
     from imagerec.classifier import compare as compare_runs
@@ -228,6 +245,7 @@ def calibrate(
     rec = clf.calibrate(split=split, target_accuracy=None if no else target_accuracy, ood_keep=None if no else ood_keep)
     if rec.get("task") == "multilabel":  # no temperature: the per-class thresholds were re-tuned
         _print_thresholds(rec, run / clf.run_dir.thresholds.name)
+        _print_ood(rec, split)
         return
     typer.echo(
         f"temperature {rec['temperature']:.4f} fitted on {rec['num_images']} {split} images: "
@@ -250,12 +268,16 @@ def calibrate(
             f"answers 'unknown' below confidence {rec['threshold']:.4f}: keeps {rec['coverage']:.1%} of {split} images "
             f"at >= {target_accuracy:.0%} accuracy (predict --threshold 0 turns it off)"
         )
+    _print_ood(rec, split)
+    typer.echo(f"wrote {run / 'calibration.json'}")
+
+
+def _print_ood(rec: dict[str, Any], split: str) -> None:
     if rec.get("ood_threshold") is not None:
         typer.echo(
             f"answers 'unknown' above out-of-distribution score {rec['ood_threshold']:.4f}: keeps "
             f"{rec['ood_keep']:.0%} of {split} images (imagerec evaluate --ood DIR measures it on foreign images)"
         )
-    typer.echo(f"wrote {run / 'calibration.json'}")
 
 
 def _print_thresholds(rec: dict, path: Path) -> None:

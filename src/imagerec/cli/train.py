@@ -8,6 +8,7 @@ import typer
 
 from imagerec.cli.app import app
 from imagerec.cli.options import option
+from imagerec.errors import ImagerecError
 from imagerec.settings import DataConfig, LRFindSettings, RaySettings, RunConfig
 
 # Train options default to None (= the config file, else the setting's default or a value chosen from the data);
@@ -17,8 +18,13 @@ DEFAULTS = RunConfig()
 
 @app.command("train")
 def train(
-    data: str = typer.Argument(..., help="Folder, split folder, CSV, or builtin:NAME."),
+    data: list[str] = typer.Argument(
+        ..., help="Folder, split folder, CSV, or builtin:NAME; several are merged (same-named classes join)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    init: Path = typer.Option(
+        None, "--init", help="Fine-tune from this run's model (same or more classes; keeps its architecture)."
+    ),
     model: str = typer.Option(
         None, help=f"Registry name (see 'imagerec models'); default {DEFAULTS.model.name}."
     ),
@@ -91,12 +97,14 @@ def train(
     from imagerec.training.trainer import train as train_run
 
     RaySettings(num_workers=num_workers, address=ray_address).validate()
+    if (ray or ray_address) and init is not None:
+        raise ImagerecError("--init runs on this machine only; drop --ray to fine-tune from a run")
     if ray or ray_address:
         from imagerec.distributed.ray import train_with_ray
 
         train_run = partial(train_with_ray, num_workers=num_workers, address=ray_address)
     train_run(
-        data, out, resume=resume, force=force,
+        data if len(data) > 1 else data[0], out, resume=resume, force=force, init=init,
         model=model, epochs=epochs, image_size=image_size, channels=channels, batch_size=batch_size,
         learning_rate=lr, optimizer=optimizer, schedule=schedule, augment=augment, label_smoothing=label_smoothing,
         weight_decay=weight_decay, class_weights=class_weights, early_stopping=early_stopping, weights=weights,

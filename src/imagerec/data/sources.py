@@ -279,3 +279,30 @@ def _multilabel_csv(path: Path, rows: list[dict[str, str]], out: DatasetSource) 
         raise DataError(f"CSV {str(path)!r} lists no images")
     out.class_names = sorted({name for s in out.samples for name in label_set(s.label)})
     return out
+
+
+def load_sources(data, follow_symlinks: bool = False) -> DatasetSource:
+    """:func:`load_source` of one dataset, or of several merged (``imagerec train A B``): their images are joined
+    and class folders of the same name are one class.
+
+    Raises:
+        DataError: the datasets mix single- and multi-label, or fixed splits with none.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return load_source(data, follow_symlinks)
+    parts = [load_source(d, follow_symlinks) for d in data]
+    if len(parts) == 1:
+        return parts[0]
+    for what, values in (("task", [p.task for p in parts]), ("fixed splits", [p.has_splits for p in parts])):
+        if len(set(values)) > 1:
+            raise DataError(
+                f"datasets {[str(d) for d in data]} differ in {what} ({values}); merge datasets of one kind"
+            )
+    merged = DatasetSource(root=parts[0].root, kind=parts[0].kind, samples=[], class_names=[],
+                           follow_symlinks=follow_symlinks, task=parts[0].task)  # fmt: skip
+    for part in parts:
+        merged.samples += part.samples
+        merged.ignored_files += part.ignored_files
+        merged.invalid += part.invalid
+    merged.class_names = sorted({name for part in parts for name in part.class_names})
+    return merged

@@ -22,7 +22,7 @@ from imagerec import multilabel
 from imagerec.data.augment import augment_flips
 from imagerec.data.pipeline import PipelineSpec, choose_cache, load_arrays, make_dataset
 from imagerec.data.scan import scan_dataset
-from imagerec.data.sources import load_source
+from imagerec.data.sources import load_sources
 from imagerec.data.split import check_trainable, make_split, read_manifest, rows_for
 from imagerec.errors import RunError
 from imagerec.run import RunDir
@@ -85,7 +85,7 @@ class Learner:
         Runs before TensorFlow is imported, so the scan can decode in forked worker processes (one per core)
         rather than threads (see imagerec.data.parallel): 2.3x faster on Fashion-MNIST's 70k PNGs on 2 cores.
         """
-        self.source = load_source(self.data, self.config.data.follow_symlinks)
+        self.source = load_sources(self.data, self.config.data.follow_symlinks)
         self.scan = scan_dataset(self.source, keep_decoded=True)
         if self.scan.invalid and self.run is not None:  # lr-find (no run) never said it
             self.log(

@@ -62,23 +62,26 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
 
 
 def train(
-    data: str | os.PathLike,
+    data: str | os.PathLike | list,
     out: str | os.PathLike,
     *,
     config: RunConfig | None = None,
     resume: bool = False,
     force: bool = False,
+    init: str | os.PathLike | None = None,
     log=print,
     **overrides: Any,
 ) -> Run:
     """Train a classifier on ``data`` and write a complete run directory at ``out``.
 
     Args:
-        data: a folder of class folders, a split folder, a CSV, or ``builtin:NAME``.
+        data: a folder of class folders, a split folder, a CSV, or ``builtin:NAME``; a list of them is merged
+            (class folders of the same name join).
         out: the run directory to create (or to continue with ``resume=True``).
         config: a :class:`RunConfig`; flat ``overrides`` (``epochs=3``, ``model="tutorial-cnn"``...) apply on top.
         resume: continue from the run's last complete epoch (also to extend a finished run to more epochs).
         force: replace an existing run.
+        init: a finished run to fine-tune from (same or more classes; see :mod:`imagerec.training.init`).
         log: where progress lines go.
 
     Returns:
@@ -94,10 +97,13 @@ def train(
         >>> run.metrics["test"]["accuracy"]
     """
     from imagerec.distributed.strategy import worker_run
+    from imagerec.training.init import InitLearner, inherit, source_config
 
-    checked = apply_overrides(
-        config or RunConfig(), **overrides
-    ).validate()  # refused before `out` is touched
+    base, source = config or RunConfig(), RunDir(init) if init is not None else None
+    if source is not None:
+        given = {FLAT_KEYS[k]: v for k, v in overrides.items() if v is not None and k in FLAT_KEYS}
+        base = inherit(base, source_config(source), given, source)
+    checked = apply_overrides(base, **overrides).validate()  # refused before `out` is touched
     check_task(checked.model.task)
     # In a TF_CONFIG cluster only the chief writes `out`; other workers get a private temp dir (removed at exit).
     with worker_run(out, resume, lambda resume: prepare_run_dir(RunDir(out), resume, force), force) as (
@@ -106,6 +112,10 @@ def train(
     ):
         if previous:  # a resumed run starts from its own resolved settings; flags may change the mutable ones
             checked = apply_overrides(RunConfig.from_dict(previous["config"]), **overrides)
+            if previous.get("init_from") and source is None:
+                source = RunDir(previous["init_from"]["run"])
+        if source is not None:
+            return InitLearner(data, checked, RunDir(path), source, previous, log).train()
         return Learner(data, checked, RunDir(path), previous, log).train()
 
 

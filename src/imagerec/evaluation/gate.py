@@ -1,0 +1,124 @@
+"""``imagerec compare OLD NEW --gate``: refuse a NEW model that is worse than OLD on one fixed test set.
+
+Both runs answer the *same* images: OLD's test split (its manifest), or ``data`` when given; NEW's labels are mapped
+onto OLD's classes by name (NEW may know more classes; it must know all of OLD's). NEW fails the gate where it falls
+more than ``tolerance`` below OLD in accuracy, in macro F1 over OLD's classes, or in any of OLD's classes' recall or
+F1. Single-label runs only: a multi-label run is refused with a clear message.
+
+Example:
+    >>> result = gate_runs(Classifier.load("runs/v1"), Classifier.load("runs/v2"))
+    >>> result.passed, result.failures
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imagerec.errors import ImagerecError
+from imagerec.settings import EvaluateSettings
+
+GATE_BATCH = 256
+
+
+@dataclass
+class GateResult:
+    """The figures of both runs on the same images and the readable failures (empty: the gate passed)."""
+
+    old: dict[str, Any]
+    new: dict[str, Any]
+    num_images: int
+    source: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _figures(clf, images: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro F1 over ``classes`` and each of ``classes``' recall and F1 of ``clf`` on ``images``."""
+    from imagerec.evaluation.metrics import compute_metrics
+    from imagerec.runtime import predict_in_batches
+
+    probs = clf.calibrated(predict_in_batches(clf.raw_proba, images, GATE_BATCH))
+    metrics = compute_metrics(y, probs, clf.labels)
+    per_class = {name: metrics["per_class"][name] for name in classes}
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": float(np.mean([row["f1"] for row in per_class.values()])),
+        "per_class": {
+            n: {"recall": r["recall"], "f1": r["f1"], "support": r["support"]} for n, r in per_class.items()
+        },
+    }
+
+
+def _new_view(old, new, evalset) -> tuple[np.ndarray, np.ndarray]:
+    """OLD's evaluation images and labels as NEW sees them: decoded at NEW's input size, labels by name."""
+    missing = [name for name in old.labels if name not in new.labels]
+    if missing:
+        raise ImagerecError(
+            f"run {str(new.run_dir.path)!r} does not know class(es) {missing} of {str(old.run_dir.path)!r}; "
+            "the gate compares runs over OLD's classes (NEW may add classes, not drop them)"
+        )
+    index = np.array([new.labels.index(name) for name in old.labels], dtype=np.int64)
+    same_input = (old.image_size, old.channels, old.resize) == (new.image_size, new.channels, new.resize)
+    if same_input:
+        return evalset.images, index[evalset.y]
+    from imagerec.data.pipeline import PipelineSpec, decode_all
+
+    return decode_all(evalset.paths, PipelineSpec(new.image_size, new.channels, new.resize)), index[evalset.y]
+
+
+def _failures(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[str]:
+    def worse(what: str, a: float, b: float) -> str | None:
+        if b < a - tolerance:
+            return f"{what}: {a:.4f} -> {b:.4f} ({b - a:+.4f}, tolerance {tolerance:g})"
+        return None
+
+    lines = [
+        worse("accuracy", old["accuracy"], new["accuracy"]),
+        worse("macro F1", old["macro_f1"], new["macro_f1"]),
+    ]
+    for name, row in old["per_class"].items():
+        if not row["support"]:
+            continue
+        for metric in ("recall", "f1"):
+            lines.append(worse(f"class {name!r} {metric}", row[metric], new["per_class"][name][metric]))
+    return [line for line in lines if line]
+
+
+def gate_runs(
+    old, new, data: str | None = None, tolerance: float = EvaluateSettings.gate_tolerance
+) -> GateResult:
+    """Whether loaded Classifier ``new`` is no worse than ``old`` (within ``tolerance``) on the same test images.
+
+    Args:
+        old: the model in production (a loaded :class:`imagerec.Classifier`).
+        new: the candidate.
+        data: a dataset of OLD's classes to test both on (None: OLD's test split, for both).
+        tolerance: how far below OLD any figure of NEW may fall (0.01: one point).
+
+    Returns:
+        A :class:`GateResult`; ``failures`` names each figure and class where NEW is worse.
+
+    Raises:
+        ImagerecError: a multi-label run, a tolerance out of range, or NEW lacking a class of OLD.
+    """
+    from imagerec.evaluation.data import load_eval_set, require_classifier
+
+    EvaluateSettings(gate_tolerance=tolerance).validate()
+    for clf in (old, new):
+        require_classifier(clf, "gate_runs")
+        if clf.task == "multilabel":
+            raise ImagerecError(
+                f"compare --gate compares single-label runs; {str(clf.run_dir.path)!r} is multi-label: compare its "
+                "macro F1 and mAP with 'imagerec compare OLD NEW --json'"
+            )
+    evalset = load_eval_set(old, data, "test")
+    images, y = _new_view(old, new, evalset)
+    before = _figures(old, evalset.images, evalset.y, old.labels)
+    after = _figures(new, images, y, old.labels)
+    return GateResult(before, after, len(evalset.y), evalset.source, _failures(before, after, tolerance))
