@@ -13,11 +13,9 @@ from imagerec.data.split import read_manifest, rows_for
 from imagerec.run import RunDir
 
 
-@pytest.fixture(scope="module")
-def damaged_run(trained_run, tmp_path_factory) -> Path:
-    """A copy of the session's run whose ``logits`` never pick 'red' (its column zeroed, its bias very low)."""
-    out = tmp_path_factory.mktemp("damaged") / "run"
-    shutil.copytree(trained_run, out)
+def damage(run_path: Path, out: Path) -> Path:
+    """A copy of the run at ``out`` whose ``logits`` never pick 'red' (its column zeroed, its bias very low)."""
+    shutil.copytree(run_path, out)
     run = RunDir(out)
     model = run.load_model()
     red = run.read_labels().index("red")
@@ -26,6 +24,11 @@ def damaged_run(trained_run, tmp_path_factory) -> Path:
     model.get_layer("logits").set_weights([kernel, bias])
     run.save_model(model)
     return out
+
+
+@pytest.fixture(scope="module")
+def damaged_run(trained_run, tmp_path_factory) -> Path:
+    return damage(trained_run, tmp_path_factory.mktemp("damaged") / "run")
 
 
 def test_gate_passes_an_equal_model(trained_run, capsys):
@@ -71,3 +74,16 @@ def test_gate_refuses_bad_input(trained_run, capsys):
         capsys, "compare", str(trained_run), str(trained_run), "--data", str(trained_run)
     )
     assert code == 2 and "--gate only" in out + err
+
+
+def test_gate_on_multilabel_runs(multilabel_run, tmp_path, capsys):
+    bad = damage(multilabel_run, tmp_path / "bad")
+    code, out, _ = run_cli(capsys, "compare", str(multilabel_run), str(multilabel_run), "--gate")
+    assert code == 0 and "gate passed" in out and "mAP" in out
+    code, out, _ = run_cli(capsys, "compare", str(multilabel_run), str(bad), "--gate")
+    assert code == 1 and "class 'red' recall" in out, out
+
+
+def test_gate_refuses_runs_of_two_tasks(trained_run, multilabel_run, capsys):
+    code, out, err = run_cli(capsys, "compare", str(trained_run), str(multilabel_run), "--gate")
+    assert code == 2 and "one task" in out + err

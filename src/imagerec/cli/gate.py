@@ -22,9 +22,10 @@ def run_gate(runs: list[Path], data: str | None, tolerance: float) -> None:
     where = f"{result.num_images} images of {result.source}"
     if result.passed:
         o, n = result.old, result.new
+        overall = "accuracy" if "accuracy" in o else "mAP"
         typer.echo(
-            f"gate passed: {runs[1]} is no worse than {runs[0]} on {where} (accuracy {o['accuracy']:.4f} -> "
-            f"{n['accuracy']:.4f}, macro F1 {o['macro_f1']:.4f} -> {n['macro_f1']:.4f}, tolerance {tolerance:g})"
+            f"gate passed: {runs[1]} is no worse than {runs[0]} on {where} ({overall} {o[overall]:.4f} -> "
+            f"{n[overall]:.4f}, macro F1 {o['macro_f1']:.4f} -> {n['macro_f1']:.4f}, tolerance {tolerance:g})"
         )
         return
     for line in result.failures:

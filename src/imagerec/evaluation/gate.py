@@ -2,8 +2,8 @@
 
 Both runs answer the *same* images: OLD's test split (its manifest), or ``data`` when given; NEW's labels are mapped
 onto OLD's classes by name (NEW may know more classes; it must know all of OLD's). NEW fails the gate where it falls
-more than ``tolerance`` below OLD in accuracy, in macro F1 over OLD's classes, or in any of OLD's classes' recall or
-F1. Single-label runs only: a multi-label run is refused with a clear message.
+more than ``tolerance`` below OLD in accuracy (multi-label runs: mAP), in macro F1 over OLD's classes, or in any of
+OLD's classes' recall or F1. Both runs must be of one task (single-label or multi-label).
 
 Example:
     >>> result = gate_runs(Classifier.load("runs/v1"), Classifier.load("runs/v2"))
@@ -39,15 +39,22 @@ class GateResult:
 
 
 def _figures(clf, images: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, macro F1 over ``classes`` and each of ``classes``' recall and F1 of ``clf`` on ``images``."""
-    from imagerec.evaluation.metrics import compute_metrics
+    """Accuracy (multi-label: mAP over ``classes``), macro F1 over ``classes`` and each of ``classes``' recall and
+    F1 of ``clf`` on ``images``."""
+    from imagerec.evaluation.metrics import compute_metrics, multilabel_metrics
     from imagerec.runtime import predict_in_batches
 
     probs = clf.calibrated(predict_in_batches(clf.raw_proba, images, GATE_BATCH))
-    metrics = compute_metrics(y, probs, clf.labels)
+    if clf.task == "multilabel":
+        metrics = multilabel_metrics(y, probs, clf.labels, clf.thresholds)
+        aps = [metrics["per_class"][name]["ap"] for name in classes]
+        overall = ("mAP", float(np.mean([ap for ap in aps if ap is not None] or [0.0])))
+    else:
+        metrics = compute_metrics(y, probs, clf.labels)
+        overall = ("accuracy", metrics["accuracy"])
     per_class = {name: metrics["per_class"][name] for name in classes}
     return {
-        "accuracy": metrics["accuracy"],
+        overall[0]: overall[1],
         "macro_f1": float(np.mean([row["f1"] for row in per_class.values()])),
         "per_class": {
             n: {"recall": r["recall"], "f1": r["f1"], "support": r["support"]} for n, r in per_class.items()
@@ -64,12 +71,17 @@ def _new_view(old, new, evalset) -> tuple[np.ndarray, np.ndarray]:
             "the gate compares runs over OLD's classes (NEW may add classes, not drop them)"
         )
     index = np.array([new.labels.index(name) for name in old.labels], dtype=np.int64)
+    if evalset.y.ndim == 2:  # multi-hot rows: OLD's columns moved to NEW's, NEW's own classes absent
+        y = np.zeros((len(evalset.y), len(new.labels)), dtype=evalset.y.dtype)
+        y[:, index] = evalset.y
+    else:
+        y = index[evalset.y]
     same_input = (old.image_size, old.channels, old.resize) == (new.image_size, new.channels, new.resize)
     if same_input:
-        return evalset.images, index[evalset.y]
+        return evalset.images, y
     from imagerec.data.pipeline import PipelineSpec, decode_all
 
-    return decode_all(evalset.paths, PipelineSpec(new.image_size, new.channels, new.resize)), index[evalset.y]
+    return decode_all(evalset.paths, PipelineSpec(new.image_size, new.channels, new.resize)), y
 
 
 def _failures(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[str]:
@@ -78,8 +90,9 @@ def _failures(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> lis
             return f"{what}: {a:.4f} -> {b:.4f} ({b - a:+.4f}, tolerance {tolerance:g})"
         return None
 
+    overall = "accuracy" if "accuracy" in old else "mAP"
     lines = [
-        worse("accuracy", old["accuracy"], new["accuracy"]),
+        worse(overall, old[overall], new[overall]),
         worse("macro F1", old["macro_f1"], new["macro_f1"]),
     ]
     for name, row in old["per_class"].items():
@@ -105,18 +118,18 @@ def gate_runs(
         A :class:`GateResult`; ``failures`` names each figure and class where NEW is worse.
 
     Raises:
-        ImagerecError: a multi-label run, a tolerance out of range, or NEW lacking a class of OLD.
+        ImagerecError: runs of different tasks, a tolerance out of range, or NEW lacking a class of OLD.
     """
     from imagerec.evaluation.data import load_eval_set, require_classifier
 
     EvaluateSettings(gate_tolerance=tolerance).validate()
     for clf in (old, new):
         require_classifier(clf, "gate_runs")
-        if clf.task == "multilabel":
-            raise ImagerecError(
-                f"compare --gate compares single-label runs; {str(clf.run_dir.path)!r} is multi-label: compare its "
-                "macro F1 and mAP with 'imagerec compare OLD NEW --json'"
-            )
+    if old.task != new.task:
+        raise ImagerecError(
+            f"compare --gate compares runs of one task; {str(old.run_dir.path)!r} is {old.task}, "
+            f"{str(new.run_dir.path)!r} is {new.task}"
+        )
     evalset = load_eval_set(old, data, "test")
     images, y = _new_view(old, new, evalset)
     before = _figures(old, evalset.images, evalset.y, old.labels)
