@@ -135,15 +135,17 @@ def calibrate(
 
     require_classifier(clf, "calibrate")
     CalibrateSettings(target_accuracy=target_accuracy, split=split, ood_keep=ood_keep).validate()
-    if getattr(clf, "task", "multiclass") == "multilabel":  # sigmoid outputs: no softmax temperature to fit
-        from imagerec.errors import ImagerecError
-
-        raise ImagerecError(
-            f"run {str(clf.run_dir.path)!r} is multi-label: it has no temperature; its per-class thresholds were "
-            f"tuned on the validation split at the end of training ({clf.run_dir.thresholds.name})"
-        )
     data = run_split(clf, split)
     raw, emb = predict_in_batches(clf.raw_outputs, data.images, CALIBRATION_BATCH, embedding=True)
+    if getattr(clf, "task", "multiclass") == "multilabel":  # sigmoid outputs: re-tune the per-class thresholds
+        from imagerec.evaluation.multilabel import tune_thresholds
+
+        tuned = tune_thresholds(clf, split)  # (no temperature: the OOD threshold is what calibration.json holds)
+        record = {"temperature": 1.0, "threshold": None, "split": split, "num_images": int(len(data.y)),
+                  "task": "multilabel", **ood_record(clf, emb, ood_keep)}  # fmt: skip
+        atomic_write_json(clf.run_dir.calibration, record)
+        clf.ood_threshold = record.get("ood_threshold")
+        return {**tuned, **record}
     record = {**calibration_record(raw, data.y, split, target_accuracy), **ood_record(clf, emb, ood_keep)}
     atomic_write_json(clf.run_dir.calibration, record)
     clf.temperature, clf.threshold = record["temperature"], record["threshold"]  # as a reload reads them

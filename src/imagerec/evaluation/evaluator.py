@@ -11,7 +11,7 @@ import numpy as np
 
 from imagerec.evaluation.issues import find_label_issues, write_issues
 from imagerec.evaluation.metrics import compute_metrics, expected_calibration_error
-from imagerec.evaluation.multilabel import evaluate_multilabel, refuse_multilabel
+from imagerec.evaluation.multilabel import evaluate_multilabel
 from imagerec.evaluation.report import label_issue_gallery, write_pictures, write_predictions, write_report
 from imagerec.settings import EvaluateSettings
 
@@ -52,12 +52,10 @@ def evaluate_classifier(
     EvaluateSettings(split=split, top_k=top_k).validate()
     evalset = load_eval_set(clf, data, split)
     if clf.task == "multilabel":  # per-class thresholds, micro/macro F1, mAP (see evaluation/multilabel.py)
-        if ood is not None:  # the out-of-distribution figures do not know label sets yet
-            refuse_multilabel(clf, "imagerec evaluate --ood")
         metrics = evaluate_multilabel(clf, evalset, split if data is None else None, EVAL_BATCH, write)
-        if write:
+        if write and ood is None:
             write_report(clf.run_dir)
-        return metrics
+        return with_ood(clf, evalset, metrics, ood, write)
     raw = predict_in_batches(clf.raw_proba, evalset.images, EVAL_BATCH)
     probs = clf.calibrated(raw)
     metrics = compute_metrics(evalset.y, probs, clf.labels, top_k)
@@ -81,19 +79,23 @@ def evaluate_classifier(
         metrics["accuracy_answered"] = (
             float((probs.argmax(1) == evalset.y)[kept].mean()) if kept.any() else None
         )
-    scores = None
-    if ood is not None:
-        from imagerec.evaluation.ood import ood_metrics
-
-        metrics["ood"] = ood_metrics(clf, evalset.images, ood, EVAL_BATCH)
-        scores = dict(metrics["ood"])
-        del metrics["ood"]["_scores"]
     if write:
         write_outputs(clf, evalset, probs, metrics)
-        if scores is not None:
-            from imagerec.evaluation.ood import ood_png
+    return with_ood(clf, evalset, metrics, ood, write)
 
-            ood_png(scores, clf.run_dir.evaluation / "ood_scores.png")
+
+def with_ood(clf: Classifier, evalset, metrics: dict[str, Any], ood: str | None, write: bool) -> dict[str, Any]:
+    """``metrics`` with the ``"ood"`` block for the foreign images of ``ood`` (None: unchanged); with ``write``,
+    metrics.json again, ``ood_scores.png`` and the report."""
+    if ood is not None:
+        from imagerec.evaluation.ood import ood_metrics, ood_png
+        from imagerec.utils import atomic_write_json
+
+        block = ood_metrics(clf, evalset.images, ood, EVAL_BATCH)
+        metrics["ood"] = {k: v for k, v in block.items() if k != "_scores"}
+        if write:
+            atomic_write_json(clf.run_dir.evaluation / "metrics.json", metrics)
+            ood_png(block, clf.run_dir.evaluation / "ood_scores.png")
             write_report(clf.run_dir)
     return metrics
 

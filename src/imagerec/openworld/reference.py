@@ -26,6 +26,8 @@ SAMPLE = 10_000
 #: the neighbour whose distance is the score (Sun et al. use k=50 of 50,000, i.e. 1 in 1,000 of the data)
 K = 10
 METHODS = ("knn", "mahalanobis")
+#: a label set (multi-label runs) needs this many training images for its own mean
+MIN_SET = 5
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Reference:
 
     sample: np.ndarray  # (M, D) float16, L2-normalised
     sample_labels: np.ndarray  # (M,) int32 (the first label of multi-label rows; -1 for none)
-    means: np.ndarray  # (C, D) float32
+    means: np.ndarray  # (C, D) float32: per class (multi-label runs: per label set seen MIN_SET times)
     precision: np.ndarray  # (D, D) float32
     class_counts: np.ndarray  # (C,) int64: training images per class
     k: int = K
@@ -52,7 +54,9 @@ class Reference:
     ) -> Reference:
         """The reference of training ``embeddings`` ``(N, D)`` with class indices ``labels`` ``(N,)``.
 
-        ``labels`` may be a multi-hot ``(N, C)`` matrix (multi-label runs): each row counts for all its classes.
+        ``labels`` may be a multi-hot ``(N, C)`` matrix (multi-label runs): the Gaussians are then those of the
+        label *sets* (an image of a shirt and a bag is neither a typical shirt nor a typical bag); sets seen fewer
+        than ``MIN_SET`` times are folded into the shared covariance only.
         """
         z = np.asarray(embeddings, np.float32)
         y = np.asarray(labels)
@@ -60,10 +64,14 @@ class Reference:
             raise RunError("no training embeddings to build the out-of-distribution reference from")
         onehot = y.astype(np.float32) if y.ndim == 2 else np.eye(num_classes, dtype=np.float32)[y]
         counts = onehot.sum(0)
-        means = (onehot.T @ z) / np.maximum(counts, 1)[:, None]
-        centred = z - (onehot @ means) / np.maximum(onehot.sum(1), 1)[:, None]
-        cov = centred.T @ centred / len(z)
-        cov += np.eye(len(cov), dtype=np.float32) * (1e-3 * np.trace(cov) / len(cov) + 1e-8)  # shrinkage
+        group = _groups(y) if y.ndim == 2 else y.astype(np.int64)
+        members = np.eye(int(group.max()) + 1, dtype=np.float32)[group]  # (N, G): one Gaussian per class / set
+        sizes = members.sum(0)
+        means = (members.T @ z) / np.maximum(sizes, 1)[:, None]
+        centred = z - members @ means
+        if y.ndim == 2 and (sizes >= MIN_SET).any():
+            means = means[sizes >= MIN_SET]
+        cov = _shrunk_covariance(centred)
         first = np.where(onehot.any(1), onehot.argmax(1), -1).astype(np.int32)
         keep = _stratified_sample(first, sample, seed)
         return cls(
@@ -157,6 +165,24 @@ def _one_blas_thread():
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()  # inspects the loaded libraries once (~ms), not per call
     return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _shrunk_covariance(centred: np.ndarray) -> np.ndarray:
+    """The covariance of ``centred`` rows, shrunk towards a scaled identity by the Ledoit-Wolf amount
+    (scikit-learn): little for 54,000 images, much for a few dozen in 512 dimensions, whose plain estimate would
+    make every direction they do not span look infinitely far."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    cov = centred.T @ centred / len(centred)
+    mu = float(np.trace(cov)) / len(cov)
+    alpha = max(float(ledoit_wolf_shrinkage(centred, assume_centered=True)), 1e-3)
+    return ((1 - alpha) * cov + alpha * mu * np.eye(len(cov)) + 1e-8 * np.eye(len(cov))).astype(np.float32)
+
+
+def _groups(multi_hot: np.ndarray) -> np.ndarray:
+    """The index of each row's label set among the distinct sets ``(N,)``."""
+    _, inverse = np.unique((np.asarray(multi_hot) > 0.5).astype(np.uint8), axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
 
 
 def _stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
