@@ -139,7 +139,7 @@ CLI_ONLY = {
     "video": {"--source", "--out", "--jsonl", "--show", "--allow-any-source", "--json"},
     "export": {"--quantize", "--out"},
     "benchmark": {"--export", "--runtime"},
-    "serve": {"--log-level"},
+    "serve": {"--log-level", "--models"},
 }  # fmt: skip
 
 #: Settings fields that are deliberately no CLI flag (config file or Python only).

@@ -17,7 +17,13 @@ RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imag
 
 @app.command("serve")
 def serve(
-    run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
+    run: Path = typer.Argument(None, help="Run directory written by 'imagerec train' (or use --models DIR)."),
+    models: Path = typer.Option(
+        None,
+        "--models",
+        help="Folder of versions (run directories; natural sort of names, newest last): serve the newest that "
+        "passes a self-check; POST /v1/admin/reload swaps versions.",
+    ),
     host: str = setting("host", help="Address to bind; 0.0.0.0 exposes the service to the network."),
     port: int = setting("port", help="TCP port."),
     api_key: str = setting(
@@ -77,6 +83,7 @@ def serve(
 
     from imagerec.classifier import Classifier
     from imagerec.server.app import create_app, settings_to_env
+    from imagerec.server.versions import ModelDir
 
     settings = ServeSettings(
         host=host, port=port, api_key=api_key or None, workers=workers, max_batch=max_batch,
@@ -92,12 +99,29 @@ def serve(
         loop=_best("uvloop", "auto"),
         http=_best("httptools", "auto"),
     )
+    if (run is None) == (models is None):
+        raise ImagerecError(
+            "give a run directory RUN or --models DIR (a folder of versions), exactly one of them"
+        )
+    if models is not None and workers > 1:
+        raise ImagerecError(
+            f"--models cannot be combined with --workers {workers}: a reload would reach one worker only; "
+            "use --workers 1 (or run one server per worker behind a balancer)"
+        )
     check_port_free(
         host, port
     )  # before the model loads: a busy port is a one-line error, not a traceback later
-    clf = Classifier.load(
-        run, runtime=runtime
-    )  # in multi-worker mode too: fail fast here, not in each worker
+    model_dir, version = None, ""
+    if models is not None:
+        model_dir = ModelDir(models, runtime)
+        version, clf, skipped = model_dir.pick()
+        for refused in skipped:
+            typer.echo(f"imagerec: version {refused['version']} refused: {refused['reason']}", err=True)
+        run = model_dir.path(version)
+    else:
+        clf = Classifier.load(
+            run, runtime=runtime
+        )  # in multi-worker mode too: fail fast here, not in each worker
     key_note = "API key required" if settings.api_key else "no API key"
     typer.echo(
         f"imagerec: serving {run} on http://{host}:{port} ({workers} worker(s), {key_note}, "
@@ -109,7 +133,7 @@ def serve(
         settings_to_env(str(run), runtime, settings)
         uvicorn.run("imagerec.server.app:app_from_env", factory=True, workers=workers, **options)
         return
-    uvicorn.run(create_app(clf, settings), **options)
+    uvicorn.run(create_app(clf, settings, model_dir, version), **options)
 
 
 def check_port_free(host: str, port: int) -> None:

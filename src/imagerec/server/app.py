@@ -7,7 +7,8 @@ Example:
     >>> from imagerec.settings import ServeSettings
     >>> uvicorn.run(create_app(Classifier.load("runs/fmnist"), ServeSettings()), host="127.0.0.1", port=8000)
 
-No route loads, replaces or names a model file: the model is fixed when the app is built.
+No route loads or names a model file, except ``POST /v1/admin/reload`` on a server started with ``--models DIR``:
+it swaps to another version of DIR (server/versions.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware
 from imagerec.server.metrics import ServerMetrics
 from imagerec.server.responses import error_response, json_response
+from imagerec.server.versions import ModelDir
 from imagerec.settings import ServeSettings
 
 STATIC = Path(__file__).with_name("static")
@@ -46,11 +48,33 @@ PAGE_CSP = (
 class Service:
     """What the routes share: the classifier, decode pool, batcher, metrics and camera-session smoothers."""
 
-    def __init__(self, classifier, settings: ServeSettings):
+    def __init__(
+        self, classifier, settings: ServeSettings, models: ModelDir | None = None, version: str = ""
+    ):
         self.clf = classifier
         self.settings = settings
         self.metrics = ServerMetrics(classifier.labels)
-        self.batcher = Batcher(
+        self.batcher = self.new_batcher(classifier)
+        # --models DIR: the versions, the one served (name and directory), the last reload's refusals
+        self.models = models
+        self.model_version = version or None
+        self.version_dir = str(classifier.run_dir.path) if models is not None else None
+        self.reload_error: str | None = None
+        self.reload_lock = asyncio.Lock()
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(
+            settings.decode_threads, thread_name_prefix="imagerec-decode"
+        )
+        self.decode_procs: DecodePool | None = None  # started with the service (--decode-workers >= 1)
+        self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
+        self.ready = False
+        self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
+        # the threshold in force (for /v1/model): --threshold, else the run's calibrated one; 0 = off
+        self.threshold = classifier.threshold_for(settings.threshold)
+
+    def new_batcher(self, classifier) -> Batcher:
+        """A batcher around ``classifier`` (each served version gets its own; see server/versions.py)."""
+        settings = self.settings
+        return Batcher(
             classifier.predict_scores,  # calibrated probabilities + the OOD score column, one row per image
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
@@ -61,15 +85,24 @@ class Service:
             max_stalled=settings.max_stalled,
             on_recycle=self.metrics.recycles.inc,
         )
-        self.decode_pool = concurrent.futures.ThreadPoolExecutor(
-            settings.decode_threads, thread_name_prefix="imagerec-decode"
-        )
-        self.decode_procs: DecodePool | None = None  # started with the service (--decode-workers >= 1)
-        self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
-        self.ready = False
-        self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
-        # the threshold in force (for /v1/model): --threshold, else the run's calibrated one; 0 = off
-        self.threshold = classifier.threshold_for(settings.threshold)
+
+    def install(self, classifier, batcher: Batcher, version: str, version_dir: Path) -> Batcher:
+        """Serve ``classifier`` through its started ``batcher`` from now on; returns the old batcher.
+
+        Synchronous on the event loop: every request after this sees the new model, batcher and threshold
+        together; images already queued are answered by the old batcher.
+        """
+        old = self.batcher
+        self.clf, self.batcher = classifier, batcher
+        self.threshold = classifier.threshold_for(self.settings.threshold)
+        self.model_version, self.version_dir = version, str(version_dir)
+        return old
+
+    async def reload(self, version: str | None) -> dict[str, Any]:
+        """Swap to ``version`` of ``--models DIR`` (None: the newest that passes); see server/versions.py."""
+        from imagerec.server import versions
+
+        return await versions.reload(self, version)
 
     async def start(self) -> None:
         if self.settings.decode_workers >= 1:  # the processes start while the model warms up
@@ -181,7 +214,10 @@ class Service:
         return self.ready and self.batcher.healthy
 
     def model_info(self) -> dict[str, Any]:
-        return {"name": self.clf.name, "version": self.clf.version}
+        info = {"name": self.clf.name, "version": self.clf.version}
+        if self.models is not None:  # --models DIR: which version answers, and from where
+            info |= {"model_version": self.model_version, "version_dir": self.version_dir}
+        return info
 
 
 def freeze_heap() -> None:
@@ -202,8 +238,13 @@ def _rejected(exc: ImageRejected, name: str | None) -> HTTPError:
     return HTTPError(exc.status, exc.code, label + str(exc).replace("<bytes>: ", "", 1))
 
 
-def create_app(classifier, settings: ServeSettings | None = None):
+def create_app(
+    classifier, settings: ServeSettings | None = None, models: ModelDir | None = None, version: str = ""
+):
     """Build the service around ``classifier`` (see the module docstring); returns the outermost ASGI app.
+
+    With ``models`` (``--models DIR``), ``classifier`` is its version ``version`` and ``POST /v1/admin/reload``
+    swaps it for another version without downtime (server/versions.py).
 
     The returned app exposes ``.service`` (shared state) and ``.fastapi`` (the inner FastAPI app).
     """
@@ -217,7 +258,7 @@ def create_app(classifier, settings: ServeSettings | None = None):
     from imagerec.server import routes_v1, routes_v2
 
     settings = (settings or ServeSettings()).validate()
-    service = Service(classifier, settings)
+    service = Service(classifier, settings, models, version)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -129,6 +129,7 @@ class Batcher:
         self._abandoned: list[_Worker] = []
         self.batches = 0
         self.recycles = 0
+        self._busy = False  # a batch is taken off the queue and not yet answered
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(self.max_queue)
@@ -146,6 +147,11 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch being answered (a batcher being retired may be stopped)."""
+        return self.depth == 0 and not self._busy
 
     @property
     def stalled(self) -> int:
@@ -209,7 +215,9 @@ class Batcher:
     async def _run(self) -> None:
         queue = self._queue
         while True:
+            self._busy = False
             items = [await queue.get()]
+            self._busy = True
             deadline = time.perf_counter() + self.max_wait
             while len(items) < self.max_batch:
                 if not queue.empty():

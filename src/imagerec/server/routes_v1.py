@@ -1,8 +1,9 @@
-"""``POST /v1/predict`` and ``GET /v1/model``: parse input, call the service, format output."""
+"""``POST /v1/predict``, ``GET /v1/model`` and ``POST /v1/admin/reload``: parse input, call the service, format output."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
@@ -58,6 +59,24 @@ async def read_uploads(request, max_files: int) -> list[Upload]:
     return [Upload(request.headers.get("x-filename"), body)]
 
 
+async def _reload_version(request) -> str | None:
+    """The optional ``{"version": NAME}`` body of ``POST /v1/admin/reload``."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or set(data) - {"version"} or not isinstance(data.get("version", ""), str):
+        raise HTTPError(
+            400,
+            "bad_request",
+            'expected no body or a JSON object {"version": "NAME"} (a directory of --models)',
+        )
+    return data.get("version")
+
+
 def register(api, service) -> None:
     num_classes = len(service.clf.labels)
 
@@ -88,6 +107,17 @@ def register(api, service) -> None:
                     item["smoothed"]["reason"] = smoothed.reason
             out.append(item)
         return json_response({"predictions": out, "model": service.model_info()})
+
+    @api.post("/v1/admin/reload")
+    async def reload(request: Request):
+        """Swap to another version of ``--models DIR`` without downtime; body ``{"version": NAME}`` or none."""
+        if not service.settings.api_key:  # the middleware answers 401 to a wrong or missing key
+            raise HTTPError(
+                403,
+                "forbidden",
+                "admin routes are off on a server without an API key; start it with --api-key",
+            )
+        return json_response(await service.reload(await _reload_version(request)))
 
     @api.get("/v1/model")
     async def model():
@@ -120,6 +150,7 @@ def register(api, service) -> None:
                 "threshold": service.threshold,
                 **multilabel_info,
                 "metrics": summary,
+                **({"last_reload_error": service.reload_error} if service.models is not None else {}),
                 "limits": {
                     "max_upload_mb": service.settings.max_upload_mb,
                     "max_files": service.settings.max_files,

@@ -34,7 +34,9 @@ from imagerec.server.limits import HTTPError
 from imagerec.server.responses import json_response
 
 #: what the ``labels`` output holds for a multi-label run (the metadata's ``parameters.labels_output``)
-LABEL_SETS = "label sets: the classes at or above their thresholds joined by ';', most probable first, '' = none"
+LABEL_SETS = (
+    "label sets: the classes at or above their thresholds joined by ';', most probable first, '' = none"
+)
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
 
 
@@ -162,17 +164,19 @@ def _input_tensor(spec: Any, binary: bytes, offset: int, limit: int) -> tuple[st
 
 
 def register(api, service) -> None:
-    clf = service.clf
+    # service.clf is read per call, never kept: POST /v1/admin/reload may swap it (server/versions.py)
     size, _, channels = service.input_shape
     limit = max(service.settings.max_files, service.settings.max_batch)
 
     def check_model(name: str) -> None:
+        clf = service.clf
         if name != clf.name:
             raise HTTPError(
                 404, "model_not_found", f"no model named {name[:80]!r}; this server serves {clf.name!r} only"
             )
 
     def metadata() -> dict[str, Any]:
+        clf = service.clf
         return {
             "name": clf.name,
             "versions": [clf.version],
@@ -184,12 +188,17 @@ def register(api, service) -> None:
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(clf.labels)]},
                 {"name": "labels", "datatype": "BYTES", "shape": [-1]},
-                *([{"name": "ood_score", "datatype": "FP32", "shape": [-1]}] if clf.reference is not None else []),
+                *(
+                    [{"name": "ood_score", "datatype": "FP32", "shape": [-1]}]
+                    if clf.reference is not None
+                    else []
+                ),
             ],
             "parameters": {"labels": clf.labels, "task": clf.task, **multilabel_parameters()},
         }
 
     def multilabel_parameters() -> dict[str, Any]:
+        clf = service.clf
         if clf.task != "multilabel":
             return {}
         thresholds = dict(zip(clf.labels, map(float, clf.thresholds), strict=True))
@@ -222,6 +231,7 @@ def register(api, service) -> None:
     @api.get("/v2/models/{name}/ready")
     @api.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
+        clf = service.clf
         check_model(name)
         return json_response(
             {"name": clf.name, "ready": service.serving}, status=200 if service.serving else 503
@@ -230,6 +240,7 @@ def register(api, service) -> None:
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
+        clf = service.clf
         check_model(name)
         body = await request.body()
         payload, binary = _split_binary(body, request.headers.get("inference-header-content-length"))
@@ -258,10 +269,17 @@ def register(api, service) -> None:
                 "shape": list(probs.shape),
                 "data": probs.ravel().tolist(),
             },
-            {"name": "labels", "datatype": "BYTES", "shape": [len(preds)], "data": list(map(label_of, preds))},
+            {
+                "name": "labels",
+                "datatype": "BYTES",
+                "shape": [len(preds)],
+                "data": list(map(label_of, preds)),
+            },
         ]
         if ood is not None and not np.isnan(ood).any():
-            outputs.append({"name": "ood_score", "datatype": "FP32", "shape": [len(ood)], "data": ood.tolist()})
+            outputs.append(
+                {"name": "ood_score", "datatype": "FP32", "shape": [len(ood)], "data": ood.tolist()}
+            )
         wanted = payload.get("outputs")
         if isinstance(wanted, list) and wanted:
             names = {o.get("name") for o in wanted if isinstance(o, dict)}
