@@ -62,6 +62,9 @@ def calibrated(trained_run, tmp_path_factory) -> dict:
     sure = min(p.confidence for p in clf.predict(list(clear.values()), threshold=0))
     assert doubt < sure - 0.1, (doubt, sure)  # room for a threshold between them
     record["threshold"] = round((doubt + sure) / 2, 6)
+    # these tests hold the confidence rule; the out-of-distribution rule (tests/openworld) could also reject a clear
+    # image of this tiny run (its OOD threshold keeps 95% of 9 val images), so it is left out here
+    record.pop("ood_threshold", None)
     (run / "calibration.json").write_text(json.dumps(record))
     files = {}
     for name, array in {**clear, "doubtful": doubtful}.items():
