@@ -61,7 +61,8 @@ def test_every_export_returns_the_keras_embedding(ood_exported, keras_answers, n
     record = records[name]
     parity = record["parity"]["embedding"]
     assert parity["present"] and parity["passed"] and parity["dims"] == want.shape[1]
-    assert parity["cosine_mean"] >= parity["threshold"] == EMBEDDING_THRESHOLDS[_quantization(name)]
+    threshold = EMBEDDING_THRESHOLDS[_quantization(name)]  # None (int8): recorded, not a bar
+    assert parity["threshold"] == threshold and (threshold is None or parity["cosine_mean"] >= threshold)
     assert record["embedding_output"]["shape"] == [None, want.shape[1]]
     got = Classifier.load(run / "exports" / name / record["artifact"]).embed(_inputs(run))
     cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
