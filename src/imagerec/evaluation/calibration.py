@@ -140,7 +140,7 @@ def calibrate(
     if getattr(clf, "task", "multiclass") == "multilabel":  # sigmoid outputs: re-tune the per-class thresholds
         from imagerec.evaluation.multilabel import tune_thresholds
 
-        tuned = tune_thresholds(clf, split)  # (no temperature: the OOD threshold is what calibration.json holds)
+        tuned = tune_thresholds(clf, split, data, raw)  # (no temperature: calibration.json holds the OOD threshold)
         record = {"temperature": 1.0, "threshold": None, "split": split, "num_images": int(len(data.y)),
                   "task": "multilabel", **ood_record(clf, emb, ood_keep)}  # fmt: skip
         atomic_write_json(clf.run_dir.calibration, record)

@@ -150,7 +150,7 @@ def thresholds_record(
     }
 
 
-def tune_thresholds(clf, split: str = "val") -> dict[str, Any]:
+def tune_thresholds(clf, split: str = "val", data=None, probs: np.ndarray | None = None) -> dict[str, Any]:
     """``imagerec calibrate`` for a multi-label run: re-tune its per-class thresholds on ``split``.
 
     A multi-label run has no softmax temperature; what calibrate fits for it is each class's threshold, as the end
@@ -173,8 +173,9 @@ def tune_thresholds(clf, split: str = "val") -> dict[str, Any]:
 
     require_classifier(clf, "calibrate")
     CalibrateSettings(split=split).validate()
-    data = run_split(clf, split)
-    probs = predict_in_batches(clf.raw_proba, data.images, TUNE_BATCH)  # sigmoid outputs, used as they are
+    if data is None or probs is None:  # calibrate passes the split it already decoded and ran
+        data = run_split(clf, split)
+        probs = predict_in_batches(clf.raw_proba, data.images, TUNE_BATCH)  # sigmoid outputs, used as they are
     record = thresholds_record(clf.labels, f1_thresholds(data.y, probs), split, len(data.y))
     tuned = np.array(list(record["thresholds"].values()), np.float32)  # as a reload reads them
     f1 = {

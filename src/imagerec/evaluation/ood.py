@@ -60,16 +60,18 @@ def separation(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[float, fl
 
 def ood_metrics(clf: Classifier, id_images: np.ndarray, source: str, batch_size: int) -> dict[str, Any]:
     """The ``"ood"`` block of metrics.json, and the scores for the picture (``_scores``, dropped before writing)."""
+    from imagerec.prediction import split_scores
     from imagerec.runtime import predict_in_batches
 
     ood_images, skipped = load_ood_images(clf, source)
     scores = {}
     for name, images in (("id", id_images), ("ood", ood_images)):
-        raw, emb = predict_in_batches(clf.raw_outputs, images, batch_size, embedding=True)
-        answers = clf.answers(np.c_[clf.calibrated(raw), _or_nan(clf.ood_scores(emb), len(raw))])
+        rows = predict_in_batches(clf.predict_scores, images, batch_size)  # probabilities + the OOD column
+        probs, ood = split_scores(rows, len(clf.labels))
+        answers = clf.answers(rows)
         scores[name] = {
-            "msp": 1.0 - clf.calibrated(raw).max(axis=1),
-            "score": clf.ood_scores(emb),
+            "msp": 1.0 - probs.max(axis=1),
+            "score": None if ood is None or np.isnan(ood).any() else ood,
             "unknown": float(np.mean([a.label == "unknown" for a in answers])) if answers else 0.0,
         }
     msp_auroc, msp_fpr = separation(scores["id"]["msp"], scores["ood"]["msp"])
@@ -90,10 +92,6 @@ def ood_metrics(clf: Classifier, id_images: np.ndarray, source: str, batch_size:
         out["auroc"], out["fpr_at_95_tpr"] = separation(scores["id"]["score"], scores["ood"]["score"])
     out["_scores"] = scores
     return out
-
-
-def _or_nan(values: np.ndarray | None, n: int) -> np.ndarray:
-    return np.full(n, np.nan, np.float32) if values is None else values
 
 
 def ood_png(block: dict[str, Any], path: Path) -> Path:
