@@ -1,4 +1,5 @@
-"""The valid values of a numeric setting or flag, declared once beside it and checked one way.
+"""The valid values of a numeric setting or flag, declared once beside it and checked one way (and the
+:class:`Settings` base every settings class of ``imagerec.settings`` validates through).
 
 A settings field declares its bound where it is defined (``epochs: int | None = integer(None, ge=1)``, see
 ``imagerec.settings``); ``Settings.validate`` checks it, and errors name the flag the user typed: "--epochs must be
@@ -8,12 +9,14 @@ their command and check it with :func:`require`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from dataclasses import Field, dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Self
 
-from imagerec.errors import ImagerecError
+from imagerec.errors import ImagerecError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,68 @@ def require(label: str, value: object, bound: Bound, error: type[ImagerecError] 
     if value not in bound:
         raise error(bound.message(label, value))
     return value
+
+
+# --- what every settings class of imagerec.settings shares -----------------------------------------------------
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of settings class ``cls`` (where the CLI reads its option defaults).
+
+    Raises:
+        ImagerecError: ``cls`` has no field ``name`` (with a did-you-mean).
+    """
+    by_name = {f.name: f for f in fields(cls)}
+    if name not in by_name:
+        raise ImagerecError(f"{cls.__name__} has no setting {name!r}{did_you_mean(name, by_name)}")
+    f = by_name[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def check_names(names: Iterable[str], valid: Iterable[str], what: str, error: type[ImagerecError]) -> None:
+    """Raise ``error`` for the first of ``names`` not in ``valid``, with a did-you-mean (else the valid names)."""
+    valid = sorted(valid)
+    for name in names:
+        if name not in valid:
+            hint = did_you_mean(name, valid) or f"; expected one of {', '.join(valid)}"
+            raise error(f"unknown {what} {name!r}{hint}")
+
+
+class Settings:
+    """What every settings dataclass shares: ``validate`` (the checks, in order) and a checked ``replace``."""
+
+    #: How an unknown name is called in errors ("unknown video setting 'evry'; did you mean 'every'?").
+    _what: ClassVar[str] = "setting"
+
+    @classmethod
+    def _error(cls) -> type[ImagerecError]:
+        return ImagerecError
+
+    def _checks(self) -> Iterator[tuple[bool, str]]:
+        """``(ok, message)`` pairs, lazily: each field within its :class:`Bound`, then :meth:`_rules`."""
+        for f in fields(self):  # type: ignore[arg-type]
+            bound, value = f.metadata.get("bound"), getattr(self, f.name)
+            if bound is not None and value is not None:
+                yield value in bound, bound.message(label_of(f), value, f.default)
+        yield from self._rules()
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        """Checks across fields (``val + test < 1``), after every field passed its own bound."""
+        return iter(())
+
+    def validate(self) -> Self:
+        """Return ``self`` when every check passes; raise the first failing check's message otherwise."""
+        for ok, message in self._checks():
+            if not ok:
+                raise self._error()(message)
+        return self
+
+    def replace(self, **values: Any) -> Self:
+        """A validated copy with ``values`` set (``None`` values keep the current setting)."""
+        check_names(values, [f.name for f in fields(self)], self._what, self._error())  # type: ignore[arg-type]
+        clean = {k: v for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **clean).validate()  # type: ignore[type-var]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        """Build from a dict (a config file's section), refusing unknown keys with a did-you-mean."""
+        check_names(raw, [f.name for f in fields(cls)], cls._what, cls._error())  # type: ignore[arg-type]
+        return cls(**raw).validate()

@@ -27,12 +27,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Self
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
-from imagerec.bounds import integer, label_of, number
-from imagerec.errors import ImagerecError, did_you_mean
+# the machinery every class below shares lives in bounds.py (re-exported here: ``imagerec.settings.default_of``)
+from imagerec.bounds import Settings, check_names, default_of, integer, number  # noqa: F401
+from imagerec.errors import ImagerecError
 
 #: Test images an export is compared on with the Keras model before it is published (``--parity-images``).
 PARITY_IMAGES = 1000
@@ -47,70 +48,6 @@ EXPORT_FORMAT = "tflite"
 
 #: An 'unknown' threshold (predict, serve, video): a confidence.
 THRESHOLD = {"ge": 0, "le": 1, "note": "0 = never 'unknown'"}
-
-
-def default_of(cls: type, name: str) -> Any:
-    """The default of field ``name`` of settings class ``cls`` (where the CLI reads its option defaults).
-
-    Raises:
-        ImagerecError: ``cls`` has no field ``name`` (with a did-you-mean).
-    """
-    by_name = {f.name: f for f in fields(cls)}
-    if name not in by_name:
-        raise ImagerecError(f"{cls.__name__} has no setting {name!r}{did_you_mean(name, by_name)}")
-    f = by_name[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-
-
-def check_names(names: Iterable[str], valid: Iterable[str], what: str, error: type[ImagerecError]) -> None:
-    """Raise ``error`` for the first of ``names`` not in ``valid``, with a did-you-mean (else the valid names)."""
-    valid = sorted(valid)
-    for name in names:
-        if name not in valid:
-            hint = did_you_mean(name, valid) or f"; expected one of {', '.join(valid)}"
-            raise error(f"unknown {what} {name!r}{hint}")
-
-
-class Settings:
-    """What every settings dataclass shares: ``validate`` (the checks, in order) and a checked ``replace``."""
-
-    #: How an unknown name is called in errors ("unknown video setting 'evry'; did you mean 'every'?").
-    _what: ClassVar[str] = "setting"
-
-    @classmethod
-    def _error(cls) -> type[ImagerecError]:
-        return ImagerecError
-
-    def _checks(self) -> Iterator[tuple[bool, str]]:
-        """``(ok, message)`` pairs, lazily: each field within its :class:`Bound`, then :meth:`_rules`."""
-        for f in fields(self):  # type: ignore[arg-type]
-            bound, value = f.metadata.get("bound"), getattr(self, f.name)
-            if bound is not None and value is not None:
-                yield value in bound, bound.message(label_of(f), value, f.default)
-        yield from self._rules()
-
-    def _rules(self) -> Iterator[tuple[bool, str]]:
-        """Checks across fields (``val + test < 1``), after every field passed its own bound."""
-        return iter(())
-
-    def validate(self) -> Self:
-        """Return ``self`` when every check passes; raise the first failing check's message otherwise."""
-        for ok, message in self._checks():
-            if not ok:
-                raise self._error()(message)
-        return self
-
-    def replace(self, **values: Any) -> Self:
-        """A validated copy with ``values`` set (``None`` values keep the current setting)."""
-        check_names(values, [f.name for f in fields(self)], self._what, self._error())  # type: ignore[arg-type]
-        clean = {k: v for k, v in values.items() if v is not None}
-        return dataclasses.replace(self, **clean).validate()  # type: ignore[type-var]
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Self:
-        """Build from a dict (a config file's section), refusing unknown keys with a did-you-mean."""
-        check_names(raw, [f.name for f in fields(cls)], cls._what, cls._error())  # type: ignore[arg-type]
-        return cls(**raw).validate()
 
 
 # --- a run: data, augmentation, model, training ------------------------------------------------------------------
@@ -214,6 +151,35 @@ class RunConfig(Settings):
 
 
 # --- the HTTP service -----------------------------------------------------------------------------------------------
+# --- recording answers (serve --record, video --record) --------------------------------------------------------------
+#: ``--record-images``: which pictures a recording keeps beside its records.
+RECORD_IMAGES = ("review", "none")
+
+
+@dataclass(frozen=True)
+class RecordSettings(Settings):
+    """What ``--record DIR`` keeps (``imagerec.monitoring.records``): one record per answer, pictures only of the
+    answers worth reviewing, under caps on count, bytes and age (the oldest go first)."""
+
+    _what: ClassVar[str] = "record setting"
+
+    # 'review': the pictures of unknown / low-confidence / out-of-distribution answers + a random sample; 'none'
+    images: str = "review"
+    sample: float = number(0.01, ge=0, le=1, flag=False)  # share of the other answers whose picture is kept
+    low_confidence: float = number(0.5, ge=0, le=1, flag=False)  # a picture is kept below this confidence
+    max_images: int = integer(10_000, ge=0, flag=False)
+    max_mb: float = number(1024.0, gt=0, flag=False)  # records + pictures together
+    max_age_days: float = number(30.0, gt=0, flag=False)
+    rotate_mb: float = number(16.0, gt=0, flag=False)  # a record file is closed and a new one started past this
+    flush_s: float = number(0.5, gt=0, le=1, flag=False)  # records reach the OS within this (a SIGKILL loses less)
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        yield (
+            self.images in RECORD_IMAGES,
+            f"--record-images must be one of {', '.join(RECORD_IMAGES)}, got {self.images!r}",
+        )
+
+
 @dataclass(frozen=True)
 class ServeSettings(Settings):
     """Settings of ``imagerec serve`` and ``create_app``; most are a flag of that name (``--max-batch``)."""
@@ -244,6 +210,9 @@ class ServeSettings(Settings):
     stall_s: float = number(0.0, ge=0, note="0 = 2 x timeout_s")
     # abandoned workers still stuck at once before /readyz answers 503
     max_stalled: int = integer(4, ge=1)
+    # --record DIR: one record per answer (+ the pictures worth reviewing); None = nothing recorded
+    record: str | None = None
+    record_images: str = RecordSettings.images
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
         yield (
