@@ -181,6 +181,29 @@ class RecordSettings(Settings):
 
 
 @dataclass(frozen=True)
+class ReviewSettings(Settings):
+    """``imagerec review DIR --out QUEUE``: how many pictures to queue (``imagerec.monitoring.review``)."""
+
+    _what: ClassVar[str] = "review setting"
+
+    size: int = integer(200, ge=1)
+    near_duplicate: float = number(0.01, ge=0, le=2, flag=False)  # cosine distance under which a pick is a duplicate
+
+
+@dataclass(frozen=True)
+class DriftSettings(Settings):
+    """Drift gauges (imagerec.monitoring.drift): the last ``window`` answers vs validation (bench/drift.py)."""
+
+    _what: ClassVar[str] = "drift setting"
+    window: int = integer(500, ge=0, flag=False)  # the last answers watched (serve --drift-window)
+    confidence_psi: float = number(0.2, gt=0, flag=False)  # population stability index of confidence
+    unknown_share: float = number(0.10, gt=0, le=1, flag=False)  # share of 'unknown' answers above val's
+    ood_share: float = number(0.10, gt=0, le=1, flag=False)  # share of OOD-scored answers above val's
+    class_shift: float = number(0.15, gt=0, le=1, flag=False)  # total variation of predicted-class shares
+    embedding_distance: float = number(1.5, gt=1, flag=False)  # mean OOD score / val's mean
+
+
+@dataclass(frozen=True)
 class ServeSettings(Settings):
     """Settings of ``imagerec serve`` and ``create_app``; most are a flag of that name (``--max-batch``)."""
 
@@ -210,9 +233,14 @@ class ServeSettings(Settings):
     stall_s: float = number(0.0, ge=0, note="0 = 2 x timeout_s")
     # abandoned workers still stuck at once before /readyz answers 503
     max_stalled: int = integer(4, ge=1)
+    # --models DIR: seconds between looks at DIR for a new version (and the admin reload's wanted-version file)
+    watch_s: float = number(5.0, ge=0, note="0 = off")
     # --record DIR: one record per answer (+ the pictures worth reviewing); None = nothing recorded
     record: str | None = None
     record_images: str = RecordSettings.images
+    drift_window: int = integer(DriftSettings.window, ge=0, note="0 = no drift gauges")  # monitoring/drift
+    review: str | None = None  # --review QUEUE: the Review tab and /v1/review/* (None = off: 404)
+    review_out: str | None = None  # --review-out DATASET: where labels land (class folders, or a .csv multi-label)
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
         yield (
@@ -220,6 +248,7 @@ class ServeSettings(Settings):
             "--cors-origin '*' cannot be combined with --cors-allow-credentials (any site could call the API "
             "as the user); list the allowed origins explicitly",
         )
+        yield from RecordSettings(images=self.record_images)._rules()  # --record-images, before a load
 
     @property
     def max_body(self) -> int:
@@ -246,6 +275,7 @@ class VideoConfig(Settings):
             8 s; the count restarts once a frame arrives).
         live: treat the source as live (keep only the newest frame); None = cameras and URLs are live.
         keep_images: attach the BGR frame to each result (needed to draw or write video).
+        embeddings: each classified result's ``scores`` carry the frame's embedding too (``video --record``).
     """
 
     _what: ClassVar[str] = "video setting"
@@ -262,6 +292,7 @@ class VideoConfig(Settings):
     reconnects: int = integer(5, ge=0, flag=False)
     live: bool | None = None
     keep_images: bool = True
+    embeddings: bool = False
 
     @classmethod
     def _error(cls) -> type[ImagerecError]:

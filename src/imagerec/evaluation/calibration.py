@@ -150,6 +150,10 @@ def calibrate(
     atomic_write_json(clf.run_dir.calibration, record)
     clf.temperature, clf.threshold = record["temperature"], record["threshold"]  # as a reload reads them
     clf.ood_threshold = record.get("ood_threshold")
+    if split == "val":  # the drift baseline: the validation answers as the new calibration gives them
+        from imagerec.monitoring.drift import write_baseline
+
+        write_baseline(clf, data.images)
     return record
 
 

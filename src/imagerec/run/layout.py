@@ -9,6 +9,7 @@ RUN/
   history.csv          one row per epoch (CSVLogger)
   metrics.json         final validation and test metrics
   thresholds.json      a multi-label run's per-class thresholds (tuned on val)
+  drift.json           the validation answers' statistics live traffic is compared with (drift gauges)
   train.log            what was printed
   logs/                TensorBoard
   backup/              resumable state (AtomicBackupAndRestore)
@@ -100,6 +101,12 @@ class RunDir:
     def reference(self) -> Path:
         """The training embeddings' reference of the out-of-distribution score (``imagerec.openworld``)."""
         return self.path / "reference.npz"
+
+    @property
+    def drift_baseline(self) -> Path:
+        """What live answers are compared with for drift: the validation answers' statistics
+        (``imagerec.monitoring.drift``; written by training and ``imagerec calibrate``)."""
+        return self.path / "drift.json"
 
     # state ------------------------------------------------------------------------------------------------
     def exists(self) -> bool:

@@ -140,6 +140,20 @@ def calibrate_run(run, fn, images: np.ndarray, y: np.ndarray, batch_size: int, l
     return float(record["temperature"])
 
 
+def calibrate_and_baseline(run, model, fn, images: np.ndarray, y: np.ndarray, batch_size: int, log=print) -> float:
+    """:func:`calibrate_run`, then the drift baseline of the calibrated model's answers to the validation
+    ``images`` (``RUN/drift.json``, :mod:`imagerec.monitoring.drift`): what a server's drift gauges compare live
+    answers with. No baseline without validation images."""
+    temperature = calibrate_run(run, fn, images, y, batch_size, log)
+    if len(images):
+        from imagerec.classifier import Classifier
+        from imagerec.monitoring.drift import write_baseline
+        from imagerec.run import RunDir
+
+        write_baseline(Classifier(RunDir(run.path), model, runtime_fn=fn), images)
+    return temperature
+
+
 def split_metrics(raw: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, Any]:
     """Accuracy, top-5, and confidence as the run answers ``y``'s images (``temperature`` applied to ``raw``):
     ``ece``, ``confidence`` (the mean top probability) and ``ece_uncalibrated``."""

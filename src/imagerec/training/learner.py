@@ -28,7 +28,7 @@ from imagerec.errors import RunError
 from imagerec.run import RunDir
 from imagerec.settings import LRFindSettings, RunConfig
 from imagerec.training import auto
-from imagerec.training.finalize import calibrate_run, final_model, split_metrics, write_reference
+from imagerec.training.finalize import calibrate_and_baseline, final_model, split_metrics, write_reference
 from imagerec.training.lr_range import LRFinderResult, RangeRecorder, suggest
 from imagerec.training.recipe import (
     class_weights,
@@ -339,7 +339,7 @@ class Learner:
         best = final_model(run, self.train_ds)  # the kept weights with their own BatchNorm statistics
         fn, batch_size = self.runtime_of(best), self.config.train.batch_size
         write_reference(run, fn, *self.arrays["train"], len(self.class_names), batch_size)
-        t = calibrate_run(run, fn, *self.arrays["val"], batch_size, self.log)
+        t = calibrate_and_baseline(run, best, fn, *self.arrays["val"], batch_size, self.log)
         metrics = {"val": self.evaluate(best, "val", t), "test": self.evaluate(best, "test", t)}
         epochs, kept = latest_epoch(self.backup), self.backup.kept()
         trained = len(self.arrays["train"][1]) * max(1, epochs - (self.backup.restored_epoch or 0))
