@@ -45,7 +45,7 @@ SERVE_FLAGS = {
     "--max-wait-ms": "max_wait_ms", "--max-queue": "max_queue", "--max-upload-mb": "max_upload_mb",
     "--max-files": "max_files", "--timeout-s": "timeout_s", "--cors-origin": "cors_origins",
     "--cors-allow-credentials": "cors_credentials", "--rate-limit": "rate_limit", "--decode-workers": "decode_workers",
-    "--threshold": "threshold", "--stall-s": "stall_s", "--max-stalled": "max_stalled",
+    "--threshold": "threshold", "--stall-s": "stall_s", "--max-stalled": "max_stalled", "--watch-s": "watch_s",
 }  # fmt: skip
 
 #: (command, flag) -> (settings class, field): the option's default is the field's default.

@@ -40,7 +40,9 @@ def live(models_dir: Path):
     model_dir = ModelDir(models_dir)
     version, clf, skipped = model_dir.pick()
     assert version == "v2" and [s["version"] for s in skipped] == ["v10"]
-    app = create_app(clf, ServeSettings(api_key=KEY, max_wait_ms=5, decode_workers=0), model_dir, version)
+    # the watcher is off here (its tests: test_serve_watch.py): reloads happen only when a test asks
+    settings = ServeSettings(api_key=KEY, max_wait_ms=5, decode_workers=0, watch_s=0)
+    app = create_app(clf, settings, model_dir, version)
     with LiveServer(app) as server:
         yield server
 
@@ -149,7 +151,7 @@ def test_admin_routes_need_an_api_key(classifier, models_dir: Path):
     from imagerec.server.versions import ModelDir
     from imagerec.settings import ServeSettings
 
-    app = create_app(classifier, ServeSettings(decode_workers=0), ModelDir(models_dir), "v1")
+    app = create_app(classifier, ServeSettings(decode_workers=0, watch_s=0), ModelDir(models_dir), "v1")
     with LiveServer(app) as server:
         response = httpx.post(f"{server.url}/v1/admin/reload", json={"version": "v2"}, timeout=30)
         assert response.status_code == 403 and "--api-key" in response.json()["error"]["message"]
@@ -168,4 +170,4 @@ def test_serve_models_cli(monkeypatch, models_dir: Path):
 def test_serve_needs_run_or_models(monkeypatch, trained_run: Path, models_dir: Path):
     serve_cli(monkeypatch, [], code=2)
     serve_cli(monkeypatch, [str(trained_run), "--models", str(models_dir)], code=2)
-    serve_cli(monkeypatch, ["--models", str(models_dir), "--workers", "2"], code=2)
+    serve_cli(monkeypatch, ["--models", str(models_dir), "--workers", "2", "--watch-s", "0"], code=2)

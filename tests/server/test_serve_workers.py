@@ -36,7 +36,7 @@ def test_serve_passes_host_port_and_log_level_to_uvicorn(trained_run, monkeypatc
 
 
 def test_serve_cli_refuses_to_stand_in_for_several_workers(trained_run, monkeypatch):
-    from imagerec.server import app
+    from imagerec.server import workers as app
 
     for name in (app.ENV_RUN, app.ENV_RUNTIME, app.ENV_SETTINGS):
         monkeypatch.delenv(

@@ -71,6 +71,12 @@ def serve(
         "--max-stalled",
         help="Stuck model calls at once before /readyz answers 503 (restart the server).",
     ),
+    watch_s: float = setting(
+        "watch_s",
+        "--watch-s",
+        help="With --models: look at DIR every S seconds; a new version is swapped in, and every worker follows "
+        "an admin reload. 0 = off.",
+    ),
     runtime: str = typer.Option(
         RUNTIME,
         help="auto (the fastest of keras and the exports that answer like it) | auto-quantized | "
@@ -82,15 +88,16 @@ def serve(
     import uvicorn
 
     from imagerec.classifier import Classifier
-    from imagerec.server.app import create_app, settings_to_env
+    from imagerec.server.app import create_app
     from imagerec.server.versions import ModelDir
+    from imagerec.server.workers import settings_to_env
 
     settings = ServeSettings(
         host=host, port=port, api_key=api_key or None, workers=workers, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb, max_files=max_files,
         timeout_s=timeout_s, cors_origins=tuple(cors_origin), cors_credentials=cors_allow_credentials,
         rate_limit=rate_limit, decode_workers=decode_workers, threshold=threshold, stall_s=stall_s,
-        max_stalled=max_stalled,
+        max_stalled=max_stalled, watch_s=watch_s,
     ).validate()  # fmt: skip
     options = dict(
         host=host,
@@ -103,10 +110,10 @@ def serve(
         raise ImagerecError(
             "give a run directory RUN or --models DIR (a folder of versions), exactly one of them"
         )
-    if models is not None and workers > 1:
+    if models is not None and workers > 1 and watch_s <= 0:
         raise ImagerecError(
-            f"--models cannot be combined with --workers {workers}: a reload would reach one worker only; "
-            "use --workers 1 (or run one server per worker behind a balancer)"
+            f"--models with --workers {workers} needs --watch-s > 0: an admin reload reaches one worker, the "
+            "others follow it by watching DIR"
         )
     check_port_free(
         host, port
@@ -130,8 +137,8 @@ def serve(
     )
     if workers > 1:
         del clf
-        settings_to_env(str(run), runtime, settings)
-        uvicorn.run("imagerec.server.app:app_from_env", factory=True, workers=workers, **options)
+        settings_to_env(str(run), runtime, settings, str(models or ""))
+        uvicorn.run("imagerec.server.workers:app_from_env", factory=True, workers=workers, **options)
         return
     uvicorn.run(create_app(clf, settings, model_dir, version), **options)
 

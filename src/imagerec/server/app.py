@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import os
 import re
 from collections import OrderedDict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ import numpy as np
 
 from imagerec.classifier import EMASmoother
 from imagerec.errors import ImageRejected
+from imagerec.server import watch
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.limits import HTTPError, LimitsMiddleware
@@ -70,6 +68,8 @@ class Service:
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
         # the threshold in force (for /v1/model): --threshold, else the run's calibrated one; 0 = off
         self.threshold = classifier.threshold_for(settings.threshold)
+        self.metrics.set_model(version or classifier.version, classifier.name, classifier.runtime)
+        self.watcher: watch.Watcher | None = None  # --models DIR: follows new versions (server/watch.py)
 
     def new_batcher(self, classifier) -> Batcher:
         """A batcher around ``classifier`` (each served version gets its own; see server/versions.py)."""
@@ -96,6 +96,7 @@ class Service:
         self.clf, self.batcher = classifier, batcher
         self.threshold = classifier.threshold_for(self.settings.threshold)
         self.model_version, self.version_dir = version, str(version_dir)
+        self.metrics.set_model(version, classifier.name, classifier.runtime)
         return old
 
     async def reload(self, version: str | None) -> dict[str, Any]:
@@ -114,6 +115,7 @@ class Service:
         if self.decode_procs is not None:
             await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
         freeze_heap()
+        self.watcher = watch.start(self)
         self.ready = True
 
     async def stop(self) -> None:
@@ -121,6 +123,8 @@ class Service:
         import gc
 
         gc.unfreeze()  # an app embedded in a longer-lived process hands its heap back to the collector
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.batcher.stop()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_procs is not None:
@@ -343,31 +347,3 @@ def create_app(
     outer.service = service  # type: ignore[attr-defined]
     outer.fastapi = api  # type: ignore[attr-defined]
     return outer
-
-
-# --- multi-worker entry point -----------------------------------------------------------------------------------
-ENV_RUN = "IMAGEREC_SERVE_RUN"
-ENV_RUNTIME = "IMAGEREC_SERVE_RUNTIME"
-ENV_SETTINGS = "IMAGEREC_SERVE_SETTINGS"
-
-
-def settings_to_env(run: str, runtime: str, settings: ServeSettings) -> None:
-    """Hand the run and settings to ``uvicorn --workers`` processes (the API key stays in IMAGEREC_API_KEY)."""
-    data = asdict(settings)
-    data.pop("api_key")
-    os.environ[ENV_RUN] = str(run)
-    os.environ[ENV_RUNTIME] = runtime
-    os.environ[ENV_SETTINGS] = json.dumps(data)
-    if settings.api_key:
-        os.environ["IMAGEREC_API_KEY"] = settings.api_key
-
-
-def app_from_env():
-    """Factory for ``uvicorn imagerec.server.app:app_from_env --factory`` (each worker loads the run)."""
-    from imagerec.classifier import Classifier
-
-    data = json.loads(os.environ.get(ENV_SETTINGS, "{}"))
-    data["cors_origins"] = tuple(data.get("cors_origins", ()))
-    settings = ServeSettings(**data, api_key=os.environ.get("IMAGEREC_API_KEY") or None)
-    clf = Classifier.load(os.environ[ENV_RUN], runtime=os.environ.get(ENV_RUNTIME, "keras"))
-    return create_app(clf, settings)

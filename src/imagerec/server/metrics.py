@@ -63,6 +63,27 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        # the served model (--models DIR: the version; else the model file's hash), and swaps by outcome
+        self.model = Gauge(
+            "imagerec_model_info",
+            "The model being served (one series, value 1)",
+            ["version", "name", "runtime"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "imagerec_model_reloads",
+            "Version reloads (admin route or --models watcher) by outcome: ok, refused (old model kept)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "refused"):
+            self.reloads.labels(outcome=outcome)
+
+    def set_model(self, version: str, name: str, runtime: str) -> None:
+        """Point ``imagerec_model_info`` at the model now served (the previous series is removed)."""
+        self.model.clear()
+        self.model.labels(version=version, name=name, runtime=runtime).set(1)
+
     @staticmethod
     def route_of(path: str) -> str:
         if path in ROUTES:

@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
+from imagerec.server import watch
 from imagerec.server.limits import HTTPError
 from imagerec.server.responses import json_response
 from imagerec.server.uploads import Upload, parse_multipart
@@ -117,7 +118,11 @@ def register(api, service) -> None:
                 "forbidden",
                 "admin routes are off on a server without an API key; start it with --api-key",
             )
-        return json_response(await service.reload(await _reload_version(request)))
+        version = await _reload_version(request)
+        answer = await service.reload(version)
+        # every worker process (and a later restart) follows the wanted-version file (server/watch.py)
+        answer["published"] = await asyncio.to_thread(watch.publish, service.models, version)
+        return json_response(answer)
 
     @api.get("/v1/model")
     async def model():

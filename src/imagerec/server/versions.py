@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -134,9 +135,15 @@ async def reload(service, version: str | None) -> dict:
             old = service.install(clf, batcher, name, models.path(name))
             service.reload_error = _summary(skipped)
             log.warning("reload: now serving version %s (was %s)", name, previous)
+            service.metrics.reloads.labels(outcome="ok").inc()
             await _retire(old, service.settings.timeout_s)
-            return {"version": name, "previous": previous, "skipped": skipped, "model": service.model_info()}
+            # pid: with --workers N this process alone answered; the others follow DIR (server/watch.py)
+            return {
+                "version": name, "previous": previous, "skipped": skipped, "model": service.model_info(),
+                "pid": os.getpid(),
+            }  # fmt: skip
         service.reload_error = _summary(skipped)
+        service.metrics.reloads.labels(outcome="refused").inc()
         raise HTTPError(
             422,
             "version_refused",
