@@ -154,14 +154,15 @@ class Classifier:
             return None
         return self.reference.score(embedding)
 
-    def predict_scores(self, batch: np.ndarray) -> np.ndarray:
+    def predict_scores(self, batch: np.ndarray, embedding: bool = False) -> np.ndarray:
         """Calibrated probabilities with the out-of-distribution score as one more column: ``(N, K + 1)``
-        (NaN where there is no score). One array per image, so batching, smoothing and stacking carry both;
-        :meth:`answers` reads it."""
+        (NaN where there is no score), + the embedding's ``D`` columns with ``embedding`` (when the runtime has
+        one). One array per image, so batching, smoothing and stacking carry all; :meth:`answers` reads it."""
         probs, emb = self.raw_outputs(batch)
         ood = self.ood_scores(emb)
         ood = np.full(len(probs), np.nan, np.float32) if ood is None else ood
-        return np.concatenate([self.calibrated(probs), ood[:, None]], axis=1).astype(np.float32)
+        extra = [emb] if embedding and emb is not None else []
+        return np.concatenate([self.calibrated(probs), ood[:, None], *extra], axis=1).astype(np.float32)
 
     def keras_model(self):
         """The run's own Keras model (loaded once, safely, when an export answers), for what needs its gradients or

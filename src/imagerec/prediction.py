@@ -83,10 +83,17 @@ def softmax_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def split_scores(scores: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``(probabilities (N, K), OOD scores (N,) or None)`` of ``Classifier.predict_scores`` rows (or plain
-    probabilities)."""
-    if scores.ndim == 2 and scores.shape[1] == num_classes + 1:
+    probabilities); embedding columns after the OOD one (``embedding=True``) are left out."""
+    if scores.ndim == 2 and scores.shape[1] > num_classes:
         return scores[:, :num_classes], scores[:, num_classes]
     return scores, None
+
+
+def split_embedding(scores: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """The embeddings ``(N, D)`` of ``Classifier.predict_scores(..., embedding=True)`` rows; None without."""
+    if scores.ndim == 2 and scores.shape[1] > num_classes + 1:
+        return scores[:, num_classes + 1 :]
+    return None
 
 
 class EMASmoother:
@@ -111,4 +118,4 @@ class EMASmoother:
         self.state = None
 
 
-__all__ = ["UNKNOWN", "EMASmoother", "Prediction", "PredictionError", "softmax_temperature", "split_scores"]
+__all__ = ["UNKNOWN", "EMASmoother", "Prediction", "PredictionError", "softmax_temperature", "split_embedding", "split_scores"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
-from imagerec.settings import RUNTIME, VideoConfig
+from imagerec.cli.options import option
+from imagerec.settings import RUNTIME, RecordSettings, VideoConfig
 
 DEFAULTS = VideoConfig()  # the help texts name these; the options stay None (= the default)
 
@@ -73,10 +74,24 @@ def video(
         help=f"Seconds without a frame before giving up (default {DEFAULTS.read_timeout_s:g}).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    record: Path = typer.Option(
+        None,
+        "--record",
+        help="Record every classified frame to this folder (JSON lines: label, scores, OOD score, embedding) and "
+        "keep the frames worth reviewing as PNG; a folder that cannot be written stops recording, not the video.",
+    ),
+    record_images: str = option(
+        RecordSettings,
+        "images",
+        "--record-images",
+        help="With --record: review (keep unknown, low-confidence, out-of-distribution frames and a 1% sample) | "
+        "none (no pixels stored).",
+    ),
 ) -> None:
     """Classify frames of a video file, camera or stream; write an annotated video and JSON lines; print a summary."""
     from imagerec.classifier import Classifier
     from imagerec.video.output import check_output, format_summary, run_video
+    from imagerec.video.recording import FrameRecording
     from imagerec.video.sources import check_cli_source
 
     config = VideoConfig.from_overrides(
@@ -87,8 +102,17 @@ def video(
     for path in (out, jsonl):
         if path is not None:
             check_output(path)
+    RecordSettings(images=record_images).validate()
     classifier = Classifier.load(run, runtime=runtime)
-    summary = run_video(
-        classifier, source, out=out, jsonl=jsonl, show=show, allow_any_source=allow_any_source, config=config
-    )
+    recording = FrameRecording(classifier, record, record_images, config.roi) if record else None
+    try:
+        summary = run_video(
+            classifier, source, out=out, jsonl=jsonl, show=show, allow_any_source=allow_any_source,
+            config=config.replace(embeddings=recording is not None), on_frame=recording,
+        )  # fmt: skip
+    finally:
+        if recording is not None:
+            recording.close()
+    if recording is not None:
+        summary["outputs"]["record"] = f"{record} ({recording.recorder.written} records, {recording.recorder.state})"
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -27,6 +27,9 @@ class FrameResult:
     ood_score: float | None = None  # the (smoothed) out-of-distribution score; None without a reference
     reason: str | None = None  # why the label is 'unknown' (low_confidence | out_of_distribution)
     labels: list[str] | None = None  # a multi-label run's (smoothed) label set; None for one label per frame
+    # the model's raw row of a classified frame (``Classifier.predict_scores``: probabilities, OOD score and, with
+    # ``VideoConfig.embeddings``, the embedding); None for a frame that carries the last label
+    scores: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def shown(self) -> str:

@@ -255,6 +255,8 @@ def run_video(
 ) -> dict[str, Any]:
     """``imagerec video``: classify ``source``, write the optional outputs, return the summary.
 
+    ``on_frame`` is called with every result, its frame attached (``video --record`` keeps some of them).
+
     Raises:
         VideoError: refused/unopenable/stalled source, unwritable output, bad settings.
     """
@@ -265,7 +267,7 @@ def run_video(
     if show:
         check_show()
     need_images = bool(out_path or show)
-    video = stream(classifier, src, cfg, keep_images=need_images)
+    video = stream(classifier, src, cfg, keep_images=need_images or on_frame is not None)
     writer: AnnotatedWriter | None = None
     ok = False
     cv2 = import_cv2() if need_images else None

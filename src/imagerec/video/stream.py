@@ -290,7 +290,7 @@ class VideoStream:
                     self.classifier.preprocess(cv2.cvtColor(self._crop(f.image), cv2.COLOR_BGR2RGB))
                     for f in chosen
                 ]
-                probs = iter(self.classifier.predict_scores(np.stack(arrays)))  # + the OOD score column
+                probs = iter(self.classifier.predict_scores(np.stack(arrays), self.config.embeddings))
             for f in frames:
                 self._put(self._results, (f, next(probs) if f.classify else None))
         self._put(self._results, _END)
@@ -333,7 +333,7 @@ class VideoStream:
             self._extra = (answer.ood_score, answer.reason, answer.labels)
             self._timeline(answer.label, frame.time_s, answer.labels)
         image = frame.image if self.config.keep_images else None
-        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image, *self._extra)
+        return FrameResult(frame.index, frame.time_s, *self._last, probs is not None, rate, image, *self._extra, probs)
 
     def _timeline(self, label: str, time_s: float, labels: list[str] | None) -> None:
         last = self._segments[-1] if self._segments else {}
