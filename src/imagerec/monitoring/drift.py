@@ -52,7 +52,7 @@ CONFIDENCE_BINS = 10
 OOD_QUANTILE = 0.95
 BATCH = 256
 #: answers between two evaluations of the alarm (and its log lines) between scrapes
-CHECK_EVERY = 25
+CHECK_EVERY = 100
 
 
 @dataclass(frozen=True)
