@@ -21,7 +21,7 @@ from imagerec.multilabel import multilabel_answers, read_thresholds, run_task
 from imagerec.prediction import UNKNOWN, EMASmoother, Prediction, PredictionError, softmax_temperature, split_scores
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime, outputs_of
-from imagerec.runtime.tta import check_flip_tta, trained_with_flips, with_flip_tta
+from imagerec.runtime.tta import check_flip_tta, with_flip_tta
 from imagerec.settings import (
     EXPORT_FORMAT,
     RUNTIME,

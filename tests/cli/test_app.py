@@ -46,5 +46,5 @@ def test_help_lists_commands_in_pipeline_order(capsys):
     commands = capsys.readouterr().out.split("Commands", 1)[1]
     listed = re.findall(r"^│ ([a-z-]+) ", commands, flags=re.M)
     expected = ["demo", "data", "train", "lr-find", "models", "evaluate", "calibrate", "explain", "compare",
-                "report", "predict", "embed", "serve", "video", "export", "benchmark"]  # fmt: skip
+                "report", "predict", "embed", "serve", "monitor", "review", "video", "export", "benchmark"]  # fmt: skip
     assert listed == expected

@@ -28,12 +28,15 @@ from imagerec.settings import (
     BenchmarkSettings,
     CalibrateSettings,
     DataConfig,
+    DriftSettings,
     EvaluateSettings,
     IssuesSettings,
     LRFindSettings,
     ModelConfig,
     PredictSettings,
     RaySettings,
+    RecordSettings,
+    ReviewSettings,
     ServeSettings,
     TrainConfig,
     VideoConfig,
@@ -45,7 +48,9 @@ SERVE_FLAGS = {
     "--max-wait-ms": "max_wait_ms", "--max-queue": "max_queue", "--max-upload-mb": "max_upload_mb",
     "--max-files": "max_files", "--timeout-s": "timeout_s", "--cors-origin": "cors_origins",
     "--cors-allow-credentials": "cors_credentials", "--rate-limit": "rate_limit", "--decode-workers": "decode_workers",
-    "--threshold": "threshold", "--stall-s": "stall_s", "--max-stalled": "max_stalled", "--watch-s": "watch_s",
+    "--threshold": "threshold", "--stall-s": "stall_s", "--max-stalled": "max_stalled",
+    "--drift-window": "drift_window", "--record": "record",
+    "--record-images": "record_images", "--watch-s": "watch_s", "--review": "review", "--review-out": "review_out",
 }  # fmt: skip
 
 #: (command, flag) -> (settings class, field): the option's default is the field's default.
@@ -71,6 +76,9 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
     ("data issues", "--max-p"): (IssuesSettings, "max_p_given"),
     **{("lr-find", "--" + name.replace("_", "-")): (LRFindSettings, name) for name in ("plot", "steps", "start_lr", "end_lr")},
     ("benchmark", "--rounds"): (BenchmarkSettings, "rounds"),
+    ("monitor", "--window"): (DriftSettings, "window"),
+    ("review", "--size"): (ReviewSettings, "size"),
+    ("video", "--record-images"): (RecordSettings, "images"),
     **{("predict", "--" + name.replace("_", "-")): (PredictSettings, name) for name in ("top_k", "batch_size", "threshold")},
     **{(cmd, "--num-workers"): (RaySettings, "num_workers") for cmd in ("train", "predict")},
     **{(cmd, "--ray-address"): (RaySettings, "address") for cmd in ("train", "predict")},
@@ -136,10 +144,12 @@ CLI_ONLY = {
     "compare": {"--json", "--gate", "--data"},
     "calibrate": {"--no-threshold"},
     "predict": {"--format", "--ray", "--out", "--tta"},
-    "video": {"--source", "--out", "--jsonl", "--show", "--allow-any-source", "--json"},
+    "video": {"--source", "--out", "--jsonl", "--show", "--allow-any-source", "--json", "--record"},
     "export": {"--quantize", "--out"},
     "benchmark": {"--export", "--runtime"},
+    "monitor": {"--run", "--out", "--json"},
     "serve": {"--log-level", "--models"},
+    "review": {"--out", "--run", "--force"},
 }  # fmt: skip
 
 #: Settings fields that are deliberately no CLI flag (config file or Python only).
@@ -149,7 +159,8 @@ NO_FLAG = {
     ModelConfig: {"dropout", "fine_tune_layers", "bn_momentum"},
     TrainConfig: {"warmup_epochs"},
     ServeSettings: {"decode_threads", "max_sessions"},
-    VideoConfig: {"reconnects", "live", "keep_images"},
+    VideoConfig: {"reconnects", "live", "keep_images", "embeddings"},
+    ReviewSettings: {"near_duplicate"},
     **{cls: set() for cls in (EvaluateSettings, CalibrateSettings, IssuesSettings, PredictSettings, LRFindSettings,
                               BenchmarkSettings, RaySettings)},
 }  # fmt: skip

@@ -7,7 +7,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from imagerec.cli import data, embed, evaluate, export, predict, serve, train, video  # noqa: E402,F401
+from imagerec.cli import data, embed, evaluate, export, monitor, predict, review, serve, train, video  # noqa: E402,F401
 from imagerec.cli.app import app  # noqa: E402
 from imagerec.errors import ImagerecError  # noqa: E402
 

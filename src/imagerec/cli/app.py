@@ -9,7 +9,7 @@ from typer.core import TyperGroup
 #: predict / serve / video -> export (commands not named here follow, alphabetically).
 COMMAND_ORDER = (
     "demo", "data", "train", "lr-find", "models", "evaluate", "calibrate", "explain", "compare", "report",
-    "predict", "embed", "serve", "video", "export", "benchmark",
+    "predict", "embed", "serve", "monitor", "review", "video", "export", "benchmark",
 )  # fmt: skip
 
 

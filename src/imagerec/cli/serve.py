@@ -77,6 +77,33 @@ def serve(
         help="With --models: look at DIR every S seconds; a new version is swapped in, and every worker follows "
         "an admin reload. 0 = off.",
     ),
+    record: str = setting(
+        "record",
+        "--record",
+        help="Record every answer to this folder (JSON lines: label, scores, OOD score, embedding, image hash) and "
+        "the pictures worth reviewing; off by default. A folder that cannot be written stops recording, not serving.",
+    ),
+    record_images: str = setting(
+        "record_images",
+        "--record-images",
+        help="With --record: review (keep the pictures of unknown, low-confidence, out-of-distribution answers and "
+        "a 1% sample) | none (no pixels stored).",
+    ),
+    drift_window: int = setting(
+        "drift_window",
+        "--drift-window",
+        help="Drift gauges on /metrics over the last N answers vs the run's validation answers (0 = off).",
+    ),
+    review: str = setting(
+        "review",
+        "--review",
+        help="A queue written by 'imagerec review': the page's Review tab and /v1/review/* (behind --api-key).",
+    ),
+    review_out: str = setting(
+        "review_out",
+        "--review-out",
+        help="With --review: the dataset the labels go to (class folders; labels.csv for a multi-label run).",
+    ),
     runtime: str = typer.Option(
         RUNTIME,
         help="auto (the fastest of keras and the exports that answer like it) | auto-quantized | "
@@ -97,7 +124,8 @@ def serve(
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb, max_files=max_files,
         timeout_s=timeout_s, cors_origins=tuple(cors_origin), cors_credentials=cors_allow_credentials,
         rate_limit=rate_limit, decode_workers=decode_workers, threshold=threshold, stall_s=stall_s,
-        max_stalled=max_stalled, watch_s=watch_s,
+        max_stalled=max_stalled, watch_s=watch_s, record=record or None, record_images=record_images,
+        review=review or None, review_out=review_out or None, drift_window=drift_window,
     ).validate()  # fmt: skip
     options = dict(
         host=host,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -25,13 +26,14 @@ import numpy as np
 
 from imagerec.classifier import EMASmoother
 from imagerec.errors import ImageRejected
-from imagerec.server import watch
+from imagerec.server import recording, watch
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
 from imagerec.server.decoding import DecodePool, DecoderCrashed
+from imagerec.server.drift import DriftGauges, drift_monitor
 from imagerec.server.limits import HTTPError, LimitsMiddleware
 from imagerec.server.metrics import ServerMetrics
 from imagerec.server.responses import error_response, json_response
-from imagerec.server.versions import ModelDir
+from imagerec.server.versions import ModelDir, versions_stay_collectable
 from imagerec.settings import ServeSettings
 
 STATIC = Path(__file__).with_name("static")
@@ -66,16 +68,22 @@ class Service:
         self.sessions: OrderedDict[str, EMASmoother] = OrderedDict()
         self.ready = False
         self.input_shape = (classifier.image_size, classifier.image_size, classifier.channels)
+        self.recorder = recording.recorder_for(settings, classifier)  # --record DIR; None = nothing recorded
+        self.metrics.registry.register(recording.RecordingCollector(self))
         # the threshold in force (for /v1/model): --threshold, else the run's calibrated one; 0 = off
         self.threshold = classifier.threshold_for(settings.threshold)
         self.metrics.set_model(version or classifier.version, classifier.name, classifier.runtime)
         self.watcher: watch.Watcher | None = None  # --models DIR: follows new versions (server/watch.py)
+        self.drift = None  # the drift monitor (server/drift.py), set at start; None = no drift gauges
+        self.drift_gauges = DriftGauges(self.metrics.registry)
 
     def new_batcher(self, classifier) -> Batcher:
         """A batcher around ``classifier`` (each served version gets its own; see server/versions.py)."""
         settings = self.settings
+        # calibrated probabilities + the OOD score column (+ the embedding when recording), one row per image
+        scores = functools.partial(classifier.predict_scores, embedding=bool(settings.record))
         return Batcher(
-            classifier.predict_scores,  # calibrated probabilities + the OOD score column, one row per image
+            scores,
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
@@ -97,6 +105,7 @@ class Service:
         self.threshold = classifier.threshold_for(self.settings.threshold)
         self.model_version, self.version_dir = version, str(version_dir)
         self.metrics.set_model(version, classifier.name, classifier.runtime)
+        self.drift = drift_monitor(classifier, self.settings, build=False)  # a version's own drift.json
         return old
 
     async def reload(self, version: str | None) -> dict[str, Any]:
@@ -110,11 +119,17 @@ class Service:
             clf = self.clf
             size = (clf.image_size, clf.image_size)
             self.decode_procs = DecodePool(self.settings.decode_workers, size, clf.channels, clf.resize)
+        if self.recorder is not None:
+            self.recorder.start()
+        self.drift = await asyncio.to_thread(drift_monitor, self.clf, self.settings)
         await self.batcher.start()
         await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
         if self.decode_procs is not None:
             await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
-        freeze_heap()
+        # --models: the imports were frozen before the first version loaded; its versions stay collectable
+        self.model_frozen = not versions_stay_collectable(self)
+        if self.model_frozen:
+            freeze_heap()
         self.watcher = watch.start(self)
         self.ready = True
 
@@ -126,6 +141,8 @@ class Service:
         if self.watcher is not None:
             await self.watcher.stop()
         await self.batcher.stop()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.stop)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_procs is not None:
             await asyncio.to_thread(self.decode_procs.shutdown, 10.0)
@@ -187,12 +204,17 @@ class Service:
                 raise row
         return np.stack(rows)
 
-    def results(self, probs: np.ndarray, top_k: int, names: list[str | None]):
+    def results(self, probs: np.ndarray, top_k: int, names: list[str | None], data=None, arrays=None):
         """The answers to ``probs`` (rows of ``Classifier.predict_scores``: calibrated probabilities and the OOD
-        score; ``Classifier.answers`` with ``--threshold``), counted by label."""
+        score; ``Classifier.answers`` with ``--threshold``), counted by label and recorded (``--record``) with
+        the uploaded files ``data`` (or the decoded ``arrays``; server/recording.py)."""
         preds = self.clf.answers(probs, top_k, self.settings.threshold, names)
         for pred in preds:
             self.metrics.predictions.labels(label=pred.label).inc()
+        if self.drift is not None:
+            self.drift.add(preds)
+        if self.recorder is not None:
+            recording.record(self, preds, probs, data, arrays)
         return preds
 
     def smoothed(self, session: str, alpha: float, probs: np.ndarray):
@@ -259,7 +281,7 @@ def create_app(
     from starlette.responses import FileResponse, Response
     from starlette.staticfiles import StaticFiles
 
-    from imagerec.server import routes_v1, routes_v2
+    from imagerec.server import routes_review, routes_v1, routes_v2
 
     settings = (settings or ServeSettings()).validate()
     service = Service(classifier, settings, models, version)
@@ -323,11 +345,13 @@ def create_app(
     async def metrics():
         service.metrics.queue_depth.set(service.batcher.depth)
         service.metrics.stalled.set(service.batcher.stalled)
+        service.drift_gauges.show(service.drift)
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 
     routes_v1.register(api, service)
     routes_v2.register(api, service)
+    routes_review.register(api, service)  # --review QUEUE: the Review tab's routes (none without it: 404)
 
     app: Any = api
     if settings.cors_origins:

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
-from imagerec.server import watch
+from imagerec.server import recording, watch
 from imagerec.server.limits import HTTPError
 from imagerec.server.responses import json_response
 from imagerec.server.uploads import Upload, parse_multipart
@@ -95,7 +95,7 @@ def register(api, service) -> None:
                 raise HTTPError(400, "empty", f"{name}: empty file (0 bytes)")
         images = await asyncio.gather(*(service.decode(u.data, u.filename) for u in uploads))
         probs = await service.infer(list(images), [u.filename for u in uploads])
-        preds = service.results(probs, top_k, [None] * len(uploads))
+        preds = service.results(probs, top_k, [None] * len(uploads), [u.data for u in uploads])
         out: list[dict[str, Any]] = []
         for upload, pred, row in zip(uploads, preds, probs, strict=True):
             item = {"filename": upload.filename, **pred.to_dict()}
@@ -156,6 +156,7 @@ def register(api, service) -> None:
                 **multilabel_info,
                 "metrics": summary,
                 **({"last_reload_error": service.reload_error} if service.models is not None else {}),
+                **({"record": recording.info(service.recorder)} if service.recorder is not None else {}),
                 "limits": {
                     "max_upload_mb": service.settings.max_upload_mb,
                     "max_files": service.settings.max_files,

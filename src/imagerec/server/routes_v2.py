@@ -260,7 +260,9 @@ def register(api, service) -> None:
                 )
             images = list(data)
         scores = await service.infer(images, [f"image {i}" for i in range(len(images))])
-        preds = service.results(scores, 1, [None] * len(images))
+        # recorded (--record) with the uploaded files, or the pixels themselves for an FP32 / UINT8 input
+        files, pixels = (data, None) if kind == "bytes" else (None, images)
+        preds = service.results(scores, 1, [None] * len(images), files, pixels)
         probs, ood = split_scores(scores, len(clf.labels))
         outputs = [
             {
