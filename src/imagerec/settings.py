@@ -183,11 +183,11 @@ class RecordSettings(Settings):
 @dataclass(frozen=True)
 class ReviewSettings(Settings):
     """``imagerec review DIR --out QUEUE``: how many pictures to queue (``imagerec.monitoring.review``)."""
-
     _what: ClassVar[str] = "review setting"
 
     size: int = integer(200, ge=1)
     near_duplicate: float = number(0.01, ge=0, le=2, flag=False)  # cosine distance under which a pick is a duplicate
+    strata: int = integer(20, ge=1, flag=False)  # k-means clusters the queue is shared among, by size
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ NO_FLAG = {
     TrainConfig: {"warmup_epochs"},
     ServeSettings: {"decode_threads", "max_sessions"},
     VideoConfig: {"reconnects", "live", "keep_images", "embeddings"},
-    ReviewSettings: {"near_duplicate"},
+    ReviewSettings: {"near_duplicate", "strata"},
     **{cls: set() for cls in (EvaluateSettings, CalibrateSettings, IssuesSettings, PredictSettings, LRFindSettings,
                               BenchmarkSettings, RaySettings)},
 }  # fmt: skip

@@ -87,3 +87,13 @@ def test_gate_on_multilabel_runs(multilabel_run, tmp_path, capsys):
 def test_gate_refuses_runs_of_two_tasks(trained_run, multilabel_run, capsys):
     code, out, err = run_cli(capsys, "compare", str(trained_run), str(multilabel_run), "--gate")
     assert code == 2 and "one task" in out + err
+
+
+def test_a_class_may_slip_within_its_sampling_noise_and_no_further():
+    """Per class, the bar is the tolerance or twice the figure's standard error over that class's images."""
+    from imagerec.evaluation.gate import class_tolerance
+
+    assert class_tolerance(0.8, 1000, 0.01) == pytest.approx(2 * (0.8 * 0.2 / 1000) ** 0.5)  # 0.0253 > 0.01
+    assert class_tolerance(0.999, 10_000, 0.01) == 0.01  # a near-perfect class over many images: the tolerance
+    assert class_tolerance(0.5, 30, 0.01) > 0.18  # 30 images say little about one class
+    assert class_tolerance(0.9, 0, 0.01) > 0.5  # no support: never a reason to fail (and no division by zero)

@@ -78,8 +78,19 @@ def test_cli_init_records_its_source_and_merges_datasets(init_run, trained_run):
         "model_sha256": RunDir(trained_run).model_sha256(),
     }
     assert config["class_names"] == ["aqua", "blue", "green", "red"]
-    assert config["model"]["name"] == RunDir(trained_run).read_config()["model"]["name"]
+    source = RunDir(trained_run).read_config()
+    assert config["model"]["name"] == source["model"]["name"]
+    # the source's augmentation, not the one the recipe would pick for the new data's size
+    assert config["config"]["augment"] == source["config"]["augment"]
     assert json_metrics(init_run)["test"]["accuracy"] >= 0.75
+
+
+def test_init_follows_the_source_augmentation_unless_one_is_given(trained_run):
+    source = RunDir(trained_run)
+    theirs = source_config(source).augment.preset
+    assert inherit(RunConfig(), source_config(source), {}, source).augment.preset == theirs
+    given = inherit(RunConfig(), source_config(source), {("augment", "preset"): "strong"}, source)
+    assert given.augment.preset == "auto"  # left to apply_overrides, which sets the flag's value
 
 
 def json_metrics(run: Path) -> dict:

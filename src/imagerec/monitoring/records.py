@@ -88,12 +88,6 @@ def _integer(value: int | None) -> str:
     return "null" if value is None else str(int(value))
 
 
-def _lower_priority() -> None:
-    """Let the OS run the serving threads first when the cores are busy (Linux: per-thread nice)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
 @dataclass
 class Observation:
     """One answer to record: what the caller knows when it answers (the writer thread does the rest).
@@ -217,8 +211,8 @@ class Recorder:
         """Wake every ``WAKE_S``, encode what arrived, hand the lines to the OS every ``flush_s``.
 
         Batches, not one wake-up per answer: the thread competes with the event loop for the GIL, and a thousand
-        wake-ups a second cost the loop more than the encoding itself (bench/record_load.py)."""
-        _lower_priority()
+        wake-ups a second cost the loop more than the encoding itself (bench/record_load.py). Not niced: a
+        thread the OS deschedules while it holds the GIL stalls the event loop with it (priority inversion)."""
         flush_s = self.settings.flush_s
         last_flush, last_prune = time.monotonic(), 0.0  # prune once at start: caps hold from the first minute
         done = False

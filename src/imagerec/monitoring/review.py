@@ -8,10 +8,18 @@ and a queue of 200 near-identical unsure pictures teaches as much as one of them
 2. **Score** ``s`` in (0, 1]: the mean of two rank-normalised figures, *uncertainty* (single-label: ``1 - margin``
    between the two best classes; multi-label: how close the nearest class is to its threshold) and the *OOD score*
    (distance to the training data, :mod:`imagerec.openworld`). Ranks, not raw values, so neither scale dominates.
-3. **Diverse picks**: greedy weighted farthest-point in embedding space: the first pick is the highest ``s``; each
-   next one maximises ``s * d`` where ``d`` is the cosine distance to the nearest picture already picked. A candidate
-   within ``near_duplicate`` (cosine distance) of a pick is dropped as a near duplicate. Without embeddings the
-   queue is the top ``s`` (sha256-deduplicated).
+3. **Diverse picks, in proportion**: the candidates' embeddings are split into ``strata`` (20) k-means clusters
+   and each cluster gets a share of the queue in proportion to its summed ``s`` (its size, weighed by how unsure
+   and unusual its pictures are); within a cluster the highest ``s`` go
+   first, and a candidate within ``near_duplicate`` (cosine distance) of a pick is skipped as a near duplicate.
+   Without embeddings the queue is the top ``s`` (sha256-deduplicated).
+
+Why in proportion, measured (bench/review_loop.py, BENCHMARKS.md "Production: review"): a model confidently wrong
+on a new kind of picture (inverted clothing: median confidence 0.84) packs those pictures into a small corner of
+its embedding space while it spreads the pictures it knows; picking by score alone, or by farthest point, then
+queues a few classes of the odd ones and many clean ones, and fine-tunes worse than a random draw of the recorded
+pictures. Quotas per cluster follow where the traffic is, as a random draw does, and spend each quota on the
+pictures the model is least sure of, one of each near-duplicate group.
 
 The queue is a self-contained folder (it can be moved to a labelling machine)::
 
@@ -112,9 +120,13 @@ def candidates(root: str | os.PathLike, thresholds: dict[str, float] | None = No
 
 
 def select(
-    cands: list[Candidate], size: int, near_duplicate: float = ReviewSettings.near_duplicate
+    cands: list[Candidate],
+    size: int,
+    near_duplicate: float = ReviewSettings.near_duplicate,
+    strata: int = ReviewSettings.strata,
 ) -> list[int]:
-    """Indices of at most ``size`` candidates: greedy weighted farthest-point (see the module docstring)."""
+    """Indices of at most ``size`` candidates, highest score first: stratified by embedding cluster (see the
+    module docstring)."""
     if not cands or size <= 0:
         return []
     score = np.array([c.score for c in cands], np.float64)
@@ -123,16 +135,50 @@ def select(
         return [int(i) for i in np.argsort(-score, kind="stable")[:size]]
     emb = np.stack([c.embedding for c in cands]).astype(np.float32)  # type: ignore[misc]
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    dist = np.full(len(cands), 2.0)  # cosine distance to the nearest pick (2 = none yet)
-    alive = np.ones(len(cands), bool)
+    cluster = _clusters(emb, min(strata, size, len(cands)))
+    sizes = np.bincount(cluster)
+    weight = np.bincount(cluster, weights=score)  # a cluster's share: its pictures, weighed by their scores
+    quota = _quotas(weight, sizes, min(size, len(cands)))
     picked: list[int] = []
-    while len(picked) < size and alive.any():
-        i = int(np.argmax(np.where(alive, score * dist, -1.0)))
-        picked.append(i)
-        dist = np.minimum(dist, 1.0 - emb @ emb[i])
-        alive[i] = False
-        alive &= dist > near_duplicate
-    return picked
+    for j in np.flatnonzero(quota):
+        members = np.flatnonzero(cluster == j)
+        kept: list[int] = []
+        for i in members[np.argsort(-score[members], kind="stable")]:
+            if len(kept) == quota[j]:
+                break
+            if kept and (1.0 - emb[kept] @ emb[i]).min() <= near_duplicate:
+                continue  # a near duplicate of a picture already queued
+            kept.append(int(i))
+        picked += kept
+    taken = set(picked)
+    for i in np.argsort(-score, kind="stable"):  # strata short of their quota (near duplicates): the best others
+        if len(picked) >= size:
+            break
+        if int(i) not in taken and (1.0 - emb[picked] @ emb[i]).min() > near_duplicate:
+            picked.append(int(i))
+            taken.add(int(i))
+    return sorted(picked, key=lambda i: -score[i])
+
+
+def _clusters(emb: np.ndarray, k: int) -> np.ndarray:
+    """k-means cluster of each (unit-length) embedding; deterministic (seeded), one pass of k-means++."""
+    if k <= 1:
+        return np.zeros(len(emb), np.int64)
+    from sklearn.cluster import KMeans
+
+    return KMeans(k, n_init=1, random_state=0).fit_predict(emb).astype(np.int64)
+
+
+def _quotas(weight: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
+    """``total`` picks shared among clusters in proportion to ``weight`` (largest remainders first), none over a
+    cluster's ``sizes``."""
+    share = weight / max(weight.sum(), 1e-12) * total
+    quota = np.minimum(np.floor(share).astype(np.int64), sizes)
+    while quota.sum() < total and (quota < sizes).any():
+        open_ = quota < sizes
+        j = int(np.argmax(np.where(open_, share - quota, -np.inf)))
+        quota[j] += 1
+    return quota
 
 
 def build_queue(
@@ -165,7 +211,7 @@ def build_queue(
             f"{root}: no recorded pictures to review; record with 'imagerec serve RUN --record DIR' "
             "(--record-images review keeps the pictures worth reviewing)"
         )
-    picks = select(cands, settings.size, settings.near_duplicate)
+    picks = select(cands, settings.size, settings.near_duplicate, settings.strata)
     multilabel = any(isinstance(c.row.get("labels"), list) for c in cands)
     if classes is None:
         classes = sorted({str(n) for c in cands for n, _ in c.row.get("top_k") or []})
@@ -180,7 +226,8 @@ def build_queue(
         meta = {
             "created": time.time(), "source": str(Path(root).resolve()), "size": len(picks),
             "candidates": len(cands), "classes": list(classes), "task": "multilabel" if multilabel else "multiclass",
-            "rule": {"score": "mean rank of uncertainty and OOD score", "diversity": "weighted farthest-point",
+            "rule": {"score": "mean rank of uncertainty and OOD score", "strata": settings.strata,
+                     "diversity": "k-means strata in embedding space, picks in proportion to their sizes",
                      "near_duplicate": settings.near_duplicate},
         }  # fmt: skip
         atomic_write_json(tmp / "meta.json", meta)
