@@ -195,7 +195,7 @@ class DriftSettings(Settings):
     """Drift gauges (imagerec.monitoring.drift): the last ``window`` answers vs validation (bench/drift.py)."""
 
     _what: ClassVar[str] = "drift setting"
-    window: int = integer(500, ge=0, flag=False)  # the last answers watched (serve --drift-window)
+    window: int = integer(500, ge=0, flag="--window")  # the last answers watched (serve --drift-window)
     confidence_psi: float = number(0.2, gt=0, flag=False)  # population stability index of confidence
     unknown_share: float = number(0.10, gt=0, le=1, flag=False)  # share of 'unknown' answers above val's
     ood_share: float = number(0.10, gt=0, le=1, flag=False)  # share of OOD-scored answers above val's

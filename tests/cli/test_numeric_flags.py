@@ -175,6 +175,8 @@ def _arguments(command: str, tmp) -> list[str]:
         "embed": [run, str(tmp / "no-image.png"), "--out", str(tmp / "out" / "vectors.npy")],
         "video": [run, "--source", str(tmp / "no-video.mp4")],
         "serve": [run],
+        "monitor": [str(tmp / "no-records"), "--run", run],
+        "review": [str(tmp / "no-records"), "--out", str(tmp / "out")],
         "export": [run, "--out", str(tmp / "out")],
         "benchmark": [run],
     }[command]

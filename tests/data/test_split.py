@@ -129,3 +129,21 @@ def test_read_manifest_refuses_other_files(tmp_path: Path):
     (tmp_path / "other.csv").write_text("path,label\na.png,cat\n")
     with pytest.raises(DataError, match="not an imagerec manifest"):
         read_manifest(tmp_path / "other.csv")
+
+
+def test_a_dataset_without_splits_joins_the_train_part_of_one_with_fixed_splits(tmp_path: Path):
+    """``imagerec train builtin:fashion-mnist reviewed/``: the reviewed pictures train (and validate); the fixed
+    test set stays exactly the first dataset's, the one ``compare --gate`` judges both runs on."""
+    from imagerec.data.sources import load_sources
+
+    fixed, extra = tmp_path / "fixed", tmp_path / "reviewed"
+    _classes(fixed / "train", {"a": 20, "b": 20}, start=0)
+    _classes(fixed / "test", {"a": 5, "b": 5}, start=100)
+    _classes(extra, {"a": 10, "b": 10}, start=200)
+    source = load_sources([fixed, extra])
+    rows = make_split(scan_dataset(source, workers=1), val=0.1, test=0.1)
+    origin = Counter((Path(r.path).parent.parent.name, r.split) for r in rows)
+    assert origin[("test", "test")] == 10
+    assert {split for (where, split) in origin if where == "reviewed"} <= {"train", "val"}
+    assert sum(n for (where, _), n in origin.items() if where == "reviewed") == 20
+    assert sum(n for (_, split), n in origin.items() if split == "test") == 10

@@ -61,10 +61,16 @@ def served(client) -> dict:
     return response.json()
 
 
-def test_versions_sort_naturally(models_dir: Path):
+def test_versions_sort_naturally_and_a_dot_name_is_a_copy_in_progress(models_dir: Path, tmp_path: Path):
+    import shutil
+
     from imagerec.server.versions import ModelDir
 
     assert ModelDir(models_dir).names() == ["v1", "v2", "v10"]
+    root = tmp_path / "models"
+    shutil.copytree(models_dir / "v1", root / "v1")
+    shutil.copytree(models_dir / "v1", root / ".v9")  # complete, but not released yet
+    assert ModelDir(root).names() == ["v1"]
 
 
 def test_reload_switches_version_and_rolls_back(client, colour_pngs, models_dir: Path):

@@ -285,19 +285,21 @@ def load_sources(data, follow_symlinks: bool = False) -> DatasetSource:
     """:func:`load_source` of one dataset, or of several merged (``imagerec train A B``): their images are joined
     and class folders of the same name are one class.
 
+    A dataset with fixed splits keeps them; the images of one without join the train part (the split carves val
+    and test from it only where no dataset fixes them): ``imagerec train builtin:fashion-mnist reviewed/`` adds
+    the reviewed pictures to training and keeps Fashion-MNIST's test set the fixed one the gate compares on.
+
     Raises:
-        DataError: the datasets mix single- and multi-label, or fixed splits with none.
+        DataError: the datasets mix single- and multi-label.
     """
     if isinstance(data, (str, os.PathLike)):
         return load_source(data, follow_symlinks)
     parts = [load_source(d, follow_symlinks) for d in data]
     if len(parts) == 1:
         return parts[0]
-    for what, values in (("task", [p.task for p in parts]), ("fixed splits", [p.has_splits for p in parts])):
-        if len(set(values)) > 1:
-            raise DataError(
-                f"datasets {[str(d) for d in data]} differ in {what} ({values}); merge datasets of one kind"
-            )
+    tasks = [p.task for p in parts]
+    if len(set(tasks)) > 1:
+        raise DataError(f"datasets {[str(d) for d in data]} differ in task ({tasks}); merge datasets of one kind")
     merged = DatasetSource(root=parts[0].root, kind=parts[0].kind, samples=[], class_names=[],
                            follow_symlinks=follow_symlinks, task=parts[0].task)  # fmt: skip
     for part in parts:

@@ -47,12 +47,17 @@ class ModelDir:
     runtime: str = "keras"
 
     def names(self) -> list[str]:
-        """Version names, oldest first (natural sort); a version is a sub-directory holding ``config.json``."""
+        """Version names, oldest first (natural sort); a version is a sub-directory holding ``config.json``, not a
+        dot-name (a copy in progress: ``cp -r runs/v3 DIR/.v3 && mv DIR/.v3 DIR/v3`` releases it at once)."""
         if not self.root.is_dir():
             raise ImagerecError(
                 f"--models {self.root}: not a directory; expected a folder of run directories (DIR/v1, DIR/v2)"
             )
-        names = [p.name for p in self.root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+        names = [
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
+        ]
         return sorted(names, key=natural_key)
 
     def path(self, name: str) -> Path:
