@@ -166,3 +166,22 @@ def test_multilabel_store_rewrites_the_csv(tmp_path):
     assert rows == {"images/a1.jpg": "dog", "images/b2.jpg": ""}
     with pytest.raises(LabelRefused, match="cat, dog, fox"):
         store.decide("a1", picture, ["cat", "wolf"])
+
+
+def test_a_crowded_corner_of_embedding_space_gets_its_share_of_the_queue():
+    """The shift a model is confidently wrong about packs into a corner of its embedding space; farthest-point
+    picking would queue one or two of those and fill the rest with the spread-out pictures. The strata share the
+    queue by summed score: the crowd gets about its share, and still no near duplicates."""
+    from imagerec.monitoring.review import Candidate, select
+
+    rng = np.random.default_rng(0)
+    crowd = [direction(0, dims=16, jitter=0.02, seed=i) for i in range(120)]  # one corner, 120 pictures
+    spread = [rng.normal(size=16) for _ in range(40)]  # 40 pictures all over the space
+    cands = [Candidate({}, Path("x"), 0.5, (e / np.linalg.norm(e)).astype(np.float32), 0.6) for e in crowd]
+    cands += [Candidate({}, Path("x"), 0.5, (e / np.linalg.norm(e)).astype(np.float32), 0.8) for e in spread]
+    picks = select(cands, 40, near_duplicate=0.0005, strata=8)
+    from_crowd = sum(i < 120 for i in picks)
+    assert len(picks) == 40 and len(set(picks)) == 40
+    # summed scores: crowd 72, spread 32 -> about 28 of 40; farthest-point would take 1 or 2
+    assert 20 <= from_crowd <= 34, from_crowd
+    assert [cands[i].score for i in picks] == sorted((cands[i].score for i in picks), reverse=True)
