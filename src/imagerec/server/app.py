@@ -81,7 +81,9 @@ class Service:
         """A batcher around ``classifier`` (each served version gets its own; see server/versions.py)."""
         settings = self.settings
         # calibrated probabilities + the OOD score column (+ the embedding when recording), one row per image
-        scores = functools.partial(classifier.predict_scores, embedding=bool(settings.record))
+        scores = classifier.predict_scores
+        if settings.record:
+            scores = functools.partial(scores, embedding=True)
         return Batcher(
             scores,
             max_batch=settings.max_batch,
