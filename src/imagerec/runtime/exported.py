@@ -76,7 +76,8 @@ class FileExportSidecars(RunDir):
 
 def answers_like_keras(record: dict[str, Any]) -> bool:
     """Whether ``auto`` may pick an export: unquantized, and it gave the Keras top-1 (a multi-label run: the Keras
-    label set) on every parity image.
+    label set) on every parity image; Keras computing in float32 (a mixed_bfloat16 run's float32 twin, which the
+    export was made from: the bf16 Keras runtime is itself an approximation of it).
 
     Such an export's accuracy on the parity split equals the Keras model's; a quantized export (or one with any
     disagreement, near-ties included) may be less accurate, so only ``auto-quantized`` picks it.
