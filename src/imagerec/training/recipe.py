@@ -6,6 +6,7 @@ One home for the recipe, shared by ``imagerec train`` (both phases of transfer l
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -162,6 +163,23 @@ def choose_precision(mode: str) -> str:
     if tf.config.list_physical_devices("GPU") or cpu_has_bf16():
         return "mixed_bfloat16"
     return "float32"
+
+
+@contextlib.contextmanager
+def global_policy_kept():
+    """Restore Keras' global dtype policy on the way out: a run trained in ``mixed_bfloat16`` must not leave every
+    model the caller builds next computing in bf16 (a test session's later models answered differently)."""
+    import sys
+
+    # not imported yet (the scan runs before TensorFlow loads): the caller has Keras' default policy, float32
+    keras = sys.modules.get("keras")
+    before = keras.mixed_precision.global_policy() if keras is not None else "float32"
+    try:
+        yield
+    finally:
+        keras = sys.modules.get("keras")
+        if keras is not None:
+            keras.mixed_precision.set_global_policy(before)
 
 
 def set_precision(mode: str) -> str:

@@ -4,6 +4,7 @@ resume rules, then one :class:`~imagerec.training.learner.Learner` does the rest
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import replace
 from typing import Any
@@ -98,6 +99,7 @@ def train(
     """
     from imagerec.distributed.strategy import worker_run
     from imagerec.training.init import InitLearner, inherit, source_config
+    from imagerec.training.recipe import global_policy_kept
 
     base, source = config or RunConfig(), RunDir(init) if init is not None else None
     if source is not None:
@@ -114,9 +116,9 @@ def train(
             checked = apply_overrides(RunConfig.from_dict(previous["config"]), **overrides)
             if previous.get("init_from") and source is None:
                 source = RunDir(previous["init_from"]["run"])
-        if source is not None:
-            return InitLearner(data, checked, RunDir(path), source, previous, log).train()
-        return Learner(data, checked, RunDir(path), previous, log).train()
+        learner = Learner if source is None else functools.partial(InitLearner, init=source)
+        with global_policy_kept():  # the run sets the policy it trains in; the caller's comes back after
+            return learner(data, checked, RunDir(path), previous=previous, log=log).train()
 
 
 __all__ = [
