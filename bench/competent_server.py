@@ -4,7 +4,7 @@ Not the naive one of bench/serve_load.py (``model.predict`` per request): a Fast
 and runs decode + model on Starlette's thread pool; Pillow decode; one LiteRT interpreter per thread (XNNPACK, float32, one thread each, as
 the LiteRT docs recommend for concurrent callers); no batching; the same JSON answer fields a client needs.
 
-    python bench/competent_server.py RUN --port 8200      # RUN/exports/tflite/model.tflite: imagerec export RUN
+    python bench/competent_server.py RUN --port 8200 [--workers 2]   # needs RUN/exports/tflite/model.tflite
 
 Raw image bytes as the body of ``POST /v1/predict`` (what ``wrk`` sends), or a multipart ``file`` field.
 """
@@ -12,6 +12,7 @@ Raw image bytes as the body of ``POST /v1/predict`` (what ``wrk`` sends), or a m
 import argparse
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -71,8 +72,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
     parser.add_argument("--port", type=int, default=8200)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)"
+    )
     args = parser.parse_args()
+    if args.workers > 1:  # uvicorn's multi-process mode imports the app by name: hand it the run through env
+        os.environ["COMPETENT_RUN"] = str(args.run)
+        uvicorn.run("competent_server:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
+                    port=args.port, log_level="warning", app_dir=str(Path(__file__).parent))  # fmt: skip
+        return
     uvicorn.run(make_app(args.run), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def app_from_env():
+    return make_app(Path(os.environ["COMPETENT_RUN"]))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run: str, port: int, log: Path, record: Path | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "imagerec", "serve", run, "--port", str(port)]
+def start_server(
+    run: str, port: int, log: Path, record: Path | None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "imagerec", "serve", run, "--port", str(port), *extra]
     if record is not None:
         cmd += ["--record", str(record), "--record-images", "review"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_load import LUA, ROOT, fmnist_png, free_port, start_server, wrk_round  # noqa: E402
 
 
-def start_competent(run: str, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "bench" / "competent_server.py"), run, "--port", str(port)]
+def start_competent(run: str, port: int, log: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "bench" / "competent_server.py"), run, "--port", str(port), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -51,12 +51,32 @@ def start_competent(run: str, port: int, log: Path) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+DEFAULT_SERVERS = ("competent=competent", "imagerec=imagerec")
+
+
+def parse_server(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """``NAME=KIND[:ARGS]``: KIND ``imagerec`` (``imagerec serve RUN ARGS``) or ``competent`` (its script's ARGS)."""
+    name, _, spec = text.partition("=")
+    kind, _, extra = spec.partition(":")
+    if not name or kind not in ("imagerec", "competent"):
+        raise SystemExit(f"--server {text!r}: expected NAME=imagerec[:ARGS] or NAME=competent[:ARGS]")
+    return name, kind, tuple(extra.split())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a Fashion-MNIST run directory")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server (alternating)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=None,
+        help="NAME=KIND[:ARGS], repeatable; the first is the baseline of the ratios (default: "
+        + " ".join(DEFAULT_SERVERS)
+        + "); e.g. --server 'imagerec-w2=imagerec:--workers 2' --server 'competent-w2=competent:--workers 2'",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: install it (Debian/Ubuntu: apt-get install wrk)")
@@ -64,22 +84,30 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "imagerec", "export", args.run, "--format", "tflite"], check=True
         )
+    servers = [parse_server(text) for text in (args.server or DEFAULT_SERVERS)]
     work = Path(args.work or tempfile.mkdtemp(prefix="imagerec-servewrk-"))
+    work.mkdir(parents=True, exist_ok=True)
     png, lua = work / "item.png", work / "post.lua"
     fmnist_png(png)
     lua.write_text(LUA % {"png": png})
-    ports = {"competent": free_port(), "imagerec": free_port()}
+    names = [name for name, _, _ in servers]
+    ports = {name: free_port() for name in names}
     procs = {}
     try:
-        procs["competent"] = start_competent(args.run, ports["competent"], work / "competent.log")
-        procs["imagerec"] = start_server(args.run, ports["imagerec"], work / "imagerec.log", None)
+        # one at a time: each is up before the next starts (model loads do not overlap)
+        for name, kind, extra in servers:
+            log = work / f"{name}.log"
+            if kind == "competent":
+                procs[name] = start_competent(args.run, ports[name], log, extra)
+            else:
+                procs[name] = start_server(args.run, ports[name], log, None, extra)
         for port in ports.values():
             wrk_round(port, lua, 3)  # warm-up: first-request paths, every thread's interpreter
-        rows: dict[str, list[dict]] = {"competent": [], "imagerec": []}
+        rows: dict[str, list[dict]] = {name: [] for name in names}
         for index in range(args.rounds):
-            for kind in ("competent", "imagerec") if index % 2 == 0 else ("imagerec", "competent"):
-                result = {"round": index + 1, "server": kind, **wrk_round(ports[kind], lua, args.seconds)}
-                rows[kind].append(result)
+            for name in names if index % 2 == 0 else names[::-1]:  # alternating order, round by round
+                result = {"round": index + 1, "server": name, **wrk_round(ports[name], lua, args.seconds)}
+                rows[name].append(result)
                 print(json.dumps(result), flush=True)
     finally:
         for proc in procs.values():
@@ -94,15 +122,18 @@ def main() -> None:
         | {"errors": sum(r["errors"] + r["non200"] for r in v)}
         for k, v in rows.items()
     }
-    ratio = round(med["imagerec"]["rps"] / med["competent"]["rps"], 2)
-    print(json.dumps({**med, "rps_ratio": ratio, "load": os.getloadavg()}), flush=True)
-    print("\n| rounds x s | competent req/s | p99 ms | imagerec req/s | p99 ms | ratio | errors (c / i) |")
+    base = names[0]
+    ratios = {name: round(med[name]["rps"] / med[base]["rps"], 2) for name in names}
+    print(json.dumps({**med, "rps_ratio_vs_" + base: ratios, "load": os.getloadavg()}), flush=True)
+    print(f"\n| server | rounds x s | req/s (median) | p50 ms | p99 ms | x {base} | errors |")
     print("|---|---|---|---|---|---|---|")
-    c, i = med["competent"], med["imagerec"]
-    print(
-        f"| {args.rounds} x {args.seconds} | {c['rps']:.0f} | {c['p99_ms']:.1f} | {i['rps']:.0f} | "
-        f"{i['p99_ms']:.1f} | {ratio:.2f}x | {c['errors']} / {i['errors']} |"
-    )
+    for name, kind, extra in servers:
+        m = med[name]
+        label = f"{name} (`{kind}{' ' + ' '.join(extra) if extra else ''}`)"
+        print(
+            f"| {label} | {args.rounds} x {args.seconds} | {m['rps']:.0f} | {m['p50_ms']:.1f} | "
+            f"{m['p99_ms']:.1f} | {ratios[name]:.2f}x | {m['errors']} |"
+        )
 
 
 if __name__ == "__main__":

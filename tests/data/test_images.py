@@ -144,3 +144,78 @@ def test_rejections_carry_a_stable_code_and_name_the_source(tmp_path):
     )
     with pytest.raises(TypeError):
         load_image(12345)
+
+
+def _png_variants() -> dict[str, bytes]:
+    """Real pictures (skimage's photos, Fashion-MNIST-sized crops) saved as PNGs of every plain and non-plain kind."""
+    from skimage import data as photos
+
+    rgb = Image.fromarray(photos.astronaut()[::4, ::4])  # 128x128 RGB
+    grey = Image.fromarray(photos.camera()[::8, ::8])  # 64x64 L
+    small = grey.resize((28, 28))
+    return {
+        "rgb": _encode(rgb, "PNG"),
+        "grey": _encode(grey, "PNG"),
+        "grey-28": _encode(small, "PNG"),
+        "grey-28-optimised": _encode(small, "PNG", optimize=True, dpi=(300, 300)),  # + pHYs
+        "rgb-compress-9": _encode(rgb, "PNG", compress_level=9),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "grey-28", "grey-28-optimised", "rgb-compress-9"])
+def test_plain_pngs_decode_fast_to_exactly_pillows_pixels(kind):
+    data = _png_variants()[kind]
+    size = Image.open(io.BytesIO(data)).size[::-1]
+    channels = 1 if kind.startswith("grey") else 3
+    fast = images._plain_png(data, size, channels)
+    assert fast is not None, "a plain PNG takes the OpenCV path"
+    pillow = load_image(io.BytesIO(data), size, channels)  # a file object: always Pillow
+    assert fast.dtype == np.uint8 and fast.shape == pillow.shape == (*size, channels)
+    np.testing.assert_array_equal(fast, pillow)
+    np.testing.assert_array_equal(load_image(data, size, channels), pillow)  # load_image(bytes) takes it
+
+
+def _with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """``png`` with one more chunk right after IHDR (CRC right)."""
+    import struct
+    import zlib
+
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return png[:33] + chunk + png[33:]
+
+
+def _interlaced_flag(png: bytes) -> bytes:
+    """``png`` with IHDR's interlace byte set (CRC recomputed): only the header claims Adam7."""
+    import struct
+    import zlib
+
+    ihdr = png[12:28] + b"\x01"
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def test_only_plain_pngs_take_the_fast_path(picture):
+    from tests.data import imagefactory as factory
+
+    grey = picture.convert("L")
+    rgb_png, grey_png = _encode(picture, "PNG"), _encode(grey, "PNG")
+    others = {
+        "other size": (rgb_png, (20, 20), 3),
+        "grey asked as RGB": (grey_png, (30, 50), 3),
+        "RGB asked as grey": (rgb_png, (30, 50), 1),
+        "16-bit": (factory.png16(1), None, 1),
+        "alpha": (factory.rgba_png(1), None, 3),
+        "palette": (factory.palette_trns_png(1), None, 3),
+        "interlaced": (_interlaced_flag(_encode(picture, "PNG")), (30, 50), 3),
+        "gamma": (_with_chunk(_encode(picture, "PNG"), b"gAMA", (45455).to_bytes(4, "big")), (30, 50), 3),
+        "exif": (_with_chunk(_encode(picture, "PNG"), b"eXIf", b"MM\0*\0\0\0\x08\0\0"), (30, 50), 3),
+        "icc": (_encode(picture, "PNG", icc_profile=b"\0" * 200), (30, 50), 3),
+        "corrupt": (factory.corrupt_png(1), None, 3),
+        "truncated": (factory.truncated(rgb_png), (30, 50), 3),
+        "JPEG": (_encode(picture, "JPEG"), (30, 50), 3),
+    }
+    for why, (data, size, channels) in others.items():
+        assert images._plain_png(data, size, channels) is None, why
+    assert images._plain_png(rgb_png, (30, 50), 3) is not None
+    with pytest.raises(ImageRejected) as info:
+        load_image(factory.truncated(rgb_png), (30, 50), 3)
+    assert info.value.code == "truncated"  # still worded by open_image

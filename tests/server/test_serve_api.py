@@ -202,3 +202,69 @@ def test_the_start_up_heap_is_frozen_while_serving_and_released_after(classifier
         assert httpx.get(f"{live.url}/readyz", timeout=30).status_code == 200
         assert gc.get_freeze_count() > 10_000  # TensorFlow + Keras + the model
     assert gc.get_freeze_count() == 0
+
+
+def test_the_inner_fastapi_route_answers_like_the_fast_path(classifier, colour_pngs):
+    """``POST /v1/predict`` of a built app skips FastAPI (routes_v1.FastPredict); the inner FastAPI app
+    (``app.fastapi``, for mounting elsewhere) keeps the route. Both give the same answers and the same errors."""
+    from starlette.testclient import TestClient
+
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
+
+    settings = ServeSettings(decode_workers=0, max_files=2)
+    built, other = create_app(classifier, settings), create_app(classifier, settings)
+    cases = [
+        dict(content=colour_pngs["red"], headers={"x-filename": "red.png"}),
+        dict(
+            files=[
+                ("file", ("g.png", colour_pngs["green"], "image/png")),
+                ("file", ("b.png", colour_pngs["blue"])),
+            ]
+        ),
+        dict(files=[("file", ("g.png", colour_pngs["green"]))] * 3),
+        dict(content=b"not an image"),
+        dict(content=b""),
+        dict(content=b"a=1", headers={"content-type": "application/x-www-form-urlencoded"}),
+    ]
+    with TestClient(built) as fast_client, TestClient(other.fastapi) as inner:
+        for query in ("", "?top_k=2", "?top_k=99", "?top_k=x", "?session=cam-f&smooth=0.5", "?session=a/b"):
+            for case in cases:
+                fast = fast_client.post("/v1/predict" + query, **case)
+                slow = inner.post("/v1/predict" + query, **case)
+                assert fast.status_code == slow.status_code, (query, case, fast.text, slow.text)
+                assert fast.json() == slow.json(), (query, fast.text, slow.text)
+                assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+
+
+def test_plain_pngs_of_the_models_size_skip_the_decode_process(classifier, colour_pngs):
+    """With decode processes on, a plain PNG of the model's input size is decoded in-thread (no round trip);
+    a JPEG or a PNG of another size still goes to a decode process. The answers are the same either way."""
+    import io
+
+    import httpx
+    from PIL import Image
+    from tests.server.conftest import LiveServer
+
+    from imagerec.server.app import create_app
+    from imagerec.settings import ServeSettings
+
+    picture = Image.open(io.BytesIO(colour_pngs["red"]))
+    assert picture.size == (classifier.image_size,) * 2 and picture.mode == "RGB"
+    bigger = io.BytesIO()
+    picture.resize((48, 48), Image.Resampling.NEAREST).save(bigger, "PNG")
+    jpeg = io.BytesIO()
+    picture.save(jpeg, "JPEG", quality=95)
+    app = create_app(classifier, ServeSettings(decode_workers=1))
+    with LiveServer(app) as live:
+        pool = app.service.decode_procs
+        answers = {}
+        for name, data, round_trips in (("plain", colour_pngs["red"], 0), ("jpeg", jpeg.getvalue(), 1),
+                                         ("bigger", bigger.getvalue(), 2)):  # fmt: skip
+            answer = httpx.post(f"{live.url}/v1/predict", content=data, timeout=30)
+            assert answer.status_code == 200, answer.text
+            answers[name] = answer.json()["predictions"][0]
+            assert pool.batches == round_trips, name
+    assert {a["label"] for a in answers.values()} == {"red"}
+    in_process = classifier.predict(colour_pngs["red"], threshold=0)[0]
+    assert answers["plain"]["top_k"][0]["score"] == pytest.approx(in_process.top_k[0][1], abs=1e-5)

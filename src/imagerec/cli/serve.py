@@ -31,7 +31,9 @@ def serve(
     ),
     workers: int = setting("workers", help="Server processes (each loads the model)."),
     max_batch: int = setting("max_batch", "--max-batch", help="Most images per model call."),
-    max_wait_ms: float = setting("max_wait_ms", "--max-wait-ms", help="Longest wait for a batch to fill."),
+    max_wait_ms: float = setting(
+        "max_wait_ms", "--max-wait-ms", help="Longest wait of a batch's first image for company (0 = none)."
+    ),
     max_queue: int = setting(
         "max_queue", "--max-queue", help="Images waiting beyond which requests get 503."
     ),
@@ -54,7 +56,8 @@ def serve(
     decode_workers: int = setting(
         "decode_workers",
         "--decode-workers",
-        help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread.",
+        help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread. A plain "
+        "PNG of the model's input size (8-bit, no palette, alpha, gamma, profile or EXIF) is decoded in-thread.",
     ),
     threshold: float = setting(
         "threshold",

@@ -173,9 +173,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_png_chunks(data: bytes, name: str) -> None:
-    """Verify every PNG chunk's CRC up to IEND (Pillow skips the IDAT CRCs); a cheap pass over the bytes."""
+def _check_png_chunks(data: bytes, name: str) -> set[bytes]:
+    """Verify every PNG chunk's CRC up to IEND (Pillow skips the IDAT CRCs); a cheap pass over the bytes.
+
+    Returns the chunk types seen."""
     pos = 8
+    kinds = set()
     for _ in range(MAX_PNG_CHUNKS):
         if pos + 12 > len(data):
             raise ImageRejected("truncated", f"{name}: PNG ends before its IEND chunk (truncated file)")
@@ -187,8 +190,9 @@ def _check_png_chunks(data: bytes, name: str) -> None:
             )
         if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != struct.unpack(">I", data[end : end + 4])[0]:
             raise ImageRejected("corrupt", f"{name}: PNG chunk {kind!r} fails its CRC check (corrupt file)")
+        kinds.add(kind)
         if kind == b"IEND":
-            return
+            return kinds
         pos = end + 4
     raise ImageRejected("corrupt", f"{name}: PNG has more than {MAX_PNG_CHUNKS} chunks")
 
@@ -351,6 +355,11 @@ def load_image(
     Raises:
         ImageRejected: the source is not a decodable, allowed image.
     """
+    if (
+        isinstance(source, bytes)
+        and (plain := _plain_png(source, image_size, channels, max_pixels)) is not None
+    ):
+        return plain
     if isinstance(source, np.ndarray):
         img = _array_to_image(source)
     elif isinstance(source, Image.Image):
@@ -360,6 +369,72 @@ def load_image(
     if image_size is not None:
         img = fit_size(img, tuple(image_size), resize)
     return to_array(img, channels)
+
+
+#: Chunks that change no pixel in Pillow or OpenCV (no transparency, palette, gamma, colour profile or EXIF).
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"sRGB", b"tIME"})
+_cv2: Any = None
+
+
+def plain_png(
+    data: bytes, image_size: tuple[int, int] | None, channels: int, max_pixels: int | None = None
+) -> bool:
+    """Whether ``data`` is a plain PNG for a model of ``image_size`` x ``channels`` (checks the bytes, decodes nothing).
+
+    Plain: 8-bit grey with ``channels == 1`` or 8-bit RGB with ``channels == 3``, not interlaced, already
+    ``image_size``, within ``max_pixels``, only :data:`_PLAIN_PNG_CHUNKS`, every CRC right. Such a file is
+    decoded by OpenCV in one call (:func:`load_image`), and the server decodes it in-thread even with
+    ``--decode-workers``: libpng on a checked, chunk-minimal file of the model's own size is the narrowest decode
+    there is, and the round trip to a decode process would cost more than the decode.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33 or data[12:16] != b"IHDR":
+        return False
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 8 or (colour, channels) not in ((0, 1), (2, 3)) or interlace != 0:
+        return False
+    if image_size is not None and (height, width) != tuple(image_size):
+        return False
+    if not 0 < width * height <= (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels):
+        return False  # open_image words the refusal
+    try:
+        return _check_png_chunks(data, "") <= _PLAIN_PNG_CHUNKS
+    except ImageRejected:
+        return False
+
+
+def _plain_png(
+    data: bytes, image_size: tuple[int, int] | None, channels: int, max_pixels: int | None = None
+) -> np.ndarray | None:
+    """The model's array of a :func:`plain_png`, decoded by OpenCV in one call; None for anything else.
+
+    PNG is lossless, so the pixels are exactly Pillow's (the tests compare both paths), at ~15 us instead of
+    ~130 us for a 28x28 upload, mostly outside the GIL. Anything else, an error included, returns None and goes
+    through :func:`open_image`, which decides and words every rejection.
+    """
+    if not plain_png(data, image_size, channels, max_pixels):
+        return None
+    cv2 = warm_up()
+    if cv2 is None:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.shape[:2] != (height, width) or arr.dtype != np.uint8:
+        return None
+    if channels == 1:
+        return arr.reshape(height, width, 1)
+    return np.ascontiguousarray(arr[:, :, ::-1])  # OpenCV's BGR -> RGB
+
+
+def warm_up() -> Any:
+    """Import the plain-PNG decoder (OpenCV) now, not on the first upload; returns it (None: not installed)."""
+    global _cv2
+    if _cv2 is None:
+        try:
+            import cv2
+        except ImportError:  # OpenCV is optional (the video extra): Pillow decodes everything
+            cv2 = False
+        _cv2 = cv2
+    return _cv2 or None
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

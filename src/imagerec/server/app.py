@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.classifier import EMASmoother
+from imagerec.data.images import plain_png
 from imagerec.errors import ImageRejected
 from imagerec.server import recording, watch
 from imagerec.server.batching import Batcher, QueueFull, WorkerStalled
@@ -32,7 +33,7 @@ from imagerec.server.decoding import DecodePool, DecoderCrashed
 from imagerec.server.drift import DriftGauges, drift_monitor
 from imagerec.server.limits import HTTPError, LimitsMiddleware
 from imagerec.server.metrics import ServerMetrics
-from imagerec.server.responses import error_response, json_response
+from imagerec.server.responses import error_response, internal_error_response, json_response
 from imagerec.server.versions import ModelDir, versions_stay_collectable
 from imagerec.settings import ServeSettings
 
@@ -125,6 +126,10 @@ class Service:
             self.recorder.start()
         self.drift = await asyncio.to_thread(drift_monitor, self.clf, self.settings)
         await self.batcher.start()
+        if self.decode_procs is None:  # uploads are decoded in this process
+            from imagerec.data import images
+
+            await asyncio.to_thread(images.warm_up)
         await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
         if self.decode_procs is not None:
             await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
@@ -147,15 +152,17 @@ class Service:
             await asyncio.to_thread(self.recorder.stop)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_procs is not None:
-            await asyncio.to_thread(self.decode_procs.shutdown, 10.0)
-            gc.collect()  # the pool's queues: their finalizers release the named semaphores
+            self.decode_procs.close()  # on the loop: its pipes are watched by the loop
+            await asyncio.to_thread(self.decode_procs.join, 10.0)
 
     async def decode(self, data: bytes, name: str | None = None) -> np.ndarray | bytes:
         """Small uploads go to the batcher as bytes and are decoded in its worker thread, inside their batch (one
         thread hop per batch, not per request); larger ones are decoded in the decode pool first. Both run
-        ``Classifier.preprocess`` off the event loop. With ``decode_workers >= 1`` every upload is decoded in a
-        decode process instead (same ``load_image`` call, same arrays); a crash there answers 503."""
-        if self.decode_procs is not None:
+        ``Classifier.preprocess`` off the event loop. With ``decode_workers >= 1`` every upload but a plain PNG of
+        the model's size (``images.plain_png``: checked bytes, one OpenCV call) is decoded in a decode process
+        instead (same ``load_image`` call, same arrays); a crash there answers 503."""
+        clf = self.clf
+        if self.decode_procs is not None and not plain_png(data, (clf.image_size,) * 2, clf.channels):
             try:
                 return await self.decode_procs.decode(data)
             except ImageRejected as exc:
@@ -193,7 +200,13 @@ class Service:
         finally:
             self.metrics.queue_depth.set(self.batcher.depth)
         try:
-            rows = await asyncio.gather(*futures, return_exceptions=True)
+            if len(futures) == 1:  # one upload: no gather (a task) on the event loop
+                try:
+                    rows = [await futures[0]]
+                except Exception as exc:  # noqa: BLE001 - sorted out below, as gather's return_exceptions
+                    rows = [exc]
+            else:
+                rows = await asyncio.gather(*futures, return_exceptions=True)
         finally:
             for future in futures:
                 future.cancel()  # a no-op on finished ones; drops the rest when the client is gone
@@ -204,7 +217,7 @@ class Service:
                 raise HTTPError(503, "model_stalled", f"{row}; retry", {"Retry-After": "1"})
             if isinstance(row, BaseException):
                 raise row
-        return np.stack(rows)
+        return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
     def results(self, probs: np.ndarray, top_k: int, names: list[str | None], data=None, arrays=None):
         """The answers to ``probs`` (rows of ``Classifier.predict_scores``: calibrated probabilities and the OOD
@@ -212,7 +225,7 @@ class Service:
         the uploaded files ``data`` (or the decoded ``arrays``; server/recording.py)."""
         preds = self.clf.answers(probs, top_k, self.settings.threshold, names)
         for pred in preds:
-            self.metrics.predictions.labels(label=pred.label).inc()
+            self.metrics.count_prediction(pred.label)
         if self.drift is not None:
             self.drift.add(preds)
         if self.recorder is not None:
@@ -316,9 +329,7 @@ def create_app(
 
     @api.exception_handler(Exception)
     async def _unexpected(_request, exc: Exception):
-        return error_response(
-            500, "internal", f"internal error ({type(exc).__name__}); the server keeps running"
-        )
+        return internal_error_response(exc)
 
     @api.get("/", include_in_schema=False)
     async def index():
@@ -355,7 +366,7 @@ def create_app(
     routes_v2.register(api, service)
     routes_review.register(api, service)  # --review QUEUE: the Review tab's routes (none without it: 404)
 
-    app: Any = api
+    app: Any = routes_v1.FastPredict(api, service)  # POST /v1/predict without FastAPI's stack (same answers)
     if settings.cors_origins:
         app = CORSMiddleware(
             app,

@@ -1,16 +1,19 @@
 """Decode isolation (``imagerec serve --decode-workers N``): uploaded images are decoded in worker processes.
 
 Image decoders are C code; a memory-safety bug in one (SIGSEGV, SIGABRT) kills the process that runs it. With
-``N >= 1`` the server decodes uploads in a ``ProcessPoolExecutor`` of ``N`` *spawned* processes that import only
-``imagerec.data.images`` (numpy + PIL, no TensorFlow), so a crashing decoder costs one request, answered 503
-``decoder_crashed``, and the pool is recreated for the next one. The worker runs the same ``load_image`` call as
+``N >= 1`` the server decodes uploads in ``N`` *spawned* processes that import only ``imagerec.data.images``
+(numpy, PIL, OpenCV; no TensorFlow), so a crashing decoder costs the requests of one batch, answered 503
+``decoder_crashed``, and a fresh process takes its place. The worker runs the same ``load_image`` call as
 ``Classifier.preprocess``, so the ``uint8`` arrays are identical to in-process decoding.
 
 Uploads travel to the workers in batches: while every worker is busy, new uploads wait on the event loop and go
-together in the next round trip (like the model's dynamic batching, but with no added wait). One round trip per
-upload cost ~0.3 ms of pickling, pipe and thread hops, on the event loop's and the model's GIL: measured 919 vs
-1,044 requests/s and p99 53.6 vs 38.8 ms against in-process decoding (bench/RESULTS-serving.md). A crash fails the
-requests of its batch (a broken pool fails every pending call in any case).
+together in the next round trip (like the model's dynamic batching, but with no added wait).
+
+Each worker has two pipes and nothing else: the event loop writes a batch (length-prefixed byte strings) and reads
+the answers with ``add_reader`` (no helper threads, no ``ProcessPoolExecutor`` call queue, feeder and manager
+threads: those cost ~0.3 ms of pickling and thread hops per round trip on the GIL, and more than the decode of a
+small upload). Nothing is unpickled from a worker: it answers raw pixels or an error code and message in a fixed
+framing, so a worker taken over by a hostile image can send the server nothing but bytes.
 
 This module is imported by the worker processes: keep its top-level imports light.
 """
@@ -18,25 +21,25 @@ This module is imported by the worker processes: keep its top-level imports ligh
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import multiprocessing
 import os
+import select
+import struct
 import sys
 import threading
+import time
 import types
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 _SPAWN_LOCK = threading.Lock()
 
 
 class DecoderCrashed(Exception):
-    """A decode worker process died (the pool was broken); the pool has been replaced."""
+    """A decode worker process died; a fresh one has taken its place."""
 
 
 class _Failure:
-    """An exception from the worker, passed back as plain data (``ImageRejected`` does not round-trip pickle,
-    and an unpicklable result would break the whole pool)."""
+    """An exception in the worker, passed back as plain data: a kind, a code and a message."""
 
     def __init__(self, kind: str, code: str, message: str):
         self.kind, self.code, self.message = kind, code, message
@@ -55,21 +58,138 @@ def _decode(data: bytes, image_size: tuple[int, int], channels: int, resize: str
         return _Failure("error", type(exc).__name__, str(exc)[:500])
 
 
-def _decode_many(blobs: list[bytes], image_size: tuple[int, int], channels: int, resize: str) -> list[Any]:
-    """In the worker: :func:`_decode` of each upload of a batch (one round trip for the batch)."""
-    return [_decode(data, image_size, channels, resize) for data in blobs]
+_BLOB = struct.Struct("<I")  # the length of each upload of a batch
+_PIXELS = struct.Struct("<III")  # height, width, channels of a decoded upload
+_ERROR = struct.Struct("<II")  # lengths of an error's code and message
+#: multiprocessing.Connection.send_bytes' length prefix (-1: a 64-bit length follows)
+_FRAME = struct.Struct("!i")
 
 
-def _init_worker(parent_pid: int) -> None:
+def _pack_blobs(blobs: list[bytes]) -> bytes:
+    return b"".join(part for blob in blobs for part in (_BLOB.pack(len(blob)), blob))
+
+
+def _unpack_blobs(payload: bytes) -> list[bytes]:
+    blobs, pos = [], 0
+    while pos < len(payload):
+        (size,) = _BLOB.unpack_from(payload, pos)
+        blobs.append(payload[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return blobs
+
+
+def _pack_results(results: list[Any]) -> bytes:
+    """Each result as ``A`` + shape + pixels, or ``R``/``E`` (rejected / other error) + code + message."""
+    parts = []
+    for result in results:
+        if isinstance(result, _Failure):
+            code, message = result.code.encode(), result.message.encode(errors="replace")
+            kind = b"R" if result.kind == "rejected" else b"E"
+            parts += [kind, _ERROR.pack(len(code), len(message)), code, message]
+        else:
+            array = result if result.ndim == 3 else result[:, :, None]
+            parts += [b"A", _PIXELS.pack(*array.shape), array.tobytes()]
+    return b"".join(parts)
+
+
+def _unpack_results(payload: bytearray) -> list[Any]:
+    import numpy as np
+
+    results, pos, view = [], 0, memoryview(payload)
+    while pos < len(payload):
+        kind = payload[pos : pos + 1]
+        if kind == b"A":
+            height, width, channels = _PIXELS.unpack_from(payload, pos + 1)
+            pos += 1 + _PIXELS.size
+            size = height * width * channels
+            results.append(np.frombuffer(view[pos : pos + size], np.uint8).reshape(height, width, channels))
+            pos += size
+        else:
+            code_len, message_len = _ERROR.unpack_from(payload, pos + 1)
+            pos += 1 + _ERROR.size
+            code = bytes(view[pos : pos + code_len]).decode()
+            message = bytes(view[pos + code_len : pos + code_len + message_len]).decode(errors="replace")
+            results.append(_Failure("rejected" if kind == b"R" else "error", code, message))
+            pos += code_len + message_len
+    return results
+
+
+def _serve(requests, replies, parent_pid: int, args: tuple) -> None:
+    """A worker process: answer each batch of uploads until the parent says stop (an empty batch) or goes away."""
+    from imagerec.data import images
     from imagerec.utils import exit_with_parent
 
     exit_with_parent(parent_pid)  # a killed (or uncleanly stopped) server must not leave decoders behind
+    images.warm_up()  # numpy, PIL and OpenCV are loaded before the first upload
+    replies.send_bytes(b"")  # ready
+    while True:
+        try:
+            payload = requests.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not payload:
+            return
+        replies.send_bytes(_pack_results([_decode(blob, *args) for blob in _unpack_blobs(payload)]))
 
 
-def _ping() -> int:
-    import imagerec.data.images  # noqa: F401 - preload numpy + PIL so the first request is not slow
+class _Worker:
+    """One spawned decode process and the server's ends of its two pipes (requests out, answers in)."""
 
-    return 0
+    def __init__(self, args: tuple):
+        ctx = multiprocessing.get_context("spawn")
+        request_in, self.requests = ctx.Pipe(duplex=False)
+        self.answers, answer_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_serve,
+            args=(request_in, answer_out, os.getpid(), args),
+            name="imagerec-decode",
+            daemon=True,
+        )
+        # start with a blank ``__main__``: "spawn" would otherwise re-run the parent's main script in the worker
+        # (the ``imagerec`` CLI, or a user's script that builds the app without an ``if __name__ == "__main__"``
+        # guard and would load TensorFlow, or fail, in the child). The worker needs nothing from ``__main__``.
+        with _SPAWN_LOCK:
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                self.process.start()
+            finally:
+                sys.modules["__main__"] = main
+        request_in.close()
+        answer_out.close()
+        self.fd = self.answers.fileno()
+        os.set_blocking(self.fd, False)  # read by the event loop, a chunk at a time
+        self.buffer = bytearray()
+        self.batch: list[tuple[bytes, asyncio.Future]] | None = None  # in flight
+        self.ready = False  # its "ready" answer was read
+        self.loop: asyncio.AbstractEventLoop | None = None  # where its reader is registered
+
+    def frames(self) -> list[bytearray]:
+        """The complete frames in the buffer (taken out of it)."""
+        out = []
+        while len(self.buffer) >= 4:
+            (size,) = _FRAME.unpack_from(self.buffer)
+            start = 4
+            if size == -1:
+                if len(self.buffer) < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", self.buffer, 4)
+                start = 12
+            if len(self.buffer) < start + size:
+                break
+            out.append(self.buffer[start : start + size])
+            del self.buffer[: start + size]
+        return out
+
+    def unwatch(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        self.loop = None
+
+    def close(self) -> None:
+        self.unwatch()
+        for conn in (self.requests, self.answers):
+            conn.close()
 
 
 class DecodePool:
@@ -84,50 +204,26 @@ class DecodePool:
     def __init__(
         self, workers: int, image_size: tuple[int, int], channels: int, resize: str, max_batch: int = 64
     ):
-        self.workers = workers
         self.args = (tuple(image_size), channels, resize)
         self.max_batch = max_batch
         self.crashes = 0
         self.batches = 0
-        self._lock = threading.Lock()
         self._closed = False
         self._pending: list[tuple[bytes, asyncio.Future]] = []
-        self._in_flight: set[asyncio.Future] = set()
-        self._pool = self._new_pool()
+        self._workers = [_Worker(self.args) for _ in range(workers)]
+        self._stopping: list[_Worker] = []
 
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(os.getpid(),),
-        )
-        # Start all the processes now (each submit to a pool without an idle worker spawns one), with a blank
-        # ``__main__``: "spawn" would otherwise re-run the parent's main script in every worker (the ``imagerec``
-        # CLI, or a user's script that builds the app without an ``if __name__ == "__main__"`` guard and would load
-        # TensorFlow, or fail, in the child). The workers need nothing from ``__main__``.
-        with _SPAWN_LOCK:
-            main = sys.modules["__main__"]
-            sys.modules["__main__"] = types.ModuleType("__main__")
-            try:
-                for _ in range(self.workers):
-                    pool.submit(_ping)
-            finally:
-                sys.modules["__main__"] = main
-        return pool
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
 
     def warm_up(self, timeout: float = 60.0) -> None:
-        """Block until every worker has started and imported the decoder."""
-        futures = [self._pool.submit(_ping) for _ in range(self.workers)]
-        concurrent.futures.wait(futures, timeout)
-
-    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is not broken or self._closed:
-                return  # another request already replaced it
-            self.crashes += 1
-            self._pool = self._new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
+        """Block until every worker has started and imported the decoder (its "ready" answer is waiting)."""
+        deadline = time.monotonic() + timeout
+        for worker in list(self._workers):
+            if worker.ready or worker.buffer or worker.batch is not None:
+                continue
+            select.select([worker.fd], [], [], max(0.0, deadline - time.monotonic()))
 
     async def decode(self, data: bytes) -> Any:
         """The decoded ``uint8`` array of ``data``.
@@ -139,6 +235,8 @@ class DecodePool:
         from imagerec.errors import ImageRejected
 
         future = asyncio.get_running_loop().create_future()
+        if self._closed:
+            raise DecoderCrashed("the decoder pool was shut down")
         self._pending.append((data, future))
         self._dispatch()
         result = await future
@@ -150,58 +248,97 @@ class DecodePool:
 
     def _dispatch(self) -> None:
         """Send waiting uploads to idle workers, a batch each (event-loop thread only)."""
-        while self._pending and len(self._in_flight) < self.workers and not self._closed:
+        for index, worker in enumerate(self._workers):
+            if not self._pending or self._closed:
+                return
+            if worker.batch is not None:
+                continue
             batch = [item for item in self._pending[: self.max_batch] if not item[1].done()]
             del self._pending[: self.max_batch]
             if not batch:
                 continue
-            pool = self._pool
             try:
-                work = asyncio.wrap_future(pool.submit(_decode_many, [data for data, _ in batch], *self.args))
-            except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down by another request
-                self._fail(pool, batch, exc)
+                worker.requests.send_bytes(_pack_blobs([data for data, _ in batch]))
+            except OSError:  # the process is gone (its end of the pipe closed)
+                worker.batch = batch
+                self._crashed(index, worker)
                 continue
-            self._in_flight.add(work)
+            worker.batch = batch
             self.batches += 1
-            work.add_done_callback(lambda done, batch=batch, pool=pool: self._finished(done, batch, pool))
+            if worker.loop is None:
+                worker.loop = asyncio.get_running_loop()
+                worker.loop.add_reader(worker.fd, self._readable, worker)
 
-    def _finished(self, work: asyncio.Future, batch: list, pool) -> None:
-        self._in_flight.discard(work)
-        if work.cancelled() or work.exception() is not None:
-            self._fail(pool, batch, None if work.cancelled() else work.exception())
-        else:
-            for (_, future), result in zip(batch, work.result(), strict=True):
+    def _readable(self, worker: _Worker) -> None:
+        try:
+            chunk = os.read(worker.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # end of file: the process died
+            if worker in self._workers:
+                self._crashed(self._workers.index(worker), worker)
+            return
+        worker.buffer += chunk
+        for frame in worker.frames():
+            if not frame:
+                worker.ready = True
+                continue
+            batch, worker.batch = worker.batch, None
+            worker.unwatch()
+            for (_, future), result in zip(batch or [], _unpack_results(frame), strict=False):
                 if not future.done():
                     future.set_result(result)
         self._dispatch()
 
-    def _fail(self, pool, batch: list, exc: BaseException | None) -> None:
-        if isinstance(exc, BrokenProcessPool):
-            self._replace(pool)
-            exc = DecoderCrashed("an image decoder process crashed")
-        elif exc is None or self._closed:
-            exc = DecoderCrashed("the decoder pool was shut down")
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(exc)
-
-    def shutdown(self, wait_s: float = 0.0) -> None:
-        """Stop the workers. ``wait_s > 0`` (the server's exit): wait that long for them to exit, so the pool's
-        queues and their named semaphores are released now; uvicorn ends the process by re-raising SIGTERM,
-        which skips the exit handlers that would release them (multiprocessing's resource_tracker then warns of
-        "leaked semaphore objects")."""
-        with self._lock:
-            self._closed = True
-            pool = self._pool
-        if wait_s > 0:
-            closer = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
-            closer.start()
-            closer.join(wait_s)  # a worker stuck in a decode is not waited for beyond this
+    def _crashed(self, index: int, worker: _Worker) -> None:
+        """A worker died: fail its batch, put a fresh process in its place, go on with the queue."""
+        batch, worker.batch = worker.batch, None
+        worker.close()
+        if self._closed:
+            error = DecoderCrashed("the decoder pool was shut down")
         else:
-            pool.shutdown(wait=False, cancel_futures=True)
-        for work in list(self._in_flight):
-            work.cancel()  # its callers get DecoderCrashed (see _finished)
+            self.crashes += 1
+            self._workers[index] = _Worker(self.args)
+            error = DecoderCrashed("an image decoder process crashed")
+        for _, future in batch or []:
+            if not future.done():
+                future.set_exception(error)
+        worker.process.join(0.1)
+        self._dispatch()
+
+    def close(self) -> None:
+        """Tell the workers to stop and cancel waiting and in-flight uploads (event-loop thread, or no loop
+        running); :meth:`join` waits for the processes."""
+        self._closed = True
+        self._stopping, self._workers = self._workers, []
+        for worker in self._stopping:
+            try:
+                worker.requests.send_bytes(b"")  # stop
+            except OSError:
+                pass
+            for _, future in worker.batch or []:
+                if not future.done():
+                    future.cancel()
+            worker.batch = None
+            worker.close()
         for _, future in self._pending:
             if not future.done():
                 future.cancel()
         self._pending.clear()
+
+    def join(self, wait_s: float = 0.0) -> None:
+        """Wait up to ``wait_s`` for the stopped workers to exit; kill those still running (a decode stuck in C)."""
+        deadline = time.monotonic() + wait_s
+        for worker in self._stopping:
+            if wait_s > 0:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+
+    def shutdown(self, wait_s: float = 0.0) -> None:
+        """:meth:`close`, then :meth:`join` for ``wait_s``."""
+        self.close()
+        self.join(wait_s)

@@ -47,8 +47,9 @@ class ServerMetrics:
         self.predictions = Counter(
             "imagerec_predictions", "Predicted (top-1) class of each image", ["label"], registry=self.registry
         )
-        for label in [*labels, "unknown"]:
-            self.predictions.labels(label=label)
+        # labelled children looked up once (``labels()`` takes a lock and sorts its arguments each call)
+        self._predicted = {label: self.predictions.labels(label=label) for label in [*labels, "unknown"]}
+        self._by_route: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.queue_depth = Gauge(
             "imagerec_queue_depth", "Images waiting for the model", registry=self.registry
         )
@@ -96,8 +97,22 @@ class ServerMetrics:
 
     def observe(self, scope: dict[str, Any], status: int, seconds: float) -> None:
         route = self.route_of(scope.get("path", ""))
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.latency.labels(route=route).observe(seconds)
+        children = self._by_route.get((route, status))
+        if children is None:  # bounded: ROUTES x the status codes the server answers
+            children = (
+                self.requests.labels(route=route, status=str(status)),
+                self.latency.labels(route=route),
+            )
+            self._by_route[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_prediction(self, label: str) -> None:
+        """One more answer ``label`` (a class or ``unknown``)."""
+        child = self._predicted.get(label)
+        if child is None:
+            child = self._predicted[label] = self.predictions.labels(label=label)
+        child.inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

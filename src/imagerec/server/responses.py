@@ -25,4 +25,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response(error_body(code, message), status, headers, media_type="application/json")
 
 
-__all__ = ["error_response", "json_response"]
+def internal_error_response(exc: BaseException):
+    """500 ``internal`` for an unexpected exception: its type only (no traceback or message leaks out)."""
+    return error_response(500, "internal", f"internal error ({type(exc).__name__}); the server keeps running")
+
+
+__all__ = ["error_response", "internal_error_response", "json_response"]

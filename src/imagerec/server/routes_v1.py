@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
 from imagerec.server import recording, watch
 from imagerec.server.limits import HTTPError
-from imagerec.server.responses import json_response
+from imagerec.server.responses import error_response, internal_error_response, json_response
 from imagerec.server.uploads import Upload, parse_multipart
 from imagerec.utils import read_json
 
@@ -41,10 +42,8 @@ def _query_alpha(value: str | None) -> float:
     return alpha
 
 
-async def read_uploads(request, max_files: int) -> list[Upload]:
-    """The images of a request: multipart field ``file`` (one or more), or the raw body."""
-    body = await request.body()
-    content_type = request.headers.get("content-type", "")
+def uploads_of(body: bytes, content_type: str, filename: str | None, max_files: int) -> list[Upload]:
+    """The images of a request: multipart field ``file`` (one or more), or the raw body (named by ``X-Filename``)."""
     if content_type.lower().startswith("multipart/form-data"):
         return parse_multipart(body, content_type, max_files)
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
@@ -57,7 +56,14 @@ async def read_uploads(request, max_files: int) -> list[Upload]:
         raise HTTPError(
             400, "empty", "empty request body; send an image as the raw body or as multipart field 'file'"
         )
-    return [Upload(request.headers.get("x-filename"), body)]
+    return [Upload(filename, body)]
+
+
+async def read_uploads(request, max_files: int) -> list[Upload]:
+    """The images of a Starlette request (see :func:`uploads_of`)."""
+    body = await request.body()
+    headers = request.headers
+    return uploads_of(body, headers.get("content-type", ""), headers.get("x-filename"), max_files)
 
 
 async def _reload_version(request) -> str | None:
@@ -78,36 +84,94 @@ async def _reload_version(request) -> str | None:
     return data.get("version")
 
 
-def register(api, service) -> None:
-    num_classes = len(service.clf.labels)
+async def predict_answer(service, query, uploads: list[Upload]) -> dict[str, Any]:
+    """The body of ``POST /v1/predict``: ``query`` (a mapping: ``top_k``, ``session``, ``smooth``) and the request's
+    images -> ``{"predictions": [...], "model": {...}}``. Both ways in (the FastAPI route, :class:`FastPredict`) call it.
 
+    Raises:
+        HTTPError: a bad query, an empty or unreadable image, a full queue, a stalled model.
+    """
+    num_classes = len(service.clf.labels)
+    top_k = _query_int(query.get("top_k"), "top_k", min(5, num_classes), 1, num_classes)
+    session = query.get("session")
+    alpha = _query_alpha(query.get("smooth")) if session else 0.0
+    for upload in uploads:
+        if not upload.data:
+            name = upload.filename or "file"
+            raise HTTPError(400, "empty", f"{name}: empty file (0 bytes)")
+    if len(uploads) == 1:  # the common case, without a gather (a task per upload) on the event loop
+        images = [await service.decode(uploads[0].data, uploads[0].filename)]
+    else:
+        images = await asyncio.gather(*(service.decode(u.data, u.filename) for u in uploads))
+    probs = await service.infer(list(images), [u.filename for u in uploads])
+    preds = service.results(probs, top_k, [None] * len(uploads), [u.data for u in uploads])
+    out: list[dict[str, Any]] = []
+    for upload, pred, row in zip(uploads, preds, probs, strict=True):
+        item = {"filename": upload.filename, **pred.to_dict()}
+        if session:
+            smoothed = service.smoothed(session, alpha, row)
+            item["smoothed"] = {"label": smoothed.label, "confidence": round(smoothed.confidence, 6)}
+            if smoothed.labels is not None:  # a multi-label run: the smoothed label set
+                item["smoothed"]["labels"] = list(smoothed.labels)
+            if smoothed.reason:
+                item["smoothed"]["reason"] = smoothed.reason
+        out.append(item)
+    return {"predictions": out, "model": service.model_info()}
+
+
+class FastPredict:
+    """ASGI: ``POST /v1/predict`` answered straight from the request, every other request passed to ``app``.
+
+    The hot route skips FastAPI's middleware stack, routing and request objects (measured under ``wrk``: the event
+    loop, not the model, limits a one-process server, and that stack was the largest share of its time; see
+    BENCHMARKS.md "Serving vs the competent server"). It sits inside the limits and CORS middleware (API key, body
+    limit, deadline, metrics, security headers) and answers exactly what the FastAPI route answers: the same
+    :func:`read_uploads` rules and :func:`predict_answer`, errors as the same JSON.
+    """
+
+    def __init__(self, app, service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/predict" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone: nothing to answer
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        headers = {}
+        for key, value in scope["headers"]:
+            if key in (b"content-type", b"x-filename"):
+                headers.setdefault(key, value.decode("latin-1"))  # the first, as Starlette's headers.get
+        try:
+            uploads = uploads_of(
+                b"".join(chunks), headers.get(b"content-type", ""), headers.get(b"x-filename"),
+                self.service.settings.max_files,
+            )  # fmt: skip
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            response = json_response(await predict_answer(self.service, query, uploads))
+        except HTTPError as exc:
+            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except Exception as exc:  # noqa: BLE001 - as the app's handler: 500 JSON, the server keeps running
+            response = internal_error_response(exc)
+        await response(scope, receive, send)
+
+
+def register(api, service) -> None:
     @api.post("/v1/predict")
     async def predict(request: Request):
-        """Classify the uploaded image(s). Query: ``top_k``, ``session`` + ``smooth`` (camera mode)."""
-        query = request.query_params
-        top_k = _query_int(query.get("top_k"), "top_k", min(5, num_classes), 1, num_classes)
-        session = query.get("session")
-        alpha = _query_alpha(query.get("smooth")) if session else 0.0
+        """Classify the uploaded image(s). Query: ``top_k``, ``session`` + ``smooth`` (camera mode).
+
+        A server made by ``create_app`` answers this path with :class:`FastPredict` (same answers); this route
+        serves the inner FastAPI app (``app.fastapi``) mounted elsewhere, and documents the API."""
         uploads = await read_uploads(request, service.settings.max_files)
-        for upload in uploads:
-            if not upload.data:
-                name = upload.filename or "file"
-                raise HTTPError(400, "empty", f"{name}: empty file (0 bytes)")
-        images = await asyncio.gather(*(service.decode(u.data, u.filename) for u in uploads))
-        probs = await service.infer(list(images), [u.filename for u in uploads])
-        preds = service.results(probs, top_k, [None] * len(uploads), [u.data for u in uploads])
-        out: list[dict[str, Any]] = []
-        for upload, pred, row in zip(uploads, preds, probs, strict=True):
-            item = {"filename": upload.filename, **pred.to_dict()}
-            if session:
-                smoothed = service.smoothed(session, alpha, row)
-                item["smoothed"] = {"label": smoothed.label, "confidence": round(smoothed.confidence, 6)}
-                if smoothed.labels is not None:  # a multi-label run: the smoothed label set
-                    item["smoothed"]["labels"] = list(smoothed.labels)
-                if smoothed.reason:
-                    item["smoothed"]["reason"] = smoothed.reason
-            out.append(item)
-        return json_response({"predictions": out, "model": service.model_info()})
+        return json_response(await predict_answer(service, request.query_params, uploads))
 
     @api.post("/v1/admin/reload")
     async def reload(request: Request):
