@@ -103,6 +103,7 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
     from imagerec.export import onnx as onnx_export
     from imagerec.export import tflite
     from imagerec.export.benchmark import PeakRSS, measure
+    from imagerec.export.peak import gemm_peak, model_flops, peak_share
     from imagerec.models.registry import build_model
     from imagerec.runtime.keras import KerasRuntime
 
@@ -139,6 +140,10 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
         fns["onnx"](images[:8])
     memory["onnx"], sizes["onnx"] = mem.delta, (folder / "model.onnx").stat().st_size
     ref = fns["tflite"](images)
+    flops, peak = (
+        model_flops(model, 224, 3),
+        gemm_peak(int(os.environ.get("IMAGEREC_NUM_THREADS", 0)) or None),
+    )
     rows = []
     log(f"timing {model_name} runtimes")
     for name, figures in measure(fns, images, rounds=rounds, seconds=1.0, log=log).items():
@@ -148,8 +153,11 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
             "peak_rss_delta_mb": round(memory[name] / 2**20, 1),
             "top1_agreement_vs_float32": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 3),
             "delegate_partitions": delegate_partitions(folder / f"{name}.tflite") if name.startswith("tflite") else None,
+            "peak_share_b1": peak_share(flops, 1000.0 / figures["latency_p50_ms"], peak),
         })  # fmt: skip
     return {
+        "flops_per_image": flops,
+        "gemm_peak_gflops": round(peak / 1e9, 1),
         "model": f"{model_name} 224x224x3, weights=none with BatchNorm statistics fitted to the images, 10 classes",
         "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"]),
     }
@@ -236,10 +244,14 @@ def main() -> None:
             out[model_name] = table
             print(
                 markdown(
-                    table["model"], table["runtimes"], ("top1_agreement_vs_float32", "delegate_partitions")
+                    table["model"],
+                    table["runtimes"],
+                    ("top1_agreement_vs_float32", "delegate_partitions", "peak_share_b1"),
                 )
             )
-            print(json.dumps(table["summary"]))
+            print(
+                json.dumps(table["summary"] | {k: table[k] for k in ("flops_per_image", "gemm_peak_gflops")})
+            )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

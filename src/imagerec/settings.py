@@ -234,7 +234,7 @@ class ServeSettings(Settings):
     cors_credentials: bool = False
     # requests per second per API key (or client IP)
     rate_limit: float = number(0.0, ge=0, note="0 = off")
-    # decode processes (a crashing decoder costs one request); a plain PNG of the model's size is decoded in-thread
+    # decode processes (a crashing decoder costs one request); a tiny plain PNG of the model's size: in-process
     decode_workers: int = integer(1, ge=0, note="0 = in-thread")
     # 'unknown' below it; None = the run's calibrated threshold
     threshold: float | None = number(None, **THRESHOLD)

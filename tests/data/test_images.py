@@ -167,7 +167,7 @@ def test_plain_pngs_decode_fast_to_exactly_pillows_pixels(kind):
     data = _png_variants()[kind]
     size = Image.open(io.BytesIO(data)).size[::-1]
     channels = 1 if kind.startswith("grey") else 3
-    fast = images._plain_png(data, size, channels)
+    fast = images.decode_plain_png(data, size, channels)
     assert fast is not None, "a plain PNG takes the OpenCV path"
     pillow = load_image(io.BytesIO(data), size, channels)  # a file object: always Pillow
     assert fast.dtype == np.uint8 and fast.shape == pillow.shape == (*size, channels)
@@ -182,6 +182,12 @@ def _with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
 
     chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
     return png[:33] + chunk + png[33:]
+
+
+def _many_chunks(png: bytes, count: int) -> bytes:
+    for _ in range(count):
+        png = _with_chunk(png, b"tIME", b"\x07\xea\x0c\x07\x10\x00\x00")
+    return png
 
 
 def _interlaced_flag(png: bytes) -> bytes:
@@ -208,14 +214,24 @@ def test_only_plain_pngs_take_the_fast_path(picture):
         "interlaced": (_interlaced_flag(_encode(picture, "PNG")), (30, 50), 3),
         "gamma": (_with_chunk(_encode(picture, "PNG"), b"gAMA", (45455).to_bytes(4, "big")), (30, 50), 3),
         "exif": (_with_chunk(_encode(picture, "PNG"), b"eXIf", b"MM\0*\0\0\0\x08\0\0"), (30, 50), 3),
+        # crafted to make the checks slow: they stay proportional to the picture, not to what is appended
+        "100 time chunks": (_many_chunks(_encode(picture, "PNG"), 100), (30, 50), 3),
+        "bigger than its pixels": (
+            _with_chunk(_encode(picture, "PNG"), b"tIME", b"\0" * 20_000),
+            (30, 50),
+            3,
+        ),
         "icc": (_encode(picture, "PNG", icc_profile=b"\0" * 200), (30, 50), 3),
         "corrupt": (factory.corrupt_png(1), None, 3),
         "truncated": (factory.truncated(rgb_png), (30, 50), 3),
         "JPEG": (_encode(picture, "JPEG"), (30, 50), 3),
     }
     for why, (data, size, channels) in others.items():
-        assert images._plain_png(data, size, channels) is None, why
-    assert images._plain_png(rgb_png, (30, 50), 3) is not None
+        assert images.decode_plain_png(data, size, channels) is None, why
+    assert images.decode_plain_png(rgb_png, (30, 50), 3) is not None
+    assert (
+        images.decode_plain_png(_many_chunks(rgb_png, 3), (30, 50), 3) is not None
+    )  # a few time stamps: plain
     with pytest.raises(ImageRejected) as info:
         load_image(factory.truncated(rgb_png), (30, 50), 3)
     assert info.value.code == "truncated"  # still worded by open_image

@@ -44,6 +44,13 @@ def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
         assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["throughput_b1"] > 0 and row["throughput_b8"] > 0 and row["throughput_b64"] > 0
         assert row["peak_rss_delta_mb"] >= 0
+        # the share of the float32 peak: FLOPs per image x images/s over the measured GEMM FLOP/s
+        assert row["peak_share_b64"] == pytest.approx(
+            bench["flops_per_image"] * row["throughput_b64"] / (bench["gemm_peak_gflops"] * 1e9), rel=0.01
+        )
+        assert row["peak_share_b1"] > 0
+    assert bench["flops_per_image"] > 0 and bench["gemm_peak_gflops"] > 0
+    assert "MFLOPs per image" in out and "% peak" in out
     # sizes are the artifacts' own, accuracies what each runtime's predictions on the test split give
     rows = {r["runtime"]: r for r in bench["runtimes"]}
     assert rows["keras"]["size_bytes"] == (run_copy / "model.keras").stat().st_size

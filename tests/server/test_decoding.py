@@ -158,3 +158,109 @@ def test_several_workers_each_take_a_batch(workers, tmp_path, monkeypatch):
     for data, array in zip(images, arrays, strict=True):
         np.testing.assert_array_equal(array, load_image(data, (16, 16), 3, "stretch"))
     assert 2 <= pool.batches <= 8, pool.batches
+
+
+GARBAGE_HOOK = """
+import os
+if os.environ.get("IMAGEREC_TEST_GARBAGE_DECODE"):
+    import imagerec.server.decoding as _decoding
+    _real = _decoding._pack_results
+    def _garbage(results):
+        # a worker taken over by a hostile upload: it answers bytes that are not the framing
+        if any(getattr(r, "message", "") == "GARBAGE" for r in results):
+            return b"A" + b"\\xff" * 40
+        return _real(results)
+    _decoding._pack_results = _garbage
+    import imagerec.data.images as _images
+    _load = _images.load_image
+    def _load_or_flag(source, *args, **kwargs):
+        if isinstance(source, bytes) and source.startswith(b"GARBAGE"):
+            from imagerec.errors import ImageRejected
+            raise ImageRejected("corrupt", "GARBAGE")
+        return _load(source, *args, **kwargs)
+    _images.load_image = _load_or_flag
+"""
+
+
+def test_a_worker_answering_garbage_fails_its_batch_and_is_replaced(tmp_path, monkeypatch):
+    """Nothing from a worker is trusted: a malformed answer fails that batch (503 decoder_crashed), the worker is
+    killed and replaced, and the next uploads decode."""
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(GARBAGE_HOOK))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    monkeypatch.setenv("IMAGEREC_TEST_GARBAGE_DECODE", "1")
+    pool = DecodePool(1, (16, 16), 3, "stretch")
+    try:
+        pool.warm_up()
+        first = pool._workers[0].process
+
+        async def garbage():
+            return await asyncio.gather(pool.decode(b"GARBAGE" + colour_png()), return_exceptions=True)
+
+        (answer,) = _run(garbage())
+        assert isinstance(answer, DecoderCrashed) and "garbage" in str(answer)
+        assert pool.crashes == 1 and pool._workers[0].process is not first
+        first.join(10)
+        assert not first.is_alive()
+
+        async def after():
+            return await asyncio.gather(*(pool.decode(colour_png(seed=s)) for s in range(3)))
+
+        assert [a.shape for a in _run(after())] == [(16, 16, 3)] * 3
+    finally:
+        pool.shutdown(5.0)
+
+
+def test_a_worker_that_died_while_idle_costs_no_upload():
+    """A decode process killed between batches: the next batch waits for its replacement instead of failing."""
+    import signal
+
+    pool = DecodePool(1, (16, 16), 3, "stretch")
+    try:
+        pool.warm_up()
+
+        async def decode(seed):
+            return await pool.decode(colour_png(seed=seed))
+
+        assert _run(decode(0)).shape == (16, 16, 3)
+        victim = pool._workers[0].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        assert _run(decode(1)).shape == (16, 16, 3)  # requeued to the fresh worker, not failed
+        assert pool.crashes == 1
+    finally:
+        pool.shutdown(5.0)
+
+
+def test_a_large_batch_does_not_block_the_event_loop_while_a_worker_starts():
+    """Uploads bigger than a pipe's buffer are written as the worker drains them (add_writer), so the event loop
+    keeps running while a just-started worker is still importing its decoder."""
+    import io
+
+    from PIL import Image
+
+    def noise_png(seed):
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 256, (256, 256, 3), np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    big = [noise_png(s) for s in range(8)]  # ~200 KB each: far more than the 64 KiB a pipe holds
+    assert sum(map(len, big)) > 2**20
+    pool = DecodePool(1, (16, 16), 3, "stretch")  # not warmed up: the worker is still starting
+    try:
+
+        async def go():
+            tasks = [asyncio.ensure_future(pool.decode(data)) for data in big]
+            await asyncio.sleep(
+                0
+            )  # the tasks ran: the batch was handed to the worker, which is still starting
+            waiting = len(
+                pool._workers[0].outbox
+            )  # a blocking write would have returned only when all was read
+            return await asyncio.gather(*tasks), waiting
+
+        arrays, waiting = _run(go())
+        assert [a.shape for a in arrays] == [(16, 16, 3)] * 8
+        assert waiting > 0, "the first upload was written in one blocking call"
+    finally:
+        pool.shutdown(5.0)

@@ -117,6 +117,10 @@ def _print_default_runtime(run: Path) -> None:
         )
 
 
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
 @app.command("benchmark")
 def benchmark(
     run: Path = typer.Argument(..., help="Run directory (its exports in RUN/exports are measured too)."),
@@ -153,6 +157,7 @@ def benchmark(
         "peak RSS Δ",
         "accuracy",
         "parity",
+        "% peak b1/b64",
     )
     for col in cols:
         table.add_column(col)
@@ -163,8 +168,14 @@ def benchmark(
             f"{r['latency_p50_ms']:.3f}", f"{r['latency_p99_ms']:.3f}", f"{r['throughput_b1']:.0f}",
             f"{r['throughput_b8']:.0f}", f"{r['throughput_b64']:.0f}", _mb(r["size_bytes"]),
             f"{r['peak_rss_delta_mb']:.1f} MB", acc, "pass" if r["parity_passed"] else "FAIL",
+            f"{_percent(r['peak_share_b1'])} / {_percent(r['peak_share_b64'])}",
         )  # fmt: skip
     _console().print(table)
+    if result["flops_per_image"]:
+        typer.echo(
+            f"{result['flops_per_image'] / 1e6:.1f} MFLOPs per image; float32 GEMM peak {result['gemm_peak_gflops']:g} "
+            f"GFLOP/s on {result['threads']} threads (% peak = FLOPs x images/s / that peak; int8 can pass 100%)"
+        )
     typer.echo(
         f"* default runtime (fastest that answers like the Keras model): {result['default']}; "
         f"wrote {run}/exports/benchmark.json"

@@ -57,7 +57,8 @@ def serve(
         "decode_workers",
         "--decode-workers",
         help="Processes that decode uploads (a crashing decoder fails one request); 0 = in-thread. A plain "
-        "PNG of the model's input size (8-bit, no palette, alpha, gamma, profile or EXIF) is decoded in-thread.",
+        "PNG of the model's input size up to 64x64 (8-bit, no palette, alpha, gamma, profile or EXIF) is decoded "
+        "in-process by OpenCV.",
     ),
     threshold: float = setting(
         "threshold",

@@ -173,13 +173,13 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_png_chunks(data: bytes, name: str) -> set[bytes]:
+def _check_png_chunks(data: bytes, name: str, max_chunks: int = 0) -> set[bytes]:
     """Verify every PNG chunk's CRC up to IEND (Pillow skips the IDAT CRCs); a cheap pass over the bytes.
 
-    Returns the chunk types seen."""
+    Returns the chunk types seen. ``max_chunks``: refuse more than this many (default ``MAX_PNG_CHUNKS``)."""
     pos = 8
     kinds = set()
-    for _ in range(MAX_PNG_CHUNKS):
+    for _ in range(max_chunks or MAX_PNG_CHUNKS):
         if pos + 12 > len(data):
             raise ImageRejected("truncated", f"{name}: PNG ends before its IEND chunk (truncated file)")
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
@@ -194,7 +194,7 @@ def _check_png_chunks(data: bytes, name: str) -> set[bytes]:
         if kind == b"IEND":
             return kinds
         pos = end + 4
-    raise ImageRejected("corrupt", f"{name}: PNG has more than {MAX_PNG_CHUNKS} chunks")
+    raise ImageRejected("corrupt", f"{name}: PNG has more than {max_chunks or MAX_PNG_CHUNKS} chunks")
 
 
 def _enforce_pillow_guards() -> None:
@@ -357,7 +357,7 @@ def load_image(
     """
     if (
         isinstance(source, bytes)
-        and (plain := _plain_png(source, image_size, channels, max_pixels)) is not None
+        and (plain := decode_plain_png(source, image_size, channels, max_pixels)) is not None
     ):
         return plain
     if isinstance(source, np.ndarray):
@@ -373,6 +373,7 @@ def load_image(
 
 #: Chunks that change no pixel in Pillow or OpenCV (no transparency, palette, gamma, colour profile or EXIF).
 _PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"sRGB", b"tIME"})
+_PLAIN_MAX_CHUNKS = 64  # a plain file has a handful; the CRC walk of a crafted one stays short
 _cv2: Any = None
 
 
@@ -382,27 +383,31 @@ def plain_png(
     """Whether ``data`` is a plain PNG for a model of ``image_size`` x ``channels`` (checks the bytes, decodes nothing).
 
     Plain: 8-bit grey with ``channels == 1`` or 8-bit RGB with ``channels == 3``, not interlaced, already
-    ``image_size``, within ``max_pixels``, only :data:`_PLAIN_PNG_CHUNKS`, every CRC right. Such a file is
-    decoded by OpenCV in one call (:func:`load_image`), and the server decodes it in-thread even with
-    ``--decode-workers``: libpng on a checked, chunk-minimal file of the model's own size is the narrowest decode
-    there is, and the round trip to a decode process would cost more than the decode.
+    ``image_size``, within ``max_pixels``, no larger than its pixels stored uncompressed (+1%, +1 KB: deflate's
+    worst case), at most 64 chunks, only :data:`_PLAIN_PNG_CHUNKS`, every CRC right: the checks cost time
+    proportional to the picture, never to what an attacker appends. Such a file is
+    decoded by OpenCV in one call (:func:`decode_plain_png`, :func:`load_image`); the server decodes a tiny one on
+    its event loop even with ``--decode-workers`` (server/app.py): libpng on a checked, chunk-minimal file of the
+    model's own size is the narrowest decode there is, and the round trip to a process cost more than the decode.
     """
     if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33 or data[12:16] != b"IHDR":
         return False
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if depth != 8 or (colour, channels) not in ((0, 1), (2, 3)) or interlace != 0:
+    width, height, depth, colour, method, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 8 or (colour, channels) not in ((0, 1), (2, 3)) or interlace != 0 or method != 0:
         return False
     if image_size is not None and (height, width) != tuple(image_size):
         return False
     if not 0 < width * height <= (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels):
         return False  # open_image words the refusal
+    if len(data) > min(height * (width * channels + 1) * 1.01 + 1024, DEFAULT_MAX_FILE_BYTES):
+        return False
     try:
-        return _check_png_chunks(data, "") <= _PLAIN_PNG_CHUNKS
+        return _check_png_chunks(data, "", _PLAIN_MAX_CHUNKS) <= _PLAIN_PNG_CHUNKS
     except ImageRejected:
         return False
 
 
-def _plain_png(
+def decode_plain_png(
     data: bytes, image_size: tuple[int, int] | None, channels: int, max_pixels: int | None = None
 ) -> np.ndarray | None:
     """The model's array of a :func:`plain_png`, decoded by OpenCV in one call; None for anything else.

@@ -1,7 +1,8 @@
 """``imagerec benchmark RUN``: every runtime of a run, measured side by side.
 
 For the Keras model and each export in ``RUN/exports/``: single-image latency p50/p99 (model call only, on a
-preprocessed uint8 image), throughput at batch 1/8/64, artifact size, peak memory and test accuracy. Runtimes are
+preprocessed uint8 image), throughput at batch 1/8/64, artifact size, peak memory, test accuracy, and the share of
+the machine's float32 peak each runtime reaches (export/peak.py). Runtimes are
 measured in interleaved rounds (each round times every runtime in turn) so that load from other processes on the
 machine hits all of them alike; the figures are medians over rounds.
 
@@ -35,6 +36,7 @@ import numpy as np
 from imagerec.errors import ImagerecError
 from imagerec.export.formats import is_export_dir
 from imagerec.export.parity import accuracy, evaluation_images, run_spec
+from imagerec.export.peak import gemm_peak, model_flops, peak_share
 from imagerec.run import RunDir
 from imagerec.runtime import get_runtime, predict_in_batches
 from imagerec.runtime.exported import RUNTIME_RECORD, answers_like_keras, open_export_runtime, verify_export
@@ -239,7 +241,9 @@ def benchmark_run(
     run_path, spec = run_dir.path, run_spec(run_dir)
     size, channels = spec["image_size"], spec["channels"]
     images, labels, split = evaluation_images(run_dir, accuracy_images)
-    thresholds = spec.get("thresholds")  # multi-label: accuracy = identical label sets at the run's thresholds
+    thresholds = spec.get(
+        "thresholds"
+    )  # multi-label: accuracy = identical label sets at the run's thresholds
     if not len(images):
         images = np.random.default_rng(0).integers(0, 256, (64, size, size, channels), np.uint8)
     batch64 = np.resize(images, (64, *images.shape[1:]))
@@ -250,6 +254,10 @@ def benchmark_run(
     for name in names:  # refuse a modified or incomplete export before measuring anything
         if name != "keras":
             verify_export(run_path / "exports" / name)
+    threads = int(os.environ.get("IMAGEREC_NUM_THREADS", 0)) or os.cpu_count()
+    log("counting FLOPs per image and measuring the float32 GEMM peak")
+    flops = model_flops(run_dir.load_model(), size, channels)
+    peak = gemm_peak(threads)
     for name in names:
         log(f"loading {name}")
         with PeakRSS() as mem:
@@ -275,6 +283,8 @@ def benchmark_run(
         }
     for name, figures in measure(fns, images, rounds, seconds, log).items():
         rows[name].update(figures)
+        rows[name]["peak_share_b1"] = peak_share(flops, 1000.0 / figures["latency_p50_ms"], peak)
+        rows[name]["peak_share_b64"] = peak_share(flops, figures["throughput_b64"], peak)
     table = sorted(rows.values(), key=lambda r: r["latency_p50_ms"])
     passing = [r for r in table if r["parity_passed"]]
     keras_accuracy = rows.get("keras", {}).get("accuracy")
@@ -290,7 +300,11 @@ def benchmark_run(
         "num_accuracy_images": int(len(labels)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu_count": os.cpu_count(),
-        "threads": int(os.environ.get("IMAGEREC_NUM_THREADS", 0)) or os.cpu_count(),
+        "threads": threads,
+        "flops_per_image": flops,
+        "gemm_peak_gflops": round(peak / 1e9, 1),
+        "peak_share": "FLOPs per image x images/s (p50 latency at batch 1; throughput at batch 64) / the float32 "
+        "GEMM peak measured on the same threads (export/peak.py); int8 runtimes can pass 1.0",
         "memory": "peak RSS growth while loading + one batch of 64 (/proc/self/statm sampled every 1 ms)",
         "latency": "model call on one preprocessed image (decode excluded); medians over interleaved rounds",
         "runtimes": table,

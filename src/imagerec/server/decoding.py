@@ -21,6 +21,7 @@ This module is imported by the worker processes: keep its top-level imports ligh
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import select
@@ -30,6 +31,8 @@ import threading
 import time
 import types
 from typing import Any
+
+log = logging.getLogger("imagerec.server")
 
 _SPAWN_LOCK = threading.Lock()
 
@@ -83,7 +86,8 @@ def _pack_results(results: list[Any]) -> bytes:
     parts = []
     for result in results:
         if isinstance(result, _Failure):
-            code, message = result.code.encode(), result.message.encode(errors="replace")
+            code = result.code.encode("ascii", errors="replace")[:64]
+            message = result.message.encode(errors="replace")[:4000]
             kind = b"R" if result.kind == "rejected" else b"E"
             parts += [kind, _ERROR.pack(len(code), len(message)), code, message]
         else:
@@ -92,25 +96,44 @@ def _pack_results(results: list[Any]) -> bytes:
     return b"".join(parts)
 
 
-def _unpack_results(payload: bytearray) -> list[Any]:
+class _BadReply(Exception):
+    """A worker's answer that does not parse as the framing, or does not fit its batch."""
+
+
+def _unpack_results(payload: bytearray, count: int, shape: tuple[int, int, int]) -> list[Any]:
+    """The ``count`` results of a worker's answer; every array must have ``shape``.
+
+    Raises:
+        _BadReply: anything else (a worker taken over by a hostile image can send any bytes).
+    """
     import numpy as np
 
     results, pos, view = [], 0, memoryview(payload)
-    while pos < len(payload):
-        kind = payload[pos : pos + 1]
-        if kind == b"A":
-            height, width, channels = _PIXELS.unpack_from(payload, pos + 1)
-            pos += 1 + _PIXELS.size
-            size = height * width * channels
-            results.append(np.frombuffer(view[pos : pos + size], np.uint8).reshape(height, width, channels))
-            pos += size
-        else:
-            code_len, message_len = _ERROR.unpack_from(payload, pos + 1)
-            pos += 1 + _ERROR.size
-            code = bytes(view[pos : pos + code_len]).decode()
-            message = bytes(view[pos + code_len : pos + code_len + message_len]).decode(errors="replace")
-            results.append(_Failure("rejected" if kind == b"R" else "error", code, message))
-            pos += code_len + message_len
+    size = shape[0] * shape[1] * shape[2]
+    try:
+        while pos < len(payload):
+            kind = bytes(view[pos : pos + 1])
+            if kind == b"A":
+                if tuple(_PIXELS.unpack_from(payload, pos + 1)) != shape or pos + 13 + size > len(payload):
+                    raise _BadReply("an array of the wrong shape or size")
+                pos += 1 + _PIXELS.size
+                results.append(np.frombuffer(view[pos : pos + size], np.uint8).reshape(shape))
+                pos += size
+            elif kind in (b"R", b"E"):
+                code_len, message_len = _ERROR.unpack_from(payload, pos + 1)
+                pos += 1 + _ERROR.size
+                if code_len > 64 or message_len > 4096 or pos + code_len + message_len > len(payload):
+                    raise _BadReply("an error of the wrong size")
+                code = bytes(view[pos : pos + code_len]).decode("ascii")
+                message = bytes(view[pos + code_len : pos + code_len + message_len]).decode(errors="replace")
+                results.append(_Failure("rejected" if kind == b"R" else "error", code, message))
+                pos += code_len + message_len
+            else:
+                raise _BadReply(f"unknown result kind {kind!r}")
+    except (struct.error, ValueError) as exc:
+        raise _BadReply(str(exc)) from None
+    if len(results) != count:
+        raise _BadReply(f"{len(results)} results for {count} uploads")
     return results
 
 
@@ -138,6 +161,9 @@ class _Worker:
     def __init__(self, args: tuple):
         ctx = multiprocessing.get_context("spawn")
         request_in, self.requests = ctx.Pipe(duplex=False)
+        self.out_fd = self.requests.fileno()
+        os.set_blocking(self.out_fd, False)  # written by the event loop, never blocking it
+        self.outbox = bytearray()  # what is still to be written to the worker
         self.answers, answer_out = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_serve,
@@ -164,8 +190,12 @@ class _Worker:
         self.ready = False  # its "ready" answer was read
         self.loop: asyncio.AbstractEventLoop | None = None  # where its reader is registered
 
-    def frames(self) -> list[bytearray]:
-        """The complete frames in the buffer (taken out of it)."""
+    def frames(self, limit: int) -> list[bytearray]:
+        """The complete frames in the buffer (taken out of it).
+
+        Raises:
+            _BadReply: a frame longer than ``limit`` bytes is announced.
+        """
         out = []
         while len(self.buffer) >= 4:
             (size,) = _FRAME.unpack_from(self.buffer)
@@ -175,21 +205,72 @@ class _Worker:
                     break
                 (size,) = struct.unpack_from("!Q", self.buffer, 4)
                 start = 12
+            if size < 0 or size > limit:
+                raise _BadReply(f"a frame of {size} bytes")
             if len(self.buffer) < start + size:
                 break
             out.append(self.buffer[start : start + size])
             del self.buffer[: start + size]
         return out
 
+    def send(self, payload: bytes) -> None:
+        """Queue one frame (``Connection.send_bytes``' framing) and write what the pipe takes now; the rest is
+        written as it drains (``add_writer``), so a worker still starting or busy never blocks the event loop.
+
+        Raises:
+            OSError: the worker is gone (its end of the pipe is closed).
+        """
+        if len(payload) < 0x7FFFFFFF:
+            header = _FRAME.pack(len(payload))
+        else:
+            header = _FRAME.pack(-1) + struct.pack("!Q", len(payload))
+        self.outbox += header + payload
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox:
+            try:
+                written = os.write(self.out_fd, self.outbox)
+            except BlockingIOError:
+                break
+            del self.outbox[:written]
+        if self.loop is not None and not self.loop.is_closed():
+            if self.outbox:
+                self.loop.add_writer(self.out_fd, self._drain)
+            else:
+                self.loop.remove_writer(self.out_fd)
+
+    def _drain(self) -> None:
+        try:
+            self.flush()
+        except OSError:  # gone: its reader sees the end of file and the pool replaces it
+            self.outbox.clear()
+            if self.loop is not None:
+                self.loop.remove_writer(self.out_fd)
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_readable) -> None:
+        """Have ``loop`` call ``on_readable(self)`` when an answer arrives (once per loop)."""
+        if self.loop is not loop:
+            self.unwatch()
+            self.loop = loop
+            loop.add_reader(self.fd, on_readable, self)
+
     def unwatch(self) -> None:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.out_fd)
         self.loop = None
 
     def close(self) -> None:
         self.unwatch()
         for conn in (self.requests, self.answers):
             conn.close()
+
+    def kill(self) -> None:
+        """End the process now (crashed, stopped or misbehaving) and close the pipes."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.close()
 
 
 class DecodePool:
@@ -211,7 +292,11 @@ class DecodePool:
         self._closed = False
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._workers = [_Worker(self.args) for _ in range(workers)]
-        self._stopping: list[_Worker] = []
+        self._stopping: list[_Worker] = []  # stopped or replaced: reaped by join()
+        size = tuple(image_size)
+        self._shape = (size[0], size[1], channels)
+        # the longest answer a batch can have: its arrays plus their headers and room for error messages
+        self._max_frame = max_batch * (size[0] * size[1] * channels + 4200) + 1024
 
     @property
     def workers(self) -> int:
@@ -248,26 +333,24 @@ class DecodePool:
 
     def _dispatch(self) -> None:
         """Send waiting uploads to idle workers, a batch each (event-loop thread only)."""
-        for index, worker in enumerate(self._workers):
+        for worker in list(self._workers):
             if not self._pending or self._closed:
                 return
-            if worker.batch is not None:
+            if worker.batch is not None or worker not in self._workers:
                 continue
             batch = [item for item in self._pending[: self.max_batch] if not item[1].done()]
             del self._pending[: self.max_batch]
             if not batch:
                 continue
+            worker.watch(asyncio.get_running_loop(), self._readable)
             try:
-                worker.requests.send_bytes(_pack_blobs([data for data, _ in batch]))
-            except OSError:  # the process is gone (its end of the pipe closed)
-                worker.batch = batch
-                self._crashed(index, worker)
-                continue
+                worker.send(_pack_blobs([data for data, _ in batch]))
+            except OSError:  # it died while idle: nothing of this batch reached it, so the batch waits again
+                self._pending[:0] = batch
+                self._replace(worker, None)
+                return  # _replace dispatched the queue to the replacement
             worker.batch = batch
             self.batches += 1
-            if worker.loop is None:
-                worker.loop = asyncio.get_running_loop()
-                worker.loop.add_reader(worker.fd, self._readable, worker)
 
     def _readable(self, worker: _Worker) -> None:
         try:
@@ -277,55 +360,70 @@ class DecodePool:
         except OSError:
             chunk = b""
         if not chunk:  # end of file: the process died
-            if worker in self._workers:
-                self._crashed(self._workers.index(worker), worker)
+            self._replace(worker, DecoderCrashed("an image decoder process crashed"))
             return
         worker.buffer += chunk
-        for frame in worker.frames():
-            if not frame:
-                worker.ready = True
-                continue
-            batch, worker.batch = worker.batch, None
-            worker.unwatch()
-            for (_, future), result in zip(batch or [], _unpack_results(frame), strict=False):
-                if not future.done():
-                    future.set_result(result)
+        try:
+            for frame in worker.frames(self._max_frame):
+                if not frame:
+                    worker.ready = True
+                    continue
+                batch = worker.batch or []
+                results = _unpack_results(frame, len(batch), self._shape)
+                worker.batch = None
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        except _BadReply as exc:
+            self._replace(worker, DecoderCrashed(f"an image decoder process answered garbage ({exc})"))
+            return
         self._dispatch()
 
-    def _crashed(self, index: int, worker: _Worker) -> None:
-        """A worker died: fail its batch, put a fresh process in its place, go on with the queue."""
+    def _replace(self, worker: _Worker, error: DecoderCrashed | None) -> None:
+        """A worker died or misbehaved: fail its batch with ``error``, end it, put a fresh one in its place."""
         batch, worker.batch = worker.batch, None
-        worker.close()
-        if self._closed:
-            error = DecoderCrashed("the decoder pool was shut down")
-        else:
-            self.crashes += 1
-            self._workers[index] = _Worker(self.args)
-            error = DecoderCrashed("an image decoder process crashed")
         for _, future in batch or []:
             if not future.done():
-                future.set_exception(error)
-        worker.process.join(0.1)
+                future.set_exception(error or DecoderCrashed("an image decoder process crashed"))
+        worker.kill()
+        self._stopping = [w for w in self._stopping if w.process.is_alive()] + [worker]  # reaped by join()
+        if worker not in self._workers or self._closed:
+            return
+        index = self._workers.index(worker)
+        self.crashes += 1
+        try:
+            self._workers[index] = _Worker(self.args)
+        except OSError:  # no process can start (memory, open files): fewer workers, the others go on
+            log.exception("could not start a decode process")
+            del self._workers[index]
+            if not self._workers:
+                for _, future in self._pending:
+                    if not future.done():
+                        future.set_exception(DecoderCrashed("no decode process could be started"))
+                self._pending.clear()
         self._dispatch()
 
     def close(self) -> None:
-        """Tell the workers to stop and cancel waiting and in-flight uploads (event-loop thread, or no loop
-        running); :meth:`join` waits for the processes."""
+        """Tell the workers to stop; waiting and in-flight uploads fail with :class:`DecoderCrashed`. Call it on
+        the event loop's thread, or with no loop running; :meth:`join` waits for the processes."""
         self._closed = True
-        self._stopping, self._workers = self._workers, []
-        for worker in self._stopping:
+        error = DecoderCrashed("the decoder pool was shut down")
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.outbox.clear()
             try:
-                worker.requests.send_bytes(b"")  # stop
+                os.write(worker.out_fd, _FRAME.pack(0))  # stop (a worker busy in a decode reads it after)
             except OSError:
                 pass
             for _, future in worker.batch or []:
                 if not future.done():
-                    future.cancel()
+                    future.set_exception(error)
             worker.batch = None
             worker.close()
+            self._stopping.append(worker)
         for _, future in self._pending:
             if not future.done():
-                future.cancel()
+                future.set_exception(error)
         self._pending.clear()
 
     def join(self, wait_s: float = 0.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,6 +15,8 @@ from imagerec.server.limits import HTTPError
 from imagerec.server.responses import error_response, internal_error_response, json_response
 from imagerec.server.uploads import Upload, parse_multipart
 from imagerec.utils import read_json
+
+log = logging.getLogger("imagerec.server")
 
 
 def _query_int(value: str | None, name: str, default: int, low: int, high: int) -> int:
@@ -159,6 +162,8 @@ class FastPredict:
         except HTTPError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.headers)
         except Exception as exc:  # noqa: BLE001 - as the app's handler: 500 JSON, the server keeps running
+            # logged, as uvicorn logs an exception of the FastAPI route
+            log.exception("unexpected error answering POST /v1/predict")
             response = internal_error_response(exc)
         await response(scope, receive, send)
 
