@@ -170,12 +170,8 @@ class RecordSettings(Settings):
     max_images: int = integer(10_000, ge=0, flag=False)
     max_mb: float = number(1024.0, gt=0, flag=False)  # records + pictures together
     max_age_days: float = number(30.0, gt=0, flag=False)
-    rotate_mb: float = number(
-        16.0, gt=0, flag=False
-    )  # a record file is closed and a new one started past this
-    flush_s: float = number(
-        0.5, gt=0, le=1, flag=False
-    )  # records reach the OS within this (a SIGKILL loses less)
+    rotate_mb: float = number(16.0, gt=0, flag=False)  # a record file is closed and a new one started past this
+    flush_s: float = number(0.5, gt=0, le=1, flag=False)  # records reach the OS within this (a SIGKILL loses less)
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
         yield (
@@ -187,13 +183,10 @@ class RecordSettings(Settings):
 @dataclass(frozen=True)
 class ReviewSettings(Settings):
     """``imagerec review DIR --out QUEUE``: how many pictures to queue (``imagerec.monitoring.review``)."""
-
     _what: ClassVar[str] = "review setting"
 
     size: int = integer(200, ge=1)
-    near_duplicate: float = number(
-        0.01, ge=0, le=2, flag=False
-    )  # cosine distance under which a pick is a duplicate
+    near_duplicate: float = number(0.01, ge=0, le=2, flag=False)  # cosine distance under which a pick is a duplicate
     strata: int = integer(20, ge=1, flag=False)  # k-means clusters the queue is shared among, by size
 
 
@@ -221,9 +214,7 @@ class ServeSettings(Settings):
     api_key: str | None = field(default=None, repr=False)
     workers: int = integer(1, ge=1)
     max_batch: int = integer(64, ge=1)
-    # how long the first image of a batch waits for company; 0 = none (Triton's default): batches still form from
-    # what queues while the model is busy, and a closed loop of 32 clients measured 1.1-1.3x the req/s of 5 ms
-    max_wait_ms: float = number(0.0, ge=0)
+    max_wait_ms: float = number(0.0, ge=0)  # first image's wait for company; 0 = none (Triton's default)
     max_queue: int = integer(512, ge=1)
     max_upload_mb: float = number(10.0, gt=0)
     max_files: int = integer(16, ge=1)
@@ -234,7 +225,7 @@ class ServeSettings(Settings):
     cors_credentials: bool = False
     # requests per second per API key (or client IP)
     rate_limit: float = number(0.0, ge=0, note="0 = off")
-    # decode processes (a crashing decoder costs one request); a tiny plain PNG of the model's size: in-process
+    # decode processes (a crashing decoder costs one request; tiny plain PNGs: in-process)
     decode_workers: int = integer(1, ge=0, note="0 = in-thread")
     # 'unknown' below it; None = the run's calibrated threshold
     threshold: float | None = number(None, **THRESHOLD)
@@ -249,9 +240,7 @@ class ServeSettings(Settings):
     record_images: str = RecordSettings.images
     drift_window: int = integer(DriftSettings.window, ge=0, note="0 = no drift gauges")  # monitoring/drift
     review: str | None = None  # --review QUEUE: the Review tab and /v1/review/* (None = off: 404)
-    review_out: str | None = (
-        None  # --review-out DATASET: where labels land (class folders, or a .csv multi-label)
-    )
+    review_out: str | None = None  # --review-out DATASET: where labels land (class folders, or a .csv multi-label)
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
         yield (

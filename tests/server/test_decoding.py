@@ -163,14 +163,14 @@ def test_several_workers_each_take_a_batch(workers, tmp_path, monkeypatch):
 GARBAGE_HOOK = """
 import os
 if os.environ.get("IMAGEREC_TEST_GARBAGE_DECODE"):
-    import imagerec.server.decoding as _decoding
-    _real = _decoding._pack_results
+    import imagerec.server.decode_framing as _framing
+    _real = _framing.pack_results
     def _garbage(results):
         # a worker taken over by a hostile upload: it answers bytes that are not the framing
         if any(getattr(r, "message", "") == "GARBAGE" for r in results):
             return b"A" + b"\\xff" * 40
         return _real(results)
-    _decoding._pack_results = _garbage
+    _framing.pack_results = _garbage
     import imagerec.data.images as _images
     _load = _images.load_image
     def _load_or_flag(source, *args, **kwargs):

@@ -25,7 +25,6 @@ import io
 import logging
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imagerec.data import png
 from imagerec.errors import ImageRejected
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
@@ -173,30 +173,6 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_png_chunks(data: bytes, name: str, max_chunks: int = 0) -> set[bytes]:
-    """Verify every PNG chunk's CRC up to IEND (Pillow skips the IDAT CRCs); a cheap pass over the bytes.
-
-    Returns the chunk types seen. ``max_chunks``: refuse more than this many (default ``MAX_PNG_CHUNKS``)."""
-    pos = 8
-    kinds = set()
-    for _ in range(max_chunks or MAX_PNG_CHUNKS):
-        if pos + 12 > len(data):
-            raise ImageRejected("truncated", f"{name}: PNG ends before its IEND chunk (truncated file)")
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            raise ImageRejected(
-                "truncated", f"{name}: PNG chunk {kind!r} runs past the end of the file (truncated)"
-            )
-        if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != struct.unpack(">I", data[end : end + 4])[0]:
-            raise ImageRejected("corrupt", f"{name}: PNG chunk {kind!r} fails its CRC check (corrupt file)")
-        kinds.add(kind)
-        if kind == b"IEND":
-            return kinds
-        pos = end + 4
-    raise ImageRejected("corrupt", f"{name}: PNG has more than {max_chunks or MAX_PNG_CHUNKS} chunks")
-
-
 def _enforce_pillow_guards() -> None:
     # Another library in the process may have switched Pillow's guards off; imagerec never runs without them.
     if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > PILLOW_MAX_PIXELS:
@@ -248,7 +224,7 @@ def open_image(
     if declared is not None:
         _check_pixels(name, declared, limit)
     if fmt == "PNG":
-        _check_png_chunks(data, name)
+        png.check_chunks(data, name, MAX_PNG_CHUNKS)
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
         _check_pixels(name, img.size, limit)
@@ -371,75 +347,12 @@ def load_image(
     return to_array(img, channels)
 
 
-#: Chunks that change no pixel in Pillow or OpenCV (no transparency, palette, gamma, colour profile or EXIF).
-_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"sRGB", b"tIME"})
-_PLAIN_MAX_CHUNKS = 64  # a plain file has a handful; the CRC walk of a crafted one stays short
-_cv2: Any = None
-
-
-def plain_png(
-    data: bytes, image_size: tuple[int, int] | None, channels: int, max_pixels: int | None = None
-) -> bool:
-    """Whether ``data`` is a plain PNG for a model of ``image_size`` x ``channels`` (checks the bytes, decodes nothing).
-
-    Plain: 8-bit grey with ``channels == 1`` or 8-bit RGB with ``channels == 3``, not interlaced, already
-    ``image_size``, within ``max_pixels``, no larger than its pixels stored uncompressed (+1%, +1 KB: deflate's
-    worst case), at most 64 chunks, only :data:`_PLAIN_PNG_CHUNKS`, every CRC right: the checks cost time
-    proportional to the picture, never to what an attacker appends. Such a file is
-    decoded by OpenCV in one call (:func:`decode_plain_png`, :func:`load_image`); the server decodes a tiny one on
-    its event loop even with ``--decode-workers`` (server/app.py): libpng on a checked, chunk-minimal file of the
-    model's own size is the narrowest decode there is, and the round trip to a process cost more than the decode.
-    """
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33 or data[12:16] != b"IHDR":
-        return False
-    width, height, depth, colour, method, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if depth != 8 or (colour, channels) not in ((0, 1), (2, 3)) or interlace != 0 or method != 0:
-        return False
-    if image_size is not None and (height, width) != tuple(image_size):
-        return False
-    if not 0 < width * height <= (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels):
-        return False  # open_image words the refusal
-    if len(data) > min(height * (width * channels + 1) * 1.01 + 1024, DEFAULT_MAX_FILE_BYTES):
-        return False
-    try:
-        return _check_png_chunks(data, "", _PLAIN_MAX_CHUNKS) <= _PLAIN_PNG_CHUNKS
-    except ImageRejected:
-        return False
-
-
 def decode_plain_png(
     data: bytes, image_size: tuple[int, int] | None, channels: int, max_pixels: int | None = None
 ) -> np.ndarray | None:
-    """The model's array of a :func:`plain_png`, decoded by OpenCV in one call; None for anything else.
-
-    PNG is lossless, so the pixels are exactly Pillow's (the tests compare both paths), at ~15 us instead of
-    ~130 us for a 28x28 upload, mostly outside the GIL. Anything else, an error included, returns None and goes
-    through :func:`open_image`, which decides and words every rejection.
-    """
-    if not plain_png(data, image_size, channels, max_pixels):
-        return None
-    cv2 = warm_up()
-    if cv2 is None:
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.shape[:2] != (height, width) or arr.dtype != np.uint8:
-        return None
-    if channels == 1:
-        return arr.reshape(height, width, 1)
-    return np.ascontiguousarray(arr[:, :, ::-1])  # OpenCV's BGR -> RGB
-
-
-def warm_up() -> Any:
-    """Import the plain-PNG decoder (OpenCV) now, not on the first upload; returns it (None: not installed)."""
-    global _cv2
-    if _cv2 is None:
-        try:
-            import cv2
-        except ImportError:  # OpenCV is optional (the video extra): Pillow decodes everything
-            cv2 = False
-        _cv2 = cv2
-    return _cv2 or None
+    """:func:`imagerec.data.png.decode_plain_png` under imagerec's limits (``max_pixels``, the file size)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return png.decode_plain_png(data, image_size, channels, limit, DEFAULT_MAX_FILE_BYTES)
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

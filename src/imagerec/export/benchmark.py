@@ -241,9 +241,7 @@ def benchmark_run(
     run_path, spec = run_dir.path, run_spec(run_dir)
     size, channels = spec["image_size"], spec["channels"]
     images, labels, split = evaluation_images(run_dir, accuracy_images)
-    thresholds = spec.get(
-        "thresholds"
-    )  # multi-label: accuracy = identical label sets at the run's thresholds
+    thresholds = spec.get("thresholds")  # multi-label: accuracy = identical label sets at the run's thresholds
     if not len(images):
         images = np.random.default_rng(0).integers(0, 256, (64, size, size, channels), np.uint8)
     batch64 = np.resize(images, (64, *images.shape[1:]))

@@ -129,9 +129,9 @@ class Service:
             self.recorder.start()
         self.drift = await asyncio.to_thread(drift_monitor, self.clf, self.settings)
         await self.batcher.start()
-        from imagerec.data import images
+        from imagerec.data import png
 
-        await asyncio.to_thread(images.warm_up)  # OpenCV, for the plain PNGs decoded in this process
+        await asyncio.to_thread(png.warm_up)  # OpenCV, for the plain PNGs decoded in this process
         await self.batcher.warm_up(self.input_shape)  # trace the model and set up every bucket's kernels
         if self.decode_procs is not None:
             await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode_procs.warm_up)
@@ -162,7 +162,7 @@ class Service:
         thread hop per batch, not per request); larger ones are decoded in the decode pool first. Both run
         ``Classifier.preprocess`` off the event loop. With ``decode_workers >= 1`` every upload is decoded in a decode
         process instead (same ``load_image`` call, same arrays; a crash there answers 503), except a plain PNG of a
-        model input of at most ``TINY_PIXELS`` (``images.plain_png``), decoded here by one OpenCV call; when
+        model input of at most ``TINY_PIXELS`` (``imagerec.data.png.plain_png``), decoded here by one OpenCV call; when
         OpenCV is missing or refuses it, it goes to the process too (Pillow never decodes in this process)."""
         clf = self.clf
         if self.decode_procs is not None:

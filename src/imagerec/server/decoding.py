@@ -32,6 +32,8 @@ import time
 import types
 from typing import Any
 
+from imagerec.server import decode_framing as framing
+
 log = logging.getLogger("imagerec.server")
 
 _SPAWN_LOCK = threading.Lock()
@@ -39,13 +41,6 @@ _SPAWN_LOCK = threading.Lock()
 
 class DecoderCrashed(Exception):
     """A decode worker process died; a fresh one has taken its place."""
-
-
-class _Failure:
-    """An exception in the worker, passed back as plain data: a kind, a code and a message."""
-
-    def __init__(self, kind: str, code: str, message: str):
-        self.kind, self.code, self.message = kind, code, message
 
 
 def _decode(data: bytes, image_size: tuple[int, int], channels: int, resize: str) -> Any:
@@ -56,94 +51,19 @@ def _decode(data: bytes, image_size: tuple[int, int], channels: int, resize: str
     try:
         return images.load_image(data, image_size, channels, resize)
     except ImageRejected as exc:
-        return _Failure("rejected", exc.code, str(exc))
+        return framing.Failure("rejected", exc.code, str(exc))
     except Exception as exc:  # noqa: BLE001 - becomes a 500 for this request only
-        return _Failure("error", type(exc).__name__, str(exc)[:500])
-
-
-_BLOB = struct.Struct("<I")  # the length of each upload of a batch
-_PIXELS = struct.Struct("<III")  # height, width, channels of a decoded upload
-_ERROR = struct.Struct("<II")  # lengths of an error's code and message
-#: multiprocessing.Connection.send_bytes' length prefix (-1: a 64-bit length follows)
-_FRAME = struct.Struct("!i")
-
-
-def _pack_blobs(blobs: list[bytes]) -> bytes:
-    return b"".join(part for blob in blobs for part in (_BLOB.pack(len(blob)), blob))
-
-
-def _unpack_blobs(payload: bytes) -> list[bytes]:
-    blobs, pos = [], 0
-    while pos < len(payload):
-        (size,) = _BLOB.unpack_from(payload, pos)
-        blobs.append(payload[pos + 4 : pos + 4 + size])
-        pos += 4 + size
-    return blobs
-
-
-def _pack_results(results: list[Any]) -> bytes:
-    """Each result as ``A`` + shape + pixels, or ``R``/``E`` (rejected / other error) + code + message."""
-    parts = []
-    for result in results:
-        if isinstance(result, _Failure):
-            code = result.code.encode("ascii", errors="replace")[:64]
-            message = result.message.encode(errors="replace")[:4000]
-            kind = b"R" if result.kind == "rejected" else b"E"
-            parts += [kind, _ERROR.pack(len(code), len(message)), code, message]
-        else:
-            array = result if result.ndim == 3 else result[:, :, None]
-            parts += [b"A", _PIXELS.pack(*array.shape), array.tobytes()]
-    return b"".join(parts)
-
-
-class _BadReply(Exception):
-    """A worker's answer that does not parse as the framing, or does not fit its batch."""
-
-
-def _unpack_results(payload: bytearray, count: int, shape: tuple[int, int, int]) -> list[Any]:
-    """The ``count`` results of a worker's answer; every array must have ``shape``.
-
-    Raises:
-        _BadReply: anything else (a worker taken over by a hostile image can send any bytes).
-    """
-    import numpy as np
-
-    results, pos, view = [], 0, memoryview(payload)
-    size = shape[0] * shape[1] * shape[2]
-    try:
-        while pos < len(payload):
-            kind = bytes(view[pos : pos + 1])
-            if kind == b"A":
-                if tuple(_PIXELS.unpack_from(payload, pos + 1)) != shape or pos + 13 + size > len(payload):
-                    raise _BadReply("an array of the wrong shape or size")
-                pos += 1 + _PIXELS.size
-                results.append(np.frombuffer(view[pos : pos + size], np.uint8).reshape(shape))
-                pos += size
-            elif kind in (b"R", b"E"):
-                code_len, message_len = _ERROR.unpack_from(payload, pos + 1)
-                pos += 1 + _ERROR.size
-                if code_len > 64 or message_len > 4096 or pos + code_len + message_len > len(payload):
-                    raise _BadReply("an error of the wrong size")
-                code = bytes(view[pos : pos + code_len]).decode("ascii")
-                message = bytes(view[pos + code_len : pos + code_len + message_len]).decode(errors="replace")
-                results.append(_Failure("rejected" if kind == b"R" else "error", code, message))
-                pos += code_len + message_len
-            else:
-                raise _BadReply(f"unknown result kind {kind!r}")
-    except (struct.error, ValueError) as exc:
-        raise _BadReply(str(exc)) from None
-    if len(results) != count:
-        raise _BadReply(f"{len(results)} results for {count} uploads")
-    return results
+        return framing.Failure("error", type(exc).__name__, str(exc)[:500])
 
 
 def _serve(requests, replies, parent_pid: int, args: tuple) -> None:
     """A worker process: answer each batch of uploads until the parent says stop (an empty batch) or goes away."""
-    from imagerec.data import images
+    from imagerec.data import images, png  # numpy and PIL, loaded before the first upload
     from imagerec.utils import exit_with_parent
 
     exit_with_parent(parent_pid)  # a killed (or uncleanly stopped) server must not leave decoders behind
-    images.warm_up()  # numpy, PIL and OpenCV are loaded before the first upload
+    png.warm_up()  # and OpenCV
+    del images
     replies.send_bytes(b"")  # ready
     while True:
         try:
@@ -152,7 +72,9 @@ def _serve(requests, replies, parent_pid: int, args: tuple) -> None:
             return
         if not payload:
             return
-        replies.send_bytes(_pack_results([_decode(blob, *args) for blob in _unpack_blobs(payload)]))
+        replies.send_bytes(
+            framing.pack_results([_decode(blob, *args) for blob in framing.unpack_blobs(payload)])
+        )
 
 
 class _Worker:
@@ -194,11 +116,11 @@ class _Worker:
         """The complete frames in the buffer (taken out of it).
 
         Raises:
-            _BadReply: a frame longer than ``limit`` bytes is announced.
+            framing.BadReply: a frame longer than ``limit`` bytes is announced.
         """
         out = []
         while len(self.buffer) >= 4:
-            (size,) = _FRAME.unpack_from(self.buffer)
+            (size,) = framing.FRAME.unpack_from(self.buffer)
             start = 4
             if size == -1:
                 if len(self.buffer) < 12:
@@ -206,7 +128,7 @@ class _Worker:
                 (size,) = struct.unpack_from("!Q", self.buffer, 4)
                 start = 12
             if size < 0 or size > limit:
-                raise _BadReply(f"a frame of {size} bytes")
+                raise framing.BadReply(f"a frame of {size} bytes")
             if len(self.buffer) < start + size:
                 break
             out.append(self.buffer[start : start + size])
@@ -221,9 +143,9 @@ class _Worker:
             OSError: the worker is gone (its end of the pipe is closed).
         """
         if len(payload) < 0x7FFFFFFF:
-            header = _FRAME.pack(len(payload))
+            header = framing.FRAME.pack(len(payload))
         else:
-            header = _FRAME.pack(-1) + struct.pack("!Q", len(payload))
+            header = framing.FRAME.pack(-1) + struct.pack("!Q", len(payload))
         self.outbox += header + payload
         self.flush()
 
@@ -325,7 +247,7 @@ class DecodePool:
         self._pending.append((data, future))
         self._dispatch()
         result = await future
-        if isinstance(result, _Failure):
+        if isinstance(result, framing.Failure):
             if result.kind == "rejected":
                 raise ImageRejected(result.code, result.message)
             raise RuntimeError(f"decode failed: {result.code}: {result.message}")
@@ -344,7 +266,7 @@ class DecodePool:
                 continue
             worker.watch(asyncio.get_running_loop(), self._readable)
             try:
-                worker.send(_pack_blobs([data for data, _ in batch]))
+                worker.send(framing.pack_blobs([data for data, _ in batch]))
             except OSError:  # it died while idle: nothing of this batch reached it, so the batch waits again
                 self._pending[:0] = batch
                 self._replace(worker, None)
@@ -369,12 +291,12 @@ class DecodePool:
                     worker.ready = True
                     continue
                 batch = worker.batch or []
-                results = _unpack_results(frame, len(batch), self._shape)
+                results = framing.unpack_results(frame, len(batch), self._shape)
                 worker.batch = None
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
-        except _BadReply as exc:
+        except framing.BadReply as exc:
             self._replace(worker, DecoderCrashed(f"an image decoder process answered garbage ({exc})"))
             return
         self._dispatch()
@@ -412,7 +334,8 @@ class DecodePool:
         for worker in workers:
             worker.outbox.clear()
             try:
-                os.write(worker.out_fd, _FRAME.pack(0))  # stop (a worker busy in a decode reads it after)
+                # stop: a worker busy in a decode reads it after
+                os.write(worker.out_fd, framing.FRAME.pack(0))
             except OSError:
                 pass
             for _, future in worker.batch or []:
