@@ -33,6 +33,14 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+def _hook_workers(tmp_path, monkeypatch, hook: str, **env: str) -> None:
+    """Have the decode processes spawned next run ``hook`` at start-up (a ``sitecustomize``), with ``env`` set."""
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(hook))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_concurrent_uploads_share_round_trips_and_match_in_process_decoding():
     images = [colour_png(seed=seed) for seed in range(40)]
     pool = DecodePool(1, (20, 20), 3, "stretch")
@@ -69,9 +77,7 @@ def test_a_rejected_upload_fails_alone_in_its_batch():
 
 
 def test_a_crashing_decoder_fails_its_batch_and_the_pool_recovers(tmp_path, monkeypatch):
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(HOOK))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
-    monkeypatch.setenv("IMAGEREC_TEST_CRASH_DECODE", "1")
+    _hook_workers(tmp_path, monkeypatch, HOOK, IMAGEREC_TEST_CRASH_DECODE="1")
     pool = DecodePool(1, (16, 16), 3, "stretch")
     try:
         pool.warm_up()
@@ -138,9 +144,7 @@ def test_several_workers_each_take_a_batch(workers, tmp_path, monkeypatch):
     until a second process decodes (it can only be another worker, since the first is busy)."""
     seen = tmp_path / "pids"
     seen.mkdir()
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(PIDS_HOOK))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
-    monkeypatch.setenv("IMAGEREC_TEST_DECODE_PIDS", str(seen))
+    _hook_workers(tmp_path, monkeypatch, PIDS_HOOK, IMAGEREC_TEST_DECODE_PIDS=str(seen))
     images = [colour_png(seed=s) for s in range(30)]
     pool = DecodePool(workers, (16, 16), 3, "stretch")
     try:
@@ -185,9 +189,7 @@ if os.environ.get("IMAGEREC_TEST_GARBAGE_DECODE"):
 def test_a_worker_answering_garbage_fails_its_batch_and_is_replaced(tmp_path, monkeypatch):
     """Nothing from a worker is trusted: a malformed answer fails that batch (503 decoder_crashed), the worker is
     killed and replaced, and the next uploads decode."""
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(GARBAGE_HOOK))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
-    monkeypatch.setenv("IMAGEREC_TEST_GARBAGE_DECODE", "1")
+    _hook_workers(tmp_path, monkeypatch, GARBAGE_HOOK, IMAGEREC_TEST_GARBAGE_DECODE="1")
     pool = DecodePool(1, (16, 16), 3, "stretch")
     try:
         pool.warm_up()
