@@ -101,6 +101,7 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
     import numpy as np
 
     from imagerec.export import onnx as onnx_export
+    from imagerec.export import openvino as openvino_export
     from imagerec.export import tflite
     from imagerec.export.benchmark import PeakRSS, measure
     from imagerec.export.peak import gemm_peak, model_flops, peak_share
@@ -133,12 +134,21 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
             fns[name] = tflite.Runtime(path)
             fns[name](images[:8])
         memory[name], sizes[name] = mem.delta, path.stat().st_size
-    log(f"converting {model_name} -> onnx")
-    onnx_export.export_artifact(model, spec, "none", folder / "model.onnx")
-    with PeakRSS() as mem:
-        fns["onnx"] = onnx_export.Runtime(folder / "model.onnx")
-        fns["onnx"](images[:8])
-    memory["onnx"], sizes["onnx"] = mem.delta, (folder / "model.onnx").stat().st_size
+    for name, module, q, artifact in (
+        ("onnx", onnx_export, "none", "model.onnx"),
+        ("onnx-int8", onnx_export, "int8", "model-int8.onnx"),
+        ("openvino", openvino_export, "none", "openvino_model"),
+        ("openvino-int8", openvino_export, "int8", "openvino_model-int8"),
+    ):
+        log(f"converting {model_name} -> {name}")
+        path = folder / artifact
+        shutil.rmtree(path, ignore_errors=True)
+        module.export_artifact(model, spec, q, path, images)
+        with PeakRSS() as mem:
+            fns[name] = module.Runtime(path)
+            fns[name](images[:8])
+        memory[name] = mem.delta
+        sizes[name] = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
     ref = fns["tflite"](images)
     flops, peak = (
         model_flops(model, 224, 3),
@@ -160,6 +170,26 @@ def speed_table(work: Path, rounds: int, model_name: str = "mobilenetv3small") -
         "gemm_peak_gflops": round(peak / 1e9, 1),
         "model": f"{model_name} 224x224x3, weights=none with BatchNorm statistics fitted to the images, 10 classes",
         "runtimes": sorted(rows, key=lambda r: r["latency_p50_ms"]),
+    }
+
+
+def speed_summary(runtimes: list[dict]) -> dict:
+    """Each engine's int8 against its own float32 (batch 1, p50), and the fastest int8 against the fastest float32."""
+    rows = {r["runtime"]: r for r in runtimes}
+    p50 = lambda name: rows[name]["latency_p50_ms"]  # noqa: E731
+    floats = [n for n in ("tflite", "onnx", "openvino", "keras") if n in rows]
+    int8s = [n for n in rows if n.endswith("-int8")]
+    best_float, best_int8 = min(floats, key=p50), min(int8s, key=p50)
+    return {
+        **{
+            f"{n}_int8_vs_float32_p50": round(p50(n) / p50(f"{n}-int8"), 2)
+            for n in floats
+            if f"{n}-int8" in rows
+        },
+        "fastest_float32": best_float,
+        "fastest_int8": best_int8,
+        "fastest_int8_vs_fastest_float32_p50": round(p50(best_float) / p50(best_int8), 2),
+        "fastest_int8_top1_agreement": rows[best_int8]["top1_agreement_vs_float32"],
     }
 
 
@@ -230,17 +260,7 @@ def main() -> None:
         for model_name in args.speed_models.split(","):
             table = speed_table(args.work, args.rounds, model_name)
             rows = {r["runtime"]: r for r in table["runtimes"]}
-            table["summary"] = {
-                "int8_vs_float32_p50_speedup": round(
-                    rows["tflite"]["latency_p50_ms"] / rows["tflite-int8"]["latency_p50_ms"], 2
-                ),
-                **{
-                    f"int8_vs_float32_b{b}_speedup": round(
-                        rows["tflite-int8"][f"throughput_b{b}"] / rows["tflite"][f"throughput_b{b}"], 2
-                    )
-                    for b in (1, 8, 64)
-                },
-            }
+            table["summary"] = speed_summary(table["runtimes"])
             out[model_name] = table
             print(
                 markdown(

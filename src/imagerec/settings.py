@@ -398,3 +398,22 @@ class RaySettings(Settings):
 
     num_workers: int = integer(2, ge=1)
     address: str | None = None  # host:port or ray://host:10001; None = a local instance
+
+
+@dataclass(frozen=True)
+class RayServeSettings(Settings):
+    """``serve --ray``: the Ray Serve deployment's replicas, a fixed number or autoscaled between two."""
+
+    _what: ClassVar[str] = "Ray Serve setting"
+
+    replicas: int = integer(1, ge=1)
+    autoscale: tuple[int, ...] = ()  # (MIN, MAX) replicas, scaled on requests in flight; () = fixed ``replicas``
+    replica_cpus: float = number(1.0, gt=0)  # Ray CPUs each replica reserves (its model threads)
+    address: str | None = RaySettings.address
+
+    def _rules(self) -> Iterator[tuple[bool, str]]:
+        lo, hi = (self.autoscale + (0, 0))[:2]
+        yield (
+            not self.autoscale or (len(self.autoscale) == 2 and 0 <= lo <= hi and hi >= 1),
+            f"--autoscale takes MIN,MAX with 0 <= MIN <= MAX and MAX >= 1, got {','.join(map(str, self.autoscale))}",
+        )

@@ -15,7 +15,17 @@ from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.utils import sha256_file
 
-ALL = {"savedmodel", "tflite", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"}
+ALL = {
+    "savedmodel",
+    "tflite",
+    "tflite-float16",
+    "tflite-dynamic",
+    "tflite-int8",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-int8",
+}
 
 
 def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
@@ -96,7 +106,15 @@ def cli_exported(trained_run: Path, tmp_path_factory) -> tuple[Path, str]:
 def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exported):
     run, out = cli_exported
     assert {p.name for p in (run / "exports").iterdir() if p.is_dir()} == ALL
-    for name in ("savedmodel", "tflite float16", "tflite dynamic", "tflite int8", "onnx"):
+    for name in (
+        "savedmodel",
+        "tflite float16",
+        "tflite dynamic",
+        "tflite int8",
+        "onnx",
+        "onnx int8",
+        "openvino int8",
+    ):
         assert name in out
     record = json.loads((run / "exports" / "runtime.json").read_text())
     latency = record["latency_p50_ms"]
@@ -107,7 +125,7 @@ def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exp
         for n in ALL
         if json.loads((run / "exports" / n / "export.json").read_text())["parity"]["top1_agreement"] == 1
     }
-    assert {"keras", "savedmodel", "tflite", "onnx"} <= exact  # float32 exports answer like keras
+    assert {"keras", "savedmodel", "tflite", "onnx", "openvino"} <= exact  # float32 exports answer like keras
     fastest = min((n for n in latency if n in exact and "-" not in n), key=latency.__getitem__)
     assert record["runtime"] == fastest and record["like_keras"] == sorted(n for n in exact if "-" not in n)
     assert record["quantized_runtime"] == min(latency, key=latency.__getitem__)

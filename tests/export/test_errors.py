@@ -40,7 +40,7 @@ def test_unknown_format_and_quantization(trained_run, capsys):
         capsys, ["export", str(trained_run), "--format", "caffe"], "unknown export format 'caffe'", "tflite"
     )
     _one_line_error(
-        capsys, ["export", str(trained_run), "--format", "onnx", "--quantize", "int8"], "does not support"
+        capsys, ["export", str(trained_run), "--format", "onnx", "--quantize", "float16"], "does not support"
     )
     _one_line_error(capsys, ["export", str(trained_run), "--quantize", "int4"], "unknown quantization 'int4'")
 

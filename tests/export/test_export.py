@@ -1,4 +1,4 @@
-"""Every format and quantization, loaded with its OWN runtime (TensorFlow, ai_edge_litert, onnxruntime) and compared
+"""Every format and quantization, loaded with its OWN runtime (TensorFlow, ai_edge_litert, onnxruntime, openvino) and compared
 with the Keras model on the run's real test images."""
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from imagerec.export.exporter import float32_model, plan
 from imagerec.export.formats import FORMATS, tree_sha256
 from imagerec.export.parity import parity
 
-EXPECTED = {"savedmodel", "tflite", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"}
+EXPECTED = {
+    "savedmodel",
+    "tflite",
+    "tflite-float16",
+    "tflite-dynamic",
+    "tflite-int8",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-int8",
+}
 
 
 def _test_split(run: Path):
@@ -53,6 +63,7 @@ def test_every_export_written_with_record_and_parity(exported):
     assert not list((run / "exports").glob(".*tmp*")), "temporary export folders left behind"
     sizes = {n: r["size_bytes"] for n, r in records.items()}
     assert sizes["tflite-float16"] < 0.6 * sizes["tflite"] and sizes["tflite-int8"] < 0.35 * sizes["tflite"]
+    assert sizes["onnx-int8"] < 0.5 * sizes["onnx"] and sizes["openvino-int8"] < 0.5 * sizes["openvino"]
 
 
 def test_savedmodel_with_tensorflow_bytes_and_pixels(exported):
@@ -127,6 +138,78 @@ def test_onnx_with_onnxruntime(exported):
     assert json.loads(session.get_modelmeta().custom_metadata_map["labels"]) == ["blue", "green", "red"]
     probs = session.run(None, {"image": images.astype(np.float32)})[0]
     np.testing.assert_allclose(probs, keras_probs, atol=1e-5)
+
+
+def test_onnx_int8_is_qdq_and_answers_with_onnxruntime(exported):
+    import onnx
+    import onnxruntime as ort
+
+    run, _ = exported
+    _, _, images, keras_probs = _test_split(run)
+    path = run / "exports" / "onnx-int8" / "model.onnx"
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs = session.run(["probabilities"], {"image": images.astype(np.float32)})[0]
+    assert parity(keras_probs, probs, "int8", "test")["passed"]
+    assert np.abs(probs - keras_probs).max() < 0.1
+
+
+@pytest.mark.parametrize("name", ["openvino", "openvino-int8"])
+def test_openvino_with_openvino(exported, name):
+    import openvino as ov
+
+    run, _ = exported
+    _, _, images, keras_probs = _test_split(run)
+    core = ov.Core()
+    ir = core.read_model(str(run / "exports" / name / "openvino_model" / "model.xml"))
+    assert {n for o in ir.outputs for n in o.get_names()} >= {"probabilities", "embedding"}
+    # int8: NNCF put FakeQuantize nodes in front of the convolutions and matrix products
+    fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())
+    assert (fake_quantize > 0) == (name == "openvino-int8")
+    compiled = core.compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    probs = compiled(images.astype(np.float32))["probabilities"]
+    assert parity(keras_probs, probs, name.partition("-")[2] or "none", "test")["passed"]
+    assert np.abs(probs - keras_probs).max() < (1e-4 if name == "openvino" else 0.1)
+
+
+def test_openvino_runtime_is_thread_safe(exported):
+    """One infer request per thread: four threads at once get each their own batch's answers."""
+    from imagerec.export.openvino import Runtime
+
+    run, _ = exported
+    _, _, images, _ = _test_split(run)
+    runtime = Runtime(run / "exports" / "openvino" / "openvino_model")
+    want = [runtime(images[i : i + 1]) for i in range(4)]
+    got: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            got[i] = runtime(images[i : i + 1])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        np.testing.assert_allclose(got[i], want[i], atol=1e-6)
+
+
+def test_openvino_runtime_answers_every_batch_size_alike(exported):
+    """Batches run on models compiled for static shapes (padded to a power of two) or, past 64, the dynamic one."""
+    from imagerec.export.openvino import Runtime
+
+    run, _ = exported
+    _, _, images, _ = _test_split(run)
+    images = np.resize(images, (70, *images.shape[1:]))
+    runtime = Runtime(run / "exports" / "openvino" / "openvino_model")
+    one_by_one = np.concatenate([runtime(images[i : i + 1]) for i in range(len(images))])
+    for n in (3, 5, 64, 70):
+        probs, embedding = runtime.outputs(images[:n])
+        assert probs.shape == (n, 3) and embedding.shape[0] == n
+        np.testing.assert_allclose(probs, one_by_one[:n], atol=1e-5)
+    assert sorted(runtime._compiled) == [0, 1, 4, 8, 64]  # 0: the dynamic model (70 rows)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

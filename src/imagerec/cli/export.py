@@ -31,9 +31,12 @@ def _mb(n: int) -> str:
 @app.command("export")
 def export(
     run: Path = typer.Argument(..., help="Run directory written by 'imagerec train'."),
-    format: str = typer.Option(EXPORT_FORMAT, "--format", "-f", help="savedmodel | tflite | onnx | all"),  # noqa: A002
+    format: str = typer.Option(EXPORT_FORMAT, "--format", "-f", help="savedmodel | tflite | onnx | openvino | all"),  # noqa: A002
     quantize: str = typer.Option(
-        None, "--quantize", "-q", help="none | float16 | dynamic | int8 (int8/float16/dynamic: tflite)"
+        None,
+        "--quantize",
+        "-q",
+        help="none | float16 | dynamic | int8 (float16/dynamic: tflite; int8: tflite, onnx, openvino)",
     ),
     out: Path = typer.Option(
         None,

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from imagerec.cli.app import app
-from imagerec.cli.options import options_of
+from imagerec.cli.options import option, options_of
 from imagerec.errors import ImagerecError
-from imagerec.settings import RUNTIME, ServeSettings
+from imagerec.settings import RUNTIME, RayServeSettings, ServeSettings
 
 setting = options_of(ServeSettings)
 RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imagerec export' first)."
@@ -114,6 +114,26 @@ def serve(
         + RUNTIME_HELP,
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Serve as a Ray Serve deployment (replicas restarted when they die); see docs/scaling.md.",
+    ),
+    replicas: int = option(
+        RayServeSettings, "replicas", "--replicas", help="With --ray: replicas (each loads the model)."
+    ),
+    autoscale: str = typer.Option(
+        None, "--autoscale", metavar="MIN,MAX", help="With --ray: scale between MIN and MAX replicas on load."
+    ),
+    replica_cpus: float = option(
+        RayServeSettings, "replica_cpus", "--replica-cpus", help="With --ray: CPUs each replica reserves."
+    ),
+    ray_address: str = option(
+        RayServeSettings,
+        "address",
+        "--ray-address",
+        help="With --ray: the Ray cluster (host:port, ray://host:10001); default: a local instance.",
+    ),
 ) -> None:
     """Serve RUN over HTTP: web page at /, POST /v1/predict, KServe v2 at /v2, /healthz, /readyz, /metrics."""
     import uvicorn
@@ -147,6 +167,7 @@ def serve(
             f"--models with --workers {workers} needs --watch-s > 0: an admin reload reaches one worker, the "
             "others follow it by watching DIR"
         )
+    ray_settings = ray_serve_settings(ray, replicas, autoscale, replica_cpus, ray_address, workers)
     check_port_free(
         host, port
     )  # before the model loads: a busy port is a one-line error, not a traceback later
@@ -167,12 +188,58 @@ def serve(
         f"runtime={clf.runtime})",
         err=True,
     )
+    if ray_settings is not None:
+        from imagerec.distributed.ray_serve import serve_with_ray
+
+        del clf
+        if models is not None and (ray_settings.autoscale or ray_settings.replicas > 1) and watch_s <= 0:
+            raise ImagerecError(
+                "--models with several --ray replicas needs --watch-s > 0 (replicas follow DIR)"
+            )
+        serve_with_ray(
+            str(run),
+            runtime,
+            settings,
+            ray_settings,
+            str(models or ""),
+            log=lambda m: typer.echo(m, err=True),
+        )
+        return
     if workers > 1:
         del clf
         settings_to_env(str(run), runtime, settings, str(models or ""))
         uvicorn.run("imagerec.server.workers:app_from_env", factory=True, workers=workers, **options)
         return
     uvicorn.run(create_app(clf, settings, model_dir, version), **options)
+
+
+def ray_serve_settings(
+    ray: bool, replicas: int, autoscale: str | None, replica_cpus: float, address: str | None, workers: int
+) -> RayServeSettings | None:
+    """The ``--ray`` options as settings (None without ``--ray``), each misuse a one-line error."""
+    given = [flag for flag, value, default in (
+        ("--replicas", replicas, RayServeSettings.replicas), ("--autoscale", autoscale, None),
+        ("--replica-cpus", replica_cpus, RayServeSettings.replica_cpus), ("--ray-address", address, None),
+    ) if value != default]  # fmt: skip
+    if not ray:
+        if given:
+            raise ImagerecError(f"{given[0]} needs --ray")
+        return None
+    if workers > 1:
+        raise ImagerecError(
+            "--workers is for uvicorn processes; with --ray use --replicas N or --autoscale MIN,MAX"
+        )
+    if autoscale is not None and replicas != RayServeSettings.replicas:
+        raise ImagerecError("give --replicas N or --autoscale MIN,MAX, not both")
+    bounds: tuple[int, ...] = ()
+    if autoscale is not None:
+        try:
+            bounds = tuple(int(part) for part in autoscale.split(","))
+        except ValueError:
+            raise ImagerecError(f"--autoscale takes MIN,MAX (two whole numbers), got {autoscale!r}") from None
+    return RayServeSettings(
+        replicas=replicas, autoscale=bounds, replica_cpus=replica_cpus, address=address
+    ).validate()
 
 
 def check_port_free(host: str, port: int) -> None:

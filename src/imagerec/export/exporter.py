@@ -293,7 +293,7 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
     import tensorflow as tf
 
     size, channels = spec["image_size"], spec["channels"]
-    in_dtype = "uint8" if quantize == "int8" else "float32"
+    in_dtype = "uint8" if (fmt_name, quantize) == ("tflite", "int8") else "float32"
     record: dict[str, Any] = {
         "format": fmt_name,
         "quantization": quantize,

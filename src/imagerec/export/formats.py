@@ -3,7 +3,7 @@
 An export directory is self-contained (copy it to another machine and ``Classifier.load`` it)::
 
     EXPORT/
-      model.tflite | model.onnx | saved_model/   the artifact
+      model.tflite | model.onnx | saved_model/ | openvino_model/   the artifact
       export.json       format, quantization, input shape/dtype, preprocessing, labels, source run, sha256, parity
       labels.json       class names in output order (the sidecar every runtime reads)
       config.json       the run's preprocessing contract (image_size, channels, resize, class_names)
@@ -86,7 +86,14 @@ FORMATS: dict[str, ExportFormat] = {
             "tflite", "model.tflite", QUANTIZATIONS, "tflite",
             "LiteRT flatbuffer (float32, float16, dynamic-range or full-integer int8), run with ai_edge_litert",
         ),
-        ExportFormat("onnx", "model.onnx", ("none",), "onnx", "ONNX (tf2onnx, opset 17), run with onnxruntime"),
+        ExportFormat(
+            "onnx", "model.onnx", ("none", "int8"), "onnx",
+            "ONNX (tf2onnx, opset 17; int8: ONNX Runtime QDQ), run with onnxruntime",
+        ),
+        ExportFormat(
+            "openvino", "openvino_model", ("none", "int8"), "openvino",
+            "OpenVINO IR (model.xml + model.bin; float32, or int8 by NNCF), run with openvino on CPU/GPU/NPU",
+        ),
     )
 }  # fmt: skip
 
@@ -104,7 +111,7 @@ def check_quantization(fmt: ExportFormat, quantize: str) -> str:
     if quantize not in fmt.quantizations:
         raise ExportError(
             f"format {fmt.name!r} does not support quantization {quantize!r} (it supports: "
-            f"{', '.join(fmt.quantizations)}); use --format tflite for float16, dynamic or int8"
+            f"{', '.join(fmt.quantizations)}); use --format tflite for float16, dynamic or int8 (onnx and openvino: int8)"
         )
     return quantize
 

@@ -43,24 +43,57 @@ def _hard_swish_unfused(x):
     return (x * (1.0 / 6.0)) * ops.relu6(x + 3.0)
 
 
-def xnnpack_int8_friendly(model):
-    """The same function with ``hard_swish`` activations rewritten (MobileNetV3).
+def _static_reshape_layer():
+    from keras import layers, ops
 
-    LiteRT's int8 ``HARD_SWISH`` kernel is not taken by XNNPACK (ai-edge-litert 2.3), so every hard-swish cuts the
-    delegated graph and runs a slow reference kernel in between: MobileNetV3Small int8 was 3.6x *slower* than
-    float32. Written as ``(x / 6) * relu6(x + 3)`` the converter keeps ADD (with fused RELU6) and MUL, which
-    XNNPACK runs in int8, and the network stays in far fewer delegate partitions.
+    class StaticReshape(layers.Layer):
+        """``Reshape(target)`` with the batch written as -1: the converter emits one RESHAPE with a constant shape
+        instead of SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE (a dynamic shape), which XNNPACK does not take."""
+
+        def __init__(self, target_shape, **kwargs):
+            super().__init__(**kwargs)
+            self.target_shape = tuple(target_shape)
+
+        def call(self, x):
+            return ops.reshape(x, (-1, *self.target_shape))
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], *self.target_shape)
+
+    return StaticReshape
+
+
+def xnnpack_friendly(model, quantize: str = "none"):
+    """The same function, rewritten where LiteRT's XNNPACK delegate would otherwise cut the graph.
+
+    * ``Reshape`` layers (the squeeze-and-excitation blocks of EfficientNet and MobileNetV3) get a constant shape:
+      Keras writes the batch dimension as ``shape(x)[0]``, and the SHAPE op this becomes is not delegated, so each
+      block split the graph (EfficientNetV2B0: 17 partitions in float32, 18 in int8).
+    * int8 only: ``hard_swish`` activations (MobileNetV3) become ``(x / 6) * relu6(x + 3)``. LiteRT's int8
+      ``HARD_SWISH`` kernel is not taken by XNNPACK (ai-edge-litert 2.3), so every hard-swish ran a slow reference
+      kernel in between: MobileNetV3Small int8 was 3.6x *slower* than float32. Written this way the converter keeps
+      ADD (with fused RELU6) and MUL, which XNNPACK runs in int8.
+
+    Returns ``model`` itself when nothing needed rewriting.
     """
     import keras
     from keras import layers
 
     found = []
+    static_reshape = _static_reshape_layer()
 
     def clone(layer):
         config = layer.get_config()
-        if isinstance(layer, layers.Activation) and config.get("activation") in ("hard_swish", "hard_silu"):
+        if (
+            quantize == "int8"
+            and isinstance(layer, layers.Activation)
+            and config.get("activation") in ("hard_swish", "hard_silu")
+        ):
             found.append(layer.name)
             return layers.Activation(_hard_swish_unfused, name=layer.name)
+        if isinstance(layer, layers.Reshape) and -1 not in tuple(config["target_shape"]):
+            found.append(layer.name)
+            return static_reshape(config["target_shape"], name=layer.name)
         return layer.__class__.from_config(config)
 
     rebuilt = keras.models.clone_model(model, clone_function=clone, recursive=True)
@@ -76,8 +109,7 @@ def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarr
 
     from imagerec.export.savedmodel import write_float_savedmodel
 
-    if quantize == "int8":
-        model = xnnpack_int8_friendly(model)
+    model = xnnpack_friendly(model, quantize)
 
     with tempfile.TemporaryDirectory(prefix="imagerec-tflite-") as tmp:
         write_float_savedmodel(model, spec, Path(tmp) / "sm")

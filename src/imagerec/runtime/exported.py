@@ -35,6 +35,8 @@ RUNTIME_RECORD = "runtime.json"  # RUN/exports/runtime.json: the runtime ``auto`
 AUTO_RUNTIMES = ("auto", "auto-quantized")
 #: sidecars whose sha256 export.json records (``sidecars``) and loading checks: a modified one is refused
 HASHED_SIDECARS = ("reference.npz",)
+#: the files that make a folder an artifact: a SavedModel's, an OpenVINO IR's
+FOLDER_MARKERS = ("saved_model.pb", "model.xml")
 #: the formats whose artifact is one file, by suffix: ``--out model.tflite`` writes that file
 FILE_SUFFIXES = {Path(f.artifact).suffix: f.name for f in FORMATS.values() if Path(f.artifact).suffix}
 
@@ -98,13 +100,13 @@ def resolve_artifact(path: str | Path) -> Path:
         return path
     if path.is_file() and path.suffix in FILE_SUFFIXES:
         return path.parent
-    if path.is_dir() and (path / "saved_model.pb").is_file():
+    if is_artifact_folder(path):
         return path.parent
     if path.is_dir() and any((path / f.artifact).exists() for f in FORMATS.values()):
         return path
     raise ExportError(
-        f"{str(path)!r} is not an exported artifact; expected a .tflite or .onnx file, a SavedModel folder, "
-        "or an export directory written by 'imagerec export'"
+        f"{str(path)!r} is not an exported artifact; expected a .tflite or .onnx file, a SavedModel or OpenVINO "
+        "folder, or an export directory written by 'imagerec export'"
     )
 
 
@@ -204,11 +206,16 @@ def open_runtime(export_dir: Path, info: dict[str, Any]) -> Callable:
 
 
 def is_artifact_path(path: str | Path) -> bool:
-    """True for a ``.tflite``/``.onnx`` file, a SavedModel folder, or an export directory."""
+    """True for a ``.tflite``/``.onnx`` file, a SavedModel or OpenVINO folder, or an export directory."""
     path = Path(path)
     if path.suffix in FILE_SUFFIXES:
         return True
-    return path.is_dir() and ((path / "saved_model.pb").is_file() or is_export_dir(path))
+    return is_artifact_folder(path) or (path.is_dir() and is_export_dir(path))
+
+
+def is_artifact_folder(path: Path) -> bool:
+    """A folder artifact inside an export directory: a SavedModel, or an OpenVINO IR."""
+    return path.is_dir() and any((path / marker).is_file() for marker in FOLDER_MARKERS)
 
 
 def _check_runtime_name(runtime: str) -> None:

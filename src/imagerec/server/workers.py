@@ -19,17 +19,20 @@ ENV_SETTINGS = "IMAGEREC_SERVE_SETTINGS"
 ENV_MODELS = "IMAGEREC_SERVE_MODELS"  # --models DIR ("" without)
 
 
-def settings_to_env(run: str, runtime: str, settings: ServeSettings, models: str = "") -> None:
-    """Hand the run (or ``--models DIR``) and settings to the worker processes (the API key stays in
-    IMAGEREC_API_KEY)."""
+def settings_env(run: str, runtime: str, settings: ServeSettings, models: str = "") -> dict[str, str]:
+    """The environment that :func:`app_from_env` builds the service from (the API key in IMAGEREC_API_KEY)."""
     data = asdict(settings)
     data.pop("api_key")
-    os.environ[ENV_RUN] = str(run)
-    os.environ[ENV_RUNTIME] = runtime
-    os.environ[ENV_SETTINGS] = json.dumps(data)
-    os.environ[ENV_MODELS] = models
+    env = {ENV_RUN: str(run), ENV_RUNTIME: runtime, ENV_SETTINGS: json.dumps(data), ENV_MODELS: models}
     if settings.api_key:
-        os.environ["IMAGEREC_API_KEY"] = settings.api_key
+        env["IMAGEREC_API_KEY"] = settings.api_key
+    return env
+
+
+def settings_to_env(run: str, runtime: str, settings: ServeSettings, models: str = "") -> None:
+    """Hand the run (or ``--models DIR``) and settings to the worker processes through this process's
+    environment."""
+    os.environ.update(settings_env(run, runtime, settings, models))
 
 
 def app_from_env():

@@ -1,0 +1,76 @@
+"""LiteRT conversion rewrites what XNNPACK would not take (squeeze-and-excitation reshapes, int8 hard-swish) without
+changing the function: the converted graph has no SHAPE op, stays in one delegate partition, and answers like Keras
+at every batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imagerec.export import tflite
+
+SPEC = {"image_size": 16, "channels": 3, "resize": "stretch", "labels": ["a", "b", "c"]}
+
+
+def _squeeze_excite_net():
+    """A tiny network with the blocks of EfficientNet/MobileNetV3: GAP -> Reshape((1, 1, C)) -> gate, hard-swish."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Conv2D(8, 3, padding="same")(x)
+    x = layers.Activation("hard_swish")(x)
+    gate = layers.GlobalAveragePooling2D()(x)
+    gate = layers.Reshape((1, 1, 8))(gate)
+    gate = layers.Conv2D(8, 1, activation="sigmoid")(gate)
+    x = layers.Multiply()([x, gate])
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _ops(content: bytes) -> tuple[list[str], int]:
+    """(names of the graph's ops, number of XNNPACK partitions)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content, num_threads=1)
+    it.allocate_tensors()
+    names = [op["op_name"] for op in it._get_ops_details()]
+    return names, names.count("DELEGATE")
+
+
+def test_rewritten_model_computes_the_same_function():
+    model = _squeeze_excite_net()
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
+    for quantize in ("none", "int8"):
+        rebuilt = tflite.xnnpack_friendly(model, quantize)
+        assert rebuilt is not model
+        np.testing.assert_allclose(np.asarray(rebuilt(images)), np.asarray(model(images)), atol=1e-5)
+        kinds = {type(layer).__name__ for layer in rebuilt.layers}
+        assert "Reshape" not in kinds and "StaticReshape" in kinds
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_squeeze_excite_reshape_converts_to_a_static_reshape(quantize, tmp_path, monkeypatch):
+    model = _squeeze_excite_net()
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
+    content = tflite.convert(model, SPEC, quantize, images)
+    (tmp_path / "model.tflite").write_bytes(content)
+    runtime = tflite.Runtime(tmp_path / "model.tflite", num_threads=1)
+    names, partitions = _ops(content)
+    assert "SHAPE" not in names and "STRIDED_SLICE" not in names and "PACK" not in names, names
+    assert "HARD_SWISH" not in names or quantize == "none"
+    # without the rewrite, the dynamic reshape's SHAPE op cuts the delegated graph in two (or more)
+    monkeypatch.setattr(tflite, "xnnpack_friendly", lambda m, q="none": m)
+    unrewritten_names, unrewritten = _ops(tflite.convert(model, SPEC, quantize, images))
+    assert "SHAPE" in unrewritten_names and partitions < unrewritten
+    if quantize == "none":
+        assert partitions == 1, names
+    want = np.asarray(model(images.astype(np.float32)))
+    for batch in (1, 3, 16):  # the reshape keeps the batch dimension free
+        got = runtime(images[:batch])
+        assert got.shape == (batch, 3)
+        np.testing.assert_allclose(got, want[:batch], atol=1e-5 if quantize == "none" else 0.08)
