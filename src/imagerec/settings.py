@@ -150,8 +150,7 @@ class RunConfig(Settings):
         return dataclasses.replace(self, **{section: getattr(self, section).replace(**values)})
 
 
-# --- the HTTP service -----------------------------------------------------------------------------------------------
-# --- recording answers (serve --record, video --record) --------------------------------------------------------------
+# --- the HTTP service, and recording answers (serve --record, video --record) ---------------------------------------
 #: ``--record-images``: which pictures a recording keeps beside its records.
 RECORD_IMAGES = ("review", "none")
 
@@ -303,10 +302,8 @@ class VideoConfig(Settings):
     def _rules(self) -> Iterator[tuple[bool, str]]:
         yield not (self.every > 1 and self.fps > 0), "give either every (--every) or fps (--fps), not both"
         roi = self.roi
-        yield (
-            roi is None or (len(roi) == 4 and min(roi[2:]) > 0 and min(roi[:2]) >= 0),
-            f"roi must be x,y,w,h with x,y >= 0 and w,h > 0, got {roi}",
-        )
+        ok = roi is None or (len(roi) == 4 and min(roi[2:]) > 0 and min(roi[:2]) >= 0)
+        yield ok, f"roi must be x,y,w,h with x,y >= 0 and w,h > 0, got {roi}"
 
     @classmethod
     def from_overrides(cls, base: VideoConfig | None = None, **overrides: Any) -> VideoConfig:
@@ -339,11 +336,8 @@ class CalibrateSettings(Settings):
 
 @dataclass(frozen=True)
 class IssuesSettings(Settings):
-    """``imagerec data issues`` / ``Classifier.label_issues``: the likeliest mislabelled images.
-
-    ``limit`` is 30 for both (the library said 50, the CLI 30): a list a person reviews in one sitting; pass
-    ``limit=None`` (``--limit 0``) for every flagged image.
-    """
+    """``imagerec data issues`` / ``Classifier.label_issues``: the likeliest mislabelled images. ``limit``: a list a
+    person reviews in one sitting; ``limit=None`` (``--limit 0``) for every flagged image."""
 
     _what: ClassVar[str] = "label issues setting"
 
@@ -375,10 +369,7 @@ class LRFindSettings(Settings):
     end_lr: float = number(10.0, gt=0)
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
-        yield (
-            self.start_lr < self.end_lr,
-            f"--start-lr must be < --end-lr, got {self.start_lr} >= {self.end_lr}",
-        )
+        yield self.start_lr < self.end_lr, f"--start-lr must be < --end-lr, got {self.start_lr} >= {self.end_lr}"
 
 
 @dataclass(frozen=True)
@@ -392,28 +383,18 @@ class BenchmarkSettings(Settings):
 
 @dataclass(frozen=True)
 class RaySettings(Settings):
-    """``train --ray`` / ``predict --ray``: the Ray cluster and its workers."""
+    """``train --ray`` / ``predict --ray`` / ``serve --ray``: the Ray cluster, its workers, Ray Serve's replicas."""
 
     _what: ClassVar[str] = "Ray setting"
 
     num_workers: int = integer(2, ge=1)
     address: str | None = None  # host:port or ray://host:10001; None = a local instance
-
-
-@dataclass(frozen=True)
-class RayServeSettings(Settings):
-    """``serve --ray``: the Ray Serve deployment's replicas, a fixed number or autoscaled between two."""
-
-    _what: ClassVar[str] = "Ray Serve setting"
-
     replicas: int = integer(1, ge=1)
-    autoscale: tuple[int, ...] = ()  # (MIN, MAX) replicas, scaled on requests in flight; () = fixed ``replicas``
-    replica_cpus: float = number(1.0, gt=0)  # Ray CPUs each replica reserves (its model threads)
-    address: str | None = RaySettings.address
+    autoscale: tuple[int, ...] = ()  # serve: (MIN, MAX) replicas scaled on requests in flight; () = fixed replicas
+    replica_cpus: float = number(1.0, gt=0)  # serve: Ray CPUs each replica reserves (its model threads)
 
     def _rules(self) -> Iterator[tuple[bool, str]]:
-        lo, hi = (self.autoscale + (0, 0))[:2]
-        yield (
-            not self.autoscale or (len(self.autoscale) == 2 and 0 <= lo <= hi and hi >= 1),
-            f"--autoscale takes MIN,MAX with 0 <= MIN <= MAX and MAX >= 1, got {','.join(map(str, self.autoscale))}",
-        )
+        lo, hi = (*self.autoscale, 0, 0)[:2]
+        ok = not self.autoscale or (len(self.autoscale) == 2 and 0 <= lo <= hi and hi >= 1)
+        yield ok, f"--autoscale takes MIN,MAX with 0 <= MIN <= MAX and MAX >= 1, got {self.autoscale}"
+

@@ -81,7 +81,8 @@ SAME: dict[tuple[str, str], tuple[type, str]] = {
     ("video", "--record-images"): (RecordSettings, "images"),
     **{("predict", "--" + name.replace("_", "-")): (PredictSettings, name) for name in ("top_k", "batch_size", "threshold")},
     **{(cmd, "--num-workers"): (RaySettings, "num_workers") for cmd in ("train", "predict")},
-    **{(cmd, "--ray-address"): (RaySettings, "address") for cmd in ("train", "predict")},
+    **{(cmd, "--ray-address"): (RaySettings, "address") for cmd in ("train", "predict", "serve")},
+    **{("serve", "--" + name.replace("_", "-")): (RaySettings, name) for name in ("replicas", "replica_cpus")},
 }  # fmt: skip
 
 #: (command, flag) -> the name of a plain constant of imagerec.settings that is the option's default.
@@ -148,7 +149,7 @@ CLI_ONLY = {
     "export": {"--quantize", "--out"},
     "benchmark": {"--export", "--runtime"},
     "monitor": {"--run", "--out", "--json"},
-    "serve": {"--log-level", "--models"},
+    "serve": {"--log-level", "--models", "--ray", "--autoscale"},
     "review": {"--out", "--run", "--force"},
 }  # fmt: skip
 
@@ -162,7 +163,8 @@ NO_FLAG = {
     VideoConfig: {"reconnects", "live", "keep_images", "embeddings"},
     ReviewSettings: {"near_duplicate", "strata"},
     **{cls: set() for cls in (EvaluateSettings, CalibrateSettings, IssuesSettings, PredictSettings, LRFindSettings,
-                              BenchmarkSettings, RaySettings)},
+                              BenchmarkSettings)},
+    RaySettings: {"autoscale"},  # serve --autoscale MIN,MAX: a string the command parses into the tuple
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import typer
 from imagerec.cli.app import app
 from imagerec.cli.options import option, options_of
 from imagerec.errors import ImagerecError
-from imagerec.settings import RUNTIME, RayServeSettings, ServeSettings
+from imagerec.settings import RUNTIME, RaySettings, ServeSettings
 
 setting = options_of(ServeSettings)
 RUNTIME_HELP = "keras | tflite | onnx | savedmodel (exported runtimes need 'imagerec export' first)."
@@ -120,16 +120,16 @@ def serve(
         help="Serve as a Ray Serve deployment (replicas restarted when they die); see docs/scaling.md.",
     ),
     replicas: int = option(
-        RayServeSettings, "replicas", "--replicas", help="With --ray: replicas (each loads the model)."
+        RaySettings, "replicas", "--replicas", help="With --ray: replicas (each loads the model)."
     ),
     autoscale: str = typer.Option(
         None, "--autoscale", metavar="MIN,MAX", help="With --ray: scale between MIN and MAX replicas on load."
     ),
     replica_cpus: float = option(
-        RayServeSettings, "replica_cpus", "--replica-cpus", help="With --ray: CPUs each replica reserves."
+        RaySettings, "replica_cpus", "--replica-cpus", help="With --ray: CPUs each replica reserves."
     ),
     ray_address: str = option(
-        RayServeSettings,
+        RaySettings,
         "address",
         "--ray-address",
         help="With --ray: the Ray cluster (host:port, ray://host:10001); default: a local instance.",
@@ -215,31 +215,28 @@ def serve(
 
 def ray_serve_settings(
     ray: bool, replicas: int, autoscale: str | None, replica_cpus: float, address: str | None, workers: int
-) -> RayServeSettings | None:
+) -> RaySettings | None:
     """The ``--ray`` options as settings (None without ``--ray``), each misuse a one-line error."""
-    given = [flag for flag, value, default in (
-        ("--replicas", replicas, RayServeSettings.replicas), ("--autoscale", autoscale, None),
-        ("--replica-cpus", replica_cpus, RayServeSettings.replica_cpus), ("--ray-address", address, None),
-    ) if value != default]  # fmt: skip
-    if not ray:
-        if given:
-            raise ImagerecError(f"{given[0]} needs --ray")
-        return None
-    if workers > 1:
-        raise ImagerecError(
-            "--workers is for uvicorn processes; with --ray use --replicas N or --autoscale MIN,MAX"
-        )
-    if autoscale is not None and replicas != RayServeSettings.replicas:
-        raise ImagerecError("give --replicas N or --autoscale MIN,MAX, not both")
     bounds: tuple[int, ...] = ()
     if autoscale is not None:
         try:
             bounds = tuple(int(part) for part in autoscale.split(","))
         except ValueError:
             raise ImagerecError(f"--autoscale takes MIN,MAX (two whole numbers), got {autoscale!r}") from None
-    return RayServeSettings(
-        replicas=replicas, autoscale=bounds, replica_cpus=replica_cpus, address=address
-    ).validate()
+    settings = RaySettings(replicas=replicas, autoscale=bounds, replica_cpus=replica_cpus, address=address).validate()
+    given = [flag for flag, value, default in (
+        ("--replicas", replicas, RaySettings.replicas), ("--autoscale", autoscale, None),
+        ("--replica-cpus", replica_cpus, RaySettings.replica_cpus), ("--ray-address", address, None),
+    ) if value != default]  # fmt: skip
+    if not ray:
+        if given:
+            raise ImagerecError(f"{given[0]} needs --ray")
+        return None
+    if workers > 1:
+        raise ImagerecError("--workers is for uvicorn processes; with --ray use --replicas N or --autoscale MIN,MAX")
+    if autoscale is not None and replicas != RaySettings.replicas:
+        raise ImagerecError("give --replicas N or --autoscale MIN,MAX, not both")
+    return settings
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from imagerec.distributed.ray import init_ray
 from imagerec.errors import ImagerecError
-from imagerec.settings import RayServeSettings, ServeSettings
+from imagerec.settings import RaySettings, ServeSettings
 
 APP_NAME = "imagerec"  # the Ray Serve application (and deployment) name
 
@@ -56,7 +56,7 @@ class Replica:
         return {"pid": os.getpid(), "answered": int(answered), "ready": bool(service and service.ready)}
 
 
-def deployment_options(settings: ServeSettings, ray_settings: RayServeSettings, env: dict[str, str]) -> dict:
+def deployment_options(settings: ServeSettings, ray_settings: RaySettings, env: dict[str, str]) -> dict:
     """The ``serve.deployment`` options: replicas (fixed or autoscaled), per-replica CPUs and concurrency."""
     options: dict[str, Any] = {
         "name": APP_NAME,
@@ -80,7 +80,7 @@ def deployment_options(settings: ServeSettings, ray_settings: RayServeSettings, 
     return options
 
 
-def most_replicas(ray_settings: RayServeSettings) -> int:
+def most_replicas(ray_settings: RaySettings) -> int:
     return ray_settings.autoscale[1] if ray_settings.autoscale else ray_settings.replicas
 
 
@@ -88,7 +88,7 @@ def serve_with_ray(
     run: str,
     runtime: str,
     settings: ServeSettings,
-    ray_settings: RayServeSettings,
+    ray_settings: RaySettings,
     models: str = "",
     log: Callable[[str], None] = print,
     stop: threading.Event | None = None,
