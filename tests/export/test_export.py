@@ -150,9 +150,12 @@ def test_onnx_int8_is_qdq_and_answers_with_onnxruntime(exported):
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    probs = session.run(["probabilities"], {"image": images.astype(np.float32)})[0]
+    probs, embedding = session.run(["probabilities", "embedding"], {"image": images.astype(np.float32)})
     assert parity(keras_probs, probs, "int8", "test")["passed"]
     assert np.abs(probs - keras_probs).max() < 0.1
+    # the softmax and the embedding's normalisation stay float: no 1/255 steps, unit-length embeddings
+    assert not np.allclose(probs * 255, np.round(probs * 255), atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["openvino", "openvino-int8"])
@@ -174,26 +177,30 @@ def test_openvino_with_openvino(exported, name):
 
 
 def test_openvino_runtime_is_thread_safe(exported):
-    """One infer request per thread: four threads at once get each their own batch's answers."""
+    """One infer request per thread and batch shape: four threads at once, each with its own batch size (so shapes
+    are compiled while the others infer), get their own batch's answers every time."""
     from imagerec.export.openvino import Runtime
 
     run, _ = exported
     _, _, images, _ = _test_split(run)
+    images = np.resize(images, (12, *images.shape[1:]))
+    want = Runtime(run / "exports" / "openvino" / "openvino_model")(images)
     runtime = Runtime(run / "exports" / "openvino" / "openvino_model")
-    want = [runtime(images[i : i + 1]) for i in range(4)]
-    got: dict[int, np.ndarray] = {}
+    wrong: list[int] = []
 
     def work(i: int) -> None:
+        rows = slice(i, i + 1 + i * 3)  # 1, 4, 7 and 9 (12 images) rows: four shapes, three compiled concurrently
         for _ in range(20):
-            got[i] = runtime(images[i : i + 1])
+            if not np.allclose(runtime(images[rows]), want[rows], atol=1e-5):
+                wrong.append(i)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for i in range(4):
-        np.testing.assert_allclose(got[i], want[i], atol=1e-6)
+    assert not wrong
+    assert sorted(runtime._compiled) == [1, 4, 8, 16]
 
 
 def test_openvino_runtime_answers_every_batch_size_alike(exported):

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from imagerec.distributed.ray import init_ray
@@ -63,6 +64,8 @@ def deployment_options(settings: ServeSettings, ray_settings: RaySettings, env: 
         # the replica's own queue (--max-queue, 503 beyond) bounds what it holds; Ray's default of 5 would starve
         # the batcher
         "max_ongoing_requests": settings.max_queue,
+        # beyond that many waiting in Ray's router as well, the proxy answers 503 instead of queueing without end
+        "max_queued_requests": settings.max_queue,
         "ray_actor_options": {"num_cpus": ray_settings.replica_cpus, "runtime_env": {"env_vars": env}},
         "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": settings.timeout_s,
@@ -97,23 +100,39 @@ def serve_with_ray(
     (and stop the local Ray instance this call started)."""
     from imagerec.server.workers import settings_env
 
-    local = ray_settings.address is None
+    # a Ray instance this call starts is this call's to stop; one already initialised in the process is not
+    local = ray_settings.address is None and not _ray_initialized()
     # a local instance gets enough logical CPUs for every replica (more replicas than cores share them, as
     # --workers N would); a cluster's resources are its own
     cpus = max(os.cpu_count() or 1, math.ceil(most_replicas(ray_settings) * ray_settings.replica_cpus))
     ray = init_ray(ray_settings.address, num_cpus=cpus)
     from ray import serve
 
-    env = settings_env(run, runtime, settings, models)
+    # replicas on other nodes resolve paths against their own working directory: hand them absolute ones
+    env = settings_env(str(Path(run).resolve()), runtime, settings, str(Path(models).resolve()) if models else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env["IMAGEREC_NUM_THREADS"] = str(max(1, math.floor(ray_settings.replica_cpus)))
     stop = stop or threading.Event()
+    serving = threading.Event()
+
+    def on_signal(*_):
+        if not serving.is_set():  # still deploying: interrupt the wait (the cleanup below runs)
+            raise KeyboardInterrupt
+        stop.set()
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    deployed = False
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
+        if APP_NAME in serve.status().applications:
+            raise ImagerecError(
+                f"a Ray Serve application named {APP_NAME!r} is already running on this Ray cluster; stop it first "
+                "(serve shutdown, or Ctrl-C in its imagerec serve --ray)"
+            )
         app = serve.deployment(**deployment_options(settings, ray_settings, env))(serve.ingress()(Replica))
+        deployed = True
         try:
             serve.run(app.bind(), name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:
@@ -126,6 +145,7 @@ def serve_with_ray(
             else f"{ray_settings.replicas} replica(s)"
         )
         where = "a local Ray instance" if local else "the Ray cluster"
+        serving.set()
         log(
             f"imagerec: Ray Serve is serving on http://{settings.host}:{settings.port} with {scale} on {where} "
             f"at {ray.get_runtime_context().gcs_address}; Ctrl-C stops it"
@@ -136,9 +156,20 @@ def serve_with_ray(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         try:
-            serve.delete(APP_NAME)
+            if deployed:
+                serve.delete(APP_NAME)
             if local:
                 serve.shutdown()
+        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the error that brought us here
+            log(f"imagerec: Ray Serve cleanup: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
         finally:
             if local:
                 ray.shutdown()
+
+
+def _ray_initialized() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()

@@ -64,10 +64,26 @@ def export_artifact(model, spec: dict[str, Any], quantize: str, path: Path, repr
         raise ValueError(f"ONNX export supports none or int8, not {quantize!r}")
 
 
+def float_tail(model) -> list[str]:
+    """The nodes between the last convolution or matrix product and each graph output (the softmax, the embedding's
+    L2 normalisation): kept in float, so probabilities are not steps of 1/255 and the embedding keeps its precision."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    tail: set[str] = set()
+    todo = [o.name for o in model.graph.output]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in tail or node.op_type in ("Conv", "MatMul", "Gemm"):
+            continue
+        tail.add(node.name)
+        todo.extend(node.input)
+    return sorted(tail)
+
+
 def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
     """The float ONNX model ``model`` quantized to int8 QDQ, calibrated on ``images`` (float32 pixels 0..255)."""
     import tempfile
 
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -88,6 +104,7 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_tail(onnx.load(str(prepared))),
         )  # fmt: skip
         return out.read_bytes()
 
