@@ -9,27 +9,39 @@ import sys
 
 from imagerec.training.callbacks import StopOnSignal
 
+# Run in a child process: the test suite's process has loaded OpenVINO by now (export tests), and a SIGINT sent to
+# that process was seen to crash it (SIGSEGV inside kill(); not reproduced in a standalone script: see issue 22's
+# note). What is tested here is StopOnSignal, not that interaction.
+RECORDED_THEN_RAISED = """
+import os, signal
+from imagerec.training.callbacks import StopOnSignal
+
+inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even under &
+before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+stopper = StopOnSignal()
+with stopper.installed():
+    assert signal.getsignal(signal.SIGINT) == stopper._handler
+    assert signal.getsignal(signal.SIGTERM) == stopper._handler  # so the kill below cannot end the process
+    stopper.on_train_batch_end(0)  # nothing requested yet: no-op
+    os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised here
+    assert stopper.signum == signal.SIGINT
+    raised = False
+    try:
+        stopper.on_train_batch_end(1)
+    except KeyboardInterrupt:
+        raised = True
+    assert raised
+assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+print("ok")
+"""
+
 
 def test_a_signal_is_only_recorded_then_raised_at_the_next_boundary_and_handlers_are_restored():
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even under &
-    try:
-        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-        stopper = StopOnSignal()
-        with stopper.installed():
-            assert signal.getsignal(signal.SIGINT) == stopper._handler
-            assert signal.getsignal(signal.SIGTERM) == stopper._handler  # so the kill below cannot end pytest
-            stopper.on_train_batch_end(0)  # nothing requested yet: no-op
-            os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised here
-            assert stopper.signum == signal.SIGINT
-            raised = False
-            try:
-                stopper.on_train_batch_end(1)
-            except KeyboardInterrupt:
-                raised = True
-            assert raised
-        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    finally:
-        signal.signal(signal.SIGINT, inherited)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RECORDED_THEN_RAISED], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
 
 
 def test_an_inherited_ignored_sigint_stays_ignored():
