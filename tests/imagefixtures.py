@@ -109,3 +109,18 @@ def write_multilabel_dataset(root: Path, n: int = 60, size: int = 32, seed: int 
         lines.append(f"images/{i:03d}.png,{';'.join(present)}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root / "labels.csv"
+
+
+#: Every export `imagerec export RUN --format all` writes (written out, so that a row lost from the format table
+#: fails the export tests).
+ALL_EXPORTS = {
+    "savedmodel",
+    "tflite",
+    "tflite-float16",
+    "tflite-dynamic",
+    "tflite-int8",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-int8",
+}

@@ -11,21 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagefixtures import ALL_EXPORTS
 from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.utils import sha256_file
 
-ALL = {
-    "savedmodel",
-    "tflite",
-    "tflite-float16",
-    "tflite-dynamic",
-    "tflite-int8",
-    "onnx",
-    "onnx-int8",
-    "openvino",
-    "openvino-int8",
-}
+ALL = ALL_EXPORTS
 
 
 def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):

@@ -10,23 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagefixtures import ALL_EXPORTS
 from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.export.exporter import float32_model, plan
 from imagerec.export.formats import FORMATS, tree_sha256
 from imagerec.export.parity import parity
 
-EXPECTED = {
-    "savedmodel",
-    "tflite",
-    "tflite-float16",
-    "tflite-dynamic",
-    "tflite-int8",
-    "onnx",
-    "onnx-int8",
-    "openvino",
-    "openvino-int8",
-}
+EXPECTED = ALL_EXPORTS
 
 
 def _test_split(run: Path):

@@ -119,8 +119,6 @@ class Runtime:
                         model.reshape({self.ir.inputs[0].get_any_name(): shape})
                     compiled = self.core.compile_model(model, self.device, self.config)
                     self._compiled[size] = compiled
-                    if size == 1:
-                        self._outputs_of(compiled)  # the output names are checked once
         return compiled, size or None
 
     @staticmethod
