@@ -19,6 +19,14 @@ def _batch(n: int = 6) -> np.ndarray:
     # an asymmetric stripe: the mirror image really is a different input
     for image in images:
         image[:, :6] = 255
+    # two half-and-half images: their mirrors swap the colours' sides, so even a very confident model
+    # answers them differently (solid colours alone left the two views within 5e-5 of each other once)
+    colours = list(COLOURS.values())
+    for left, right in ((0, 1), (1, 2)):
+        image = make_image(colours[left], rng)
+        image[:, 16:] = make_image(colours[right], rng)[:, 16:]
+        image[:, :6] = 255
+        images.append(image)
     return np.stack(images)
 
 
