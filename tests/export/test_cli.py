@@ -16,8 +16,6 @@ from imagerec import Classifier
 from imagerec.data.split import read_manifest, rows_for
 from imagerec.utils import sha256_file
 
-ALL = ALL_EXPORTS
-
 
 def test_export_then_benchmark_then_auto_runtime(run_copy, capsys, cli):
     assert (
@@ -96,7 +94,7 @@ def cli_exported(trained_run: Path, tmp_path_factory) -> tuple[Path, str]:
 
 def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exported):
     run, out = cli_exported
-    assert {p.name for p in (run / "exports").iterdir() if p.is_dir()} == ALL
+    assert {p.name for p in (run / "exports").iterdir() if p.is_dir()} == ALL_EXPORTS
     for name in (
         "savedmodel",
         "tflite float16",
@@ -109,11 +107,11 @@ def test_export_all_through_the_cli_records_the_fastest_runtime_for_auto(cli_exp
         assert name in out
     record = json.loads((run / "exports" / "runtime.json").read_text())
     latency = record["latency_p50_ms"]
-    assert record["measured_by"] == "export" and set(latency) == ALL | {"keras"}
+    assert record["measured_by"] == "export" and set(latency) == ALL_EXPORTS | {"keras"}
     assert all(ms > 0 for ms in latency.values())
     exact = {"keras"} | {
         n
-        for n in ALL
+        for n in ALL_EXPORTS
         if json.loads((run / "exports" / n / "export.json").read_text())["parity"]["top1_agreement"] == 1
     }
     assert {"keras", "savedmodel", "tflite", "onnx", "openvino"} <= exact  # float32 exports answer like keras
@@ -171,7 +169,7 @@ def test_predict_runtime_gives_the_keras_top1(cli_exported, cli, capsys, runtime
 def test_export_json_has_preprocessing_and_source_run(cli_exported):
     run, _ = cli_exported
     config = json.loads((run / "config.json").read_text())
-    for name in ALL:
+    for name in ALL_EXPORTS:
         record = json.loads((run / "exports" / name / "export.json").read_text())
         pre = record["preprocessing"]
         assert pre["image_size"] == config["image_size"] == 32 and pre["channels"] == config["channels"] == 3

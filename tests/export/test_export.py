@@ -17,8 +17,6 @@ from imagerec.export.exporter import float32_model, plan
 from imagerec.export.formats import FORMATS, tree_sha256
 from imagerec.export.parity import parity
 
-EXPECTED = ALL_EXPORTS
-
 
 def _test_split(run: Path):
     clf = Classifier.load(run, runtime="keras")
@@ -37,7 +35,7 @@ def test_plan_covers_every_row_of_the_table():
 
 def test_every_export_written_with_record_and_parity(exported):
     run, records = exported
-    assert set(records) == EXPECTED
+    assert set(records) == ALL_EXPORTS
     for name, record in records.items():
         folder = run / "exports" / name
         on_disk = json.loads((folder / "export.json").read_text())
@@ -210,7 +208,7 @@ def test_openvino_runtime_answers_every_batch_size_alike(exported):
     assert sorted(runtime._compiled) == [0, 1, 4, 8, 64]  # 0: the dynamic model (70 rows)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(ALL_EXPORTS))
 def test_classifier_load_by_runtime_and_by_artifact(exported, name):
     run, records = exported
     clf, rows, _, keras_probs = _test_split(run)
