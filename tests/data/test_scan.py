@@ -159,7 +159,7 @@ def test_near_duplicate_search_equals_brute_force():
     )
     thumbs = np.clip(np.rint(np.concatenate([base, near])), 0, 255).astype(np.uint8)
     images = [
-        ScannedImage(f"{i}.png", "a", None, f"{i:064x}", "0" * 16, 8, 8, "PNG", "L", thumbs[i].tobytes())
+        ScannedImage(f"{i}.png", "a", None, f"{i:064x}", 8, 8, "PNG", "L", thumbs[i].tobytes())
         for i in range(len(thumbs))
     ]
     t = thumbs.astype(np.float64)

@@ -10,7 +10,7 @@ import pytest
 
 from imagerec.errors import RunError
 from imagerec.openworld import ood_threshold
-from imagerec.openworld.reference import Reference
+from imagerec.openworld.reference import Reference, fit_rows
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -101,3 +101,17 @@ def test_scores_refuse_embeddings_of_another_size(clusters):
     z, y, _ = clusters
     with pytest.raises(RunError, match="do not match"):
         Reference.fit(z, y, 3).score(np.zeros((2, 8), np.float32))
+
+
+def test_fit_rows_keep_every_class_in_proportion_up_to_the_cap():
+    y = np.repeat([0, 1, 2], [600, 300, 100])
+    rows = fit_rows(y, size=100)
+    assert len(rows) == 100 and np.all(np.diff(rows) > 0)
+    assert np.bincount(y[rows]).tolist() == [60, 30, 10]
+    assert np.array_equal(fit_rows(y, size=100), rows)  # the same sample every time
+    assert np.array_equal(fit_rows(y, size=1000), np.arange(1000))  # small splits: every row
+    multi_hot = np.zeros((1000, 3), bool)
+    multi_hot[np.arange(1000), y] = True
+    multi_hot[:5] = False  # rows with no label are a stratum of their own
+    kept = fit_rows(multi_hot, size=100)
+    assert (kept < 5).sum() == 1 and np.bincount(y[kept[kept >= 5]]).tolist() == [60, 30, 10]

@@ -150,3 +150,23 @@ def test_too_few_validation_images_leave_the_confidence_uncalibrated(tmp_path):
     assert not (run.path / "calibration.json").exists()
     assert any("3 validation images are too few to fit a temperature" in line for line in lines), lines
     assert run.metrics["test"]["ece"] == run.metrics["test"]["ece_uncalibrated"]
+
+
+def test_the_reference_is_fitted_on_a_class_stratified_sample_of_a_large_train_split(data, tmp_path, monkeypatch):
+    from imagerec.classifier import Classifier
+    from imagerec.evaluation.data import run_split
+    from imagerec.openworld import reference
+
+    monkeypatch.setattr(reference, "FIT_IMAGES", 30)
+    out = tmp_path / "run"
+    kw = {"model": "imagerec-cnn", "batch_size": 8, "mixed_precision": "off", "augment": "none", "val": 0.5}
+    imagerec.train(data, out=out, epochs=1, **kw, **QUIET)
+    train_y = run_split(Classifier.load(out), "train").y
+    assert len(train_y) > 30
+    counts = reference.Reference.load(out / "reference.npz").class_counts
+    assert counts.sum() == 30 and counts.tolist() == np.bincount(train_y[reference.fit_rows(train_y)]).tolist()
+
+    # `imagerec calibrate` rebuilds a missing reference from the same rows
+    (out / "reference.npz").unlink()
+    Classifier.load(out).calibrate(ood_keep=0.9)
+    assert reference.Reference.load(out / "reference.npz").class_counts.tolist() == counts.tolist()

@@ -33,7 +33,6 @@ class ScannedImage:
     label: str
     split: str | None
     sha256: str
-    phash: str
     width: int
     height: int
     format: str
@@ -164,14 +163,6 @@ def thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
     )
 
 
-def dhash(img: Image.Image, size: int = 8) -> str:
-    """64-bit difference hash of the decoded pixels, as 16 hex digits (reported; too coarse to group by)."""
-    grey = img if img.mode == "L" else img.convert("L")
-    small = np.asarray(grey.resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = np.packbits((small[:, 1:] > small[:, :-1]).flatten())  # most significant bit first
-    return f"{int.from_bytes(bits.tobytes(), 'big'):0{size * size // 4}x}"
-
-
 #: Images of at most this many pixels are kept decoded by ``scan_dataset(keep_decoded=True)`` (a 64x64 RGB image
 #: is 12 KiB), up to ``KEEP_MAX_BYTES`` in all; larger ones are decoded again when the arrays are built.
 KEEP_MAX_PIXELS = 64 * 64
@@ -199,7 +190,6 @@ def _check(sample: Sample) -> tuple[ScannedImage | dict[str, str], Image.Image |
         label=sample.label,
         split=sample.split,
         sha256=hashlib.sha256(data).hexdigest(),
-        phash=dhash(img),
         width=img.width,
         height=img.height,
         format=fmt,
@@ -299,12 +289,10 @@ def _near_groups(images: list[ScannedImage], tolerance: float) -> list[list[str]
     if len(usable) < 2:
         return []
     # Identical thumbnails (exact copies, blank images) collapse into one node first: no quadratic pair lists.
-    unique, node_of = np.unique(
-        np.frombuffer(b"".join(i.thumb for i in usable), np.uint8).reshape(len(usable), -1),
-        axis=0,
-        return_inverse=True,
-    )
-    node_of = node_of.reshape(-1)
+    # (each signature as one opaque value: np.unique sorts those 6x faster than rows with axis=0, same order)
+    signatures = np.frombuffer(b"".join(i.thumb for i in usable), np.dtype((np.void, THUMB_BYTES)))
+    unique, node_of = np.unique(signatures, return_inverse=True)
+    unique, node_of = unique.view(np.uint8).reshape(len(unique), THUMB_BYTES), node_of.reshape(-1)
     thumbs = unique.astype(np.float32)
     n = len(thumbs)
     pairs = np.empty((0, 2), dtype=np.int64)

@@ -110,15 +110,20 @@ def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # a file's real location is its folder's unless the file itself is a link: one lstat per file, not a
+        # resolve() of every path component (70k Fashion-MNIST files: 2.2 s -> 0.3 s)
+        folder_inside = real.is_relative_to(real_root)
         for name in sorted(filenames):
-            full = Path(dirpath) / name
-            if name.startswith(".") or full.suffix.lower() not in IMAGE_EXTENSIONS:
-                out.ignored_files.append(str(full))
+            full = os.path.join(dirpath, name)
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                out.ignored_files.append(full)
                 continue
-            if not out.follow_symlinks and not full.resolve().is_relative_to(real_root):
-                out.invalid.append({"path": str(full), "reason": OUTSIDE_ROOT})
+            if not out.follow_symlinks and not (
+                Path(full).resolve().is_relative_to(real_root) if os.path.islink(full) else folder_inside
+            ):
+                out.invalid.append({"path": full, "reason": OUTSIDE_ROOT})
                 continue
-            out.samples.append(Sample(str(full), label, split))
+            out.samples.append(Sample(full, label, split))
 
 
 def _from_class_folders(path: Path, follow_symlinks: bool) -> DatasetSource:

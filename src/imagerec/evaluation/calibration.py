@@ -161,7 +161,7 @@ def ood_record(clf: Classifier, emb: np.ndarray | None, keep: float | None) -> d
     """``ood_threshold`` (keeping ``keep`` of the split's embeddings ``emb``) and ``ood_keep``; the run's reference
     is built from its train split first when it has none. Empty without embeddings (an old export)."""
     from imagerec.openworld import ood_threshold
-    from imagerec.openworld.reference import Reference
+    from imagerec.openworld.reference import Reference, fit_rows
 
     if emb is None or keep is None:
         return {}
@@ -170,7 +170,8 @@ def ood_record(clf: Classifier, emb: np.ndarray | None, keep: float | None) -> d
         from imagerec.runtime import predict_in_batches
 
         train = run_split(clf, "train")
-        _, train_emb = predict_in_batches(clf.raw_outputs, train.images, CALIBRATION_BATCH, embedding=True)
-        Reference.fit(train_emb, train.y, len(clf.labels)).save(clf.run_dir.reference)
+        rows = fit_rows(train.y)
+        _, train_emb = predict_in_batches(clf.raw_outputs, train.images[rows], CALIBRATION_BATCH, embedding=True)
+        Reference.fit(train_emb, train.y[rows], len(clf.labels)).save(clf.run_dir.reference)
     threshold = ood_threshold(clf.ood_scores(emb), keep)
     return {"ood_threshold": None if threshold is None else round(threshold, 6), "ood_keep": keep}

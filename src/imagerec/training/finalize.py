@@ -92,14 +92,16 @@ def final_model(run, batches):
 
 
 def write_reference(run, fn, images: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> None:
-    """The training ``images``' embeddings (as the runtime callable ``fn`` gives them) in a few MB,
-    ``RUN/reference.npz``: what out-of-distribution scores are measured against (:mod:`imagerec.openworld`)."""
-    from imagerec.openworld.reference import Reference
+    """The training ``images``' embeddings (as the runtime callable ``fn`` gives them; at most
+    ``FIT_IMAGES`` of them, class-stratified) in a few MB, ``RUN/reference.npz``: what out-of-distribution scores
+    are measured against (:mod:`imagerec.openworld`)."""
+    from imagerec.openworld.reference import Reference, fit_rows
     from imagerec.runtime import predict_in_batches
 
-    _, emb = predict_in_batches(fn, images, batch_size, embedding=True)
+    rows = fit_rows(y)
+    _, emb = predict_in_batches(fn, images[rows], batch_size, embedding=True)
     if emb is not None and len(y):
-        Reference.fit(emb, y, num_classes).save(run.reference)
+        Reference.fit(emb, y[rows], num_classes).save(run.reference)
 
 
 def calibrate_run(run, fn, images: np.ndarray, y: np.ndarray, batch_size: int, log=print) -> float:
