@@ -293,7 +293,11 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
     import tensorflow as tf
 
     size, channels = spec["image_size"], spec["channels"]
-    in_dtype = "uint8" if (fmt_name, quantize) == ("tflite", "int8") else "float32"
+    in_dtype = "float32"
+    if (fmt_name, quantize) == ("tflite", "int8"):  # uint8, or float32 where ops stay float (int8_float_ops)
+        from imagerec.export.tflite import input_dtype
+
+        in_dtype = input_dtype(artifact)
     record: dict[str, Any] = {
         "format": fmt_name,
         "quantization": quantize,

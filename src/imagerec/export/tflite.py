@@ -5,7 +5,10 @@
 * ``dynamic``: int8 weights, activations quantized on the fly; float32 input and output.
 * ``int8``: full-integer weights and activations, calibrated on up to 200 images of the run's training split.
   The input is **uint8** (the raw pixels 0..255, which the model's own input scale maps exactly) and the output
-  stays **float32** probabilities, so callers feed ``Classifier.preprocess`` output unchanged.
+  stays **float32** probabilities, so callers feed ``Classifier.preprocess`` output unchanged. Nets with depthwise
+  convolutions or hard-swish (MobileNet, EfficientNet) keep those ops in float32 (:func:`int8_float_ops`,
+  selective quantization with TensorFlow's quantization debugger); their input is then float32 (the same 0..255
+  values).
 
 Outputs: ``probabilities`` first and ``embedding`` second (both float32), named so in the ``serving_default``
 signature and as tensor names. The converter orders a signature's outputs by name (``embedding`` first), so the
@@ -36,13 +39,6 @@ def default_threads() -> int:
     return int(os.environ.get("IMAGEREC_NUM_THREADS", 0)) or (os.cpu_count() or 1)
 
 
-def _hard_swish_unfused(x):
-    """``x * relu6(x + 3) / 6`` written so that the converter keeps ADD(+RELU6) and MUL (both delegated in int8)."""
-    from keras import ops
-
-    return (x * (1.0 / 6.0)) * ops.relu6(x + 3.0)
-
-
 def _static_reshape_layer():
     from keras import layers, ops
 
@@ -63,16 +59,11 @@ def _static_reshape_layer():
     return StaticReshape
 
 
-def xnnpack_friendly(model, quantize: str = "none"):
-    """The same function, rewritten where LiteRT's XNNPACK delegate would otherwise cut the graph.
-
-    * ``Reshape`` layers (the squeeze-and-excitation blocks of EfficientNet and MobileNetV3) get a constant shape:
-      Keras writes the batch dimension as ``shape(x)[0]``, and the SHAPE op this becomes is not delegated, so each
-      block split the graph (EfficientNetV2B0: 17 partitions in float32, 18 in int8).
-    * int8 only: ``hard_swish`` activations (MobileNetV3) become ``(x / 6) * relu6(x + 3)``. LiteRT's int8
-      ``HARD_SWISH`` kernel is not taken by XNNPACK (ai-edge-litert 2.3), so every hard-swish ran a slow reference
-      kernel in between: MobileNetV3Small int8 was 3.6x *slower* than float32. Written this way the converter keeps
-      ADD (with fused RELU6) and MUL, which XNNPACK runs in int8.
+def xnnpack_friendly(model):
+    """The same function, rewritten where LiteRT's XNNPACK delegate would otherwise cut the graph: ``Reshape``
+    layers (the squeeze-and-excitation blocks of EfficientNet and MobileNetV3) get a constant shape. Keras writes
+    the batch dimension as ``shape(x)[0]``, and the SHAPE op this becomes is not delegated, so each block split the
+    graph (EfficientNetV2B0: 17 partitions in float32, 18 in int8).
 
     Returns ``model`` itself when nothing needed rewriting.
     """
@@ -84,13 +75,6 @@ def xnnpack_friendly(model, quantize: str = "none"):
 
     def clone(layer):
         config = layer.get_config()
-        if (
-            quantize == "int8"
-            and isinstance(layer, layers.Activation)
-            and config.get("activation") in ("hard_swish", "hard_silu")
-        ):
-            found.append(layer.name)
-            return layers.Activation(_hard_swish_unfused, name=layer.name)
         if isinstance(layer, layers.Reshape) and -1 not in tuple(config["target_shape"]):
             found.append(layer.name)
             return static_reshape(config["target_shape"], name=layer.name)
@@ -103,13 +87,54 @@ def xnnpack_friendly(model, quantize: str = "none"):
     return rebuilt
 
 
+def int8_float_ops(model) -> tuple[str, ...]:
+    """The LiteRT ops an int8 export of ``model`` keeps in float32, chosen by measurement (bench/RESULTS-export.md,
+    2-core AVX-512 EPYC, XNNPACK, batch 1 at 224 px):
+
+    * ``DEPTHWISE_CONV_2D`` in nets that have depthwise convolutions: XNNPACK's float32 depthwise kernels are as
+      fast as its int8 ones, and the answers stay closer to float32 (EfficientNetV2B0: 3.74 ms vs 3.70 ms full
+      int8, float32 9.55 ms).
+    * ``HARD_SWISH`` and ``MUL`` in nets with hard-swish activations (MobileNetV3): XNNPACK takes no int8
+      HARD_SWISH, and the int8 form ``(x / 6) * relu6(x + 3)`` plus the squeeze-and-excitation products cost more
+      than they save. MobileNetV3Small: 0.74 ms mixed vs 1.00 ms full int8 and 0.92 ms float32.
+
+    Empty (full int8) for plain convolutional nets (imagerec-cnn, ResNet50V2), which gain the most from int8.
+    """
+    from keras import layers
+
+    from imagerec.models.registry import sublayers
+
+    every = list(sublayers(model))
+    ops: tuple[str, ...] = ()
+    if any(isinstance(layer, layers.DepthwiseConv2D) for layer in every):
+        ops += ("DEPTHWISE_CONV_2D",)
+    if any(
+        isinstance(layer, layers.Activation) and layer.get_config().get("activation") in ("hard_swish", "hard_silu")
+        for layer in every
+    ):
+        ops += ("HARD_SWISH", "MUL")
+    return ops
+
+
+def _selective_int8(converter, samples, float_ops: tuple[str, ...]) -> bytes:
+    """int8 with ``float_ops`` left in float32: TensorFlow's quantization debugger builds the calibrated model and
+    quantizes all but the denylisted ops (float32 input and output)."""
+    import tensorflow as tf
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=samples, debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
 def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarray | None = None) -> bytes:
     """Convert ``model`` to LiteRT flatbuffer bytes."""
     import tensorflow as tf
 
     from imagerec.export.savedmodel import write_float_savedmodel
 
-    model = xnnpack_friendly(model, quantize)
+    model = xnnpack_friendly(model)
 
     with tempfile.TemporaryDirectory(prefix="imagerec-tflite-") as tmp:
         write_float_savedmodel(model, spec, Path(tmp) / "sm")
@@ -130,10 +155,21 @@ def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarr
 
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = samples
+            if float_ops := int8_float_ops(model):
+                return probabilities_first(_selective_int8(converter, samples, float_ops))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.float32
         return probabilities_first(converter.convert())
+
+
+def input_dtype(artifact: Path) -> str:
+    """The dtype name of the flatbuffer's image input (``uint8`` for a full-integer int8 export)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _quiet_once():
+        it = Interpreter(model_path=str(artifact))
+    return np.dtype(it.get_input_details()[0]["dtype"]).name
 
 
 def probabilities_first(content: bytes) -> bytes:

@@ -77,6 +77,13 @@ def sigmoid_head(model):
     return keras.Model(model.inputs, probs, name=model.name)
 
 
+def sublayers(layer):
+    """Every layer inside ``layer`` (a model), nested models' layers included, depth first."""
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from sublayers(sub)
+
+
 def count_flops(model) -> int:
     """Multiply-adds x2 per image of ``model``'s forward pass (conv, depthwise conv and dense layers)."""
     from keras import layers

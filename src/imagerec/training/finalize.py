@@ -21,19 +21,15 @@ import numpy as np
 BN_BATCHES = 100
 
 
-def _sublayers(layer):
-    for sub in getattr(layer, "layers", ()):
-        yield sub
-        yield from _sublayers(sub)
-
-
 def batchnorm_layers(model) -> list:
     """The BatchNorm layers that training updates (nested models included; frozen ones are left alone)."""
     from keras import layers
 
+    from imagerec.models.registry import sublayers
+
     return [
         layer
-        for layer in _sublayers(model)
+        for layer in sublayers(model)
         if isinstance(layer, layers.BatchNormalization) and layer.trainable
     ]
 
