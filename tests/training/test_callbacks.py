@@ -74,3 +74,34 @@ def test_a_second_signal_ends_the_process_at_once_by_that_signal():
     assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
     assert "survived" not in proc.stdout
     assert "imagerec: SIGTERM again: stopping now; --resume continues" in proc.stderr
+
+
+def _event_tags(folder) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_tensorboard_writes_epoch_figures_only(tmp_path):
+    import keras
+    import numpy as np
+
+    from imagerec.training.callbacks import EpochTensorBoard
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2
+    board = EpochTensorBoard(str(tmp_path / "logs"), write_graph=False, profile_batch=0)
+    model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), callbacks=[board], verbose=0)
+    tags = _event_tags(tmp_path / "logs")
+    assert {"epoch_loss", "epoch_accuracy"} <= tags
+    assert not any(tag.startswith("batch_") for tag in tags), tags
+    # per-batch figures are still written when asked for
+    every = EpochTensorBoard(str(tmp_path / "every"), write_graph=False, profile_batch=0, update_freq=1)
+    model.fit(x, y, batch_size=8, epochs=1, callbacks=[every], verbose=0)
+    assert "batch_loss" in _event_tags(tmp_path / "every")

@@ -202,6 +202,7 @@ class Learner:
         from imagerec.training.callbacks import (
             AtomicBackupAndRestore,
             AtomicBestModel,
+            EpochTensorBoard,
             NaNGuard,
             ProgressCallback,
             StopOnSignal,
@@ -219,7 +220,7 @@ class Learner:
             self.backup,
             NaNGuard(t.learning_rate),
             keras.callbacks.CSVLogger(str(run.history), append=bool(self.previous)),
-            keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
+            EpochTensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
             self.progress,
             *worker_callbacks(self.strategy_info, self.log),
         ]
