@@ -134,7 +134,10 @@ def test_symlink_leaving_the_root_is_invalid(tmp_path: Path):
     os.symlink(root / "dog" / "b.png", root / "cat" / "inside_link.png")
     os.symlink(tmp_path / "outside", root / "bird")  # a class folder that is a link out: its plain files too
     source = load_source(root)
-    assert [i["path"] for i in source.invalid] == [str(root / "bird" / "secret.png"), str(root / "cat" / "link.png")]
+    assert [i["path"] for i in source.invalid] == [
+        str(root / "bird" / "secret.png"),
+        str(root / "cat" / "link.png"),
+    ]
     assert all("outside the dataset root" in i["reason"] for i in source.invalid)
     assert str(root / "cat" / "inside_link.png") in {s.path for s in source.samples}
     assert load_source(root, follow_symlinks=True).invalid == []

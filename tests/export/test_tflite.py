@@ -93,7 +93,9 @@ def _op_input_dtypes(content: bytes) -> dict[str, set[str]]:
     """op name -> the dtypes of its inputs, read without the XNNPACK delegate."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = Interpreter(
+        model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     it.allocate_tensors()
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
     out: dict[str, set[str]] = {}

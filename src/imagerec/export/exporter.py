@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imagerec.errors import ImagerecError
+from imagerec.export import tflite
 from imagerec.export.formats import (
     EXPORT_JSON,
     FORMATS,
@@ -293,11 +294,7 @@ def _record(classifier, fmt_name, quantize, artifact: Path, spec, result) -> dic
     import tensorflow as tf
 
     size, channels = spec["image_size"], spec["channels"]
-    in_dtype = "float32"
-    if (fmt_name, quantize) == ("tflite", "int8"):  # uint8, or float32 where ops stay float (int8_float_ops)
-        from imagerec.export.tflite import input_dtype
-
-        in_dtype = input_dtype(artifact)
+    in_dtype = tflite.input_dtype(artifact) if fmt_name == "tflite" else "float32"
     record: dict[str, Any] = {
         "format": fmt_name,
         "quantization": quantize,

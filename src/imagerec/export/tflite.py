@@ -109,7 +109,8 @@ def int8_float_ops(model) -> tuple[str, ...]:
     if any(isinstance(layer, layers.DepthwiseConv2D) for layer in every):
         ops += ("DEPTHWISE_CONV_2D",)
     if any(
-        isinstance(layer, layers.Activation) and layer.get_config().get("activation") in ("hard_swish", "hard_silu")
+        isinstance(layer, layers.Activation)
+        and layer.get_config().get("activation") in ("hard_swish", "hard_silu")
         for layer in every
     ):
         ops += ("HARD_SWISH", "MUL")
@@ -164,7 +165,8 @@ def convert(model, spec: dict[str, Any], quantize: str, representative: np.ndarr
 
 
 def input_dtype(artifact: Path) -> str:
-    """The dtype name of the flatbuffer's image input (``uint8`` for a full-integer int8 export)."""
+    """The dtype name of the flatbuffer's image input: ``uint8`` for a full-integer int8 export, ``float32`` for
+    float exports and mixed int8 ones (:func:`int8_float_ops`)."""
     from ai_edge_litert.interpreter import Interpreter
 
     with _quiet_once():
