@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: the training recipe's")
     parser.add_argument(
         "--augment", default="hflip", help="an augmentation preset (the default picks hflip here)"
     )
@@ -71,7 +71,7 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=args.batch,
             learning_rate=args.lr,
-            weight_decay=args.weight_decay,
+            weight_decay=config.train.weight_decay if args.weight_decay is None else args.weight_decay,
         ),
     )
     model = build_model(name, 28, 1, 10, config.model)

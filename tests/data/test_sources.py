@@ -143,6 +143,20 @@ def test_symlink_leaving_the_root_is_invalid(tmp_path: Path):
     assert load_source(root, follow_symlinks=True).invalid == []
 
 
+def test_a_symlink_loop_is_invalid_not_a_crash(tmp_path: Path):
+    root = _tree(tmp_path / "d", {"cat/a.png": f.png(2), "dog/b.png": f.png(3)})
+    os.symlink(root / "cat" / "loop2.png", root / "cat" / "loop1.png")
+    os.symlink(root / "cat" / "loop1.png", root / "cat" / "loop2.png")
+    os.symlink("a.png", root / "cat" / "relative.png")  # relative links resolve against their folder
+    source = load_source(root)
+    assert sorted(i["path"] for i in source.invalid) == [
+        str(root / "cat" / "loop1.png"),
+        str(root / "cat" / "loop2.png"),
+    ]
+    assert all("symlink loop" in i["reason"] for i in source.invalid)
+    assert str(root / "cat" / "relative.png") in {s.path for s in source.samples}
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

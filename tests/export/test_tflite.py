@@ -137,3 +137,21 @@ def test_int8_keeps_depthwise_and_hard_swish_in_float32(net, float_ops, tmp_path
     assert tflite.input_dtype(tmp_path / "model.tflite") == ("float32" if float_ops else "uint8")
     got = tflite.Runtime(tmp_path / "model.tflite", num_threads=1)(images)
     np.testing.assert_allclose(got, np.asarray(model(images.astype(np.float32))), atol=0.05)
+
+
+def test_float_ops_are_found_in_nested_backbones_and_fused_activations():
+    import keras
+    from keras import layers
+
+    from imagerec.models.registry import build_model
+
+    assert tflite.int8_float_ops(build_model("mobilenetv3small", 32, 3, 3)) == (
+        "DEPTHWISE_CONV_2D",
+        "HARD_SWISH",
+        "MUL",
+    )
+    assert tflite.int8_float_ops(build_model("efficientnetv2b0", 32, 3, 3)) == ("DEPTHWISE_CONV_2D",)
+    assert tflite.int8_float_ops(build_model("imagerec-cnn", 28, 1, 3)) == ()
+    inputs = keras.Input((16, 16, 3))
+    x = layers.SeparableConv2D(4, 3)(layers.Conv2D(4, 3, activation="hard_swish")(inputs))
+    assert tflite.int8_float_ops(keras.Model(inputs, x)) == ("DEPTHWISE_CONV_2D", "HARD_SWISH", "MUL")

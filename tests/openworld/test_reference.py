@@ -69,7 +69,10 @@ def test_multilabel_rows_count_for_every_class(clusters):
     multi = np.eye(3)[y]
     multi[np.arange(10), (y[:10] + 1) % 3] = 1  # ten images carry a second label
     ref = Reference.fit(z, multi, 3)
-    assert ref.class_counts.tolist() == (np.bincount(y, minlength=3) + np.bincount((y[:10] + 1) % 3, minlength=3)).tolist()
+    assert (
+        ref.class_counts.tolist()
+        == (np.bincount(y, minlength=3) + np.bincount((y[:10] + 1) % 3, minlength=3)).tolist()
+    )
     assert np.isfinite(ref.score(z[:3])).all()
 
 
@@ -115,3 +118,7 @@ def test_fit_rows_keep_every_class_in_proportion_up_to_the_cap():
     multi_hot[:5] = False  # rows with no label are a stratum of their own
     kept = fit_rows(multi_hot, size=100)
     assert (kept < 5).sum() == 1 and np.bincount(y[kept[kept >= 5]]).tolist() == [60, 30, 10]
+    # multi-label: each label *set* kept, as Reference.fit groups them ({0} and a rare {0, 1} share a first label)
+    sets = np.zeros((1000, 2), bool)
+    sets[:, 0], sets[995:, 1] = True, True
+    assert sets[fit_rows(sets, size=20)][:, 1].sum() == 1

@@ -131,7 +131,9 @@ def test_a_run_keeps_batchnorm_statistics_of_its_weights_and_a_fitted_temperatur
 
     # resume: the target accuracy `imagerec calibrate` stored is kept, its threshold re-fitted to the new weights
     # (and so the out-of-distribution threshold's share kept, against the new weights' reference)
-    assert (out / "reference.npz").is_file() and "ood_threshold" not in record  # OOD answers: calibrate's opt-in
+    assert (
+        out / "reference.npz"
+    ).is_file() and "ood_threshold" not in record  # OOD answers: calibrate's opt-in
     stale = {**record, "target_accuracy": 0.5, "threshold": 0.9, "ood_keep": 0.9, "ood_threshold": -1.0}
     (out / "calibration.json").write_text(json.dumps(stale))
     imagerec.train(data, out=out, resume=True, epochs=2, **QUIET)
@@ -152,19 +154,29 @@ def test_too_few_validation_images_leave_the_confidence_uncalibrated(tmp_path):
     assert run.metrics["test"]["ece"] == run.metrics["test"]["ece_uncalibrated"]
 
 
-def test_the_reference_is_fitted_on_a_class_stratified_sample_of_a_large_train_split(data, tmp_path, monkeypatch):
+def test_the_reference_is_fitted_on_a_class_stratified_sample_of_a_large_train_split(
+    data, tmp_path, monkeypatch
+):
     from imagerec.classifier import Classifier
     from imagerec.evaluation.data import run_split
     from imagerec.openworld import reference
+    from imagerec.runtime import predict_in_batches
 
     monkeypatch.setattr(reference, "FIT_IMAGES", 30)
     out = tmp_path / "run"
     kw = {"model": "imagerec-cnn", "batch_size": 8, "mixed_precision": "off", "augment": "none", "val": 0.5}
     imagerec.train(data, out=out, epochs=1, **kw, **QUIET)
-    train_y = run_split(Classifier.load(out), "train").y
-    assert len(train_y) > 30
-    counts = reference.Reference.load(out / "reference.npz").class_counts
-    assert counts.sum() == 30 and counts.tolist() == np.bincount(train_y[reference.fit_rows(train_y)]).tolist()
+    clf = Classifier.load(out)
+    train = run_split(clf, "train")
+    rows = reference.fit_rows(train.y)
+    assert len(train.y) > 30 and len(rows) == 30
+    fitted = reference.Reference.load(out / "reference.npz")
+    counts = fitted.class_counts
+    assert counts.sum() == 30 and counts.tolist() == np.bincount(train.y[rows]).tolist()
+    # the class means are those of these very images' embeddings, each with its own label
+    _, emb = predict_in_batches(clf.raw_outputs, train.images[rows], 8, embedding=True)
+    want = reference.Reference.fit(emb, train.y[rows], len(clf.labels)).means
+    np.testing.assert_allclose(fitted.means, want, atol=1e-4)
 
     # `imagerec calibrate` rebuilds a missing reference from the same rows
     (out / "reference.npz").unlink()

@@ -100,6 +100,14 @@ def _loose_files(folder: Path) -> list[str]:
 OUTSIDE_ROOT = "symlink points outside the dataset root (to use it, pass --follow-symlinks)"
 
 
+def _link_problem(path: str, real_root: Path) -> str | None:
+    """Why the symlink ``path`` is not a sample (it ends outside ``real_root``, or in a loop); None when it is."""
+    try:
+        return None if Path(path).resolve().is_relative_to(real_root) else OUTSIDE_ROOT
+    except (RuntimeError, OSError):  # a link loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        return "symlink loop: the link never reaches a file"
+
+
 def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out: DatasetSource) -> None:
     real_root = root.resolve()
     seen: set[Path] = set()  # real folders already walked: a link loop is walked once
@@ -118,11 +126,15 @@ def _walk_class(root: Path, class_dir: Path, label: str, split: str | None, out:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 out.ignored_files.append(full)
                 continue
-            if not out.follow_symlinks and not (
-                Path(full).resolve().is_relative_to(real_root) if os.path.islink(full) else folder_inside
-            ):
-                out.invalid.append({"path": full, "reason": OUTSIDE_ROOT})
-                continue
+            if not out.follow_symlinks:
+                problem = (
+                    _link_problem(full, real_root)
+                    if os.path.islink(full)
+                    else (None if folder_inside else OUTSIDE_ROOT)
+                )
+                if problem:
+                    out.invalid.append({"path": full, "reason": problem})
+                    continue
             out.samples.append(Sample(full, label, split))
 
 
@@ -304,7 +316,9 @@ def load_sources(data, follow_symlinks: bool = False) -> DatasetSource:
         return parts[0]
     tasks = [p.task for p in parts]
     if len(set(tasks)) > 1:
-        raise DataError(f"datasets {[str(d) for d in data]} differ in task ({tasks}); merge datasets of one kind")
+        raise DataError(
+            f"datasets {[str(d) for d in data]} differ in task ({tasks}); merge datasets of one kind"
+        )
     merged = DatasetSource(root=parts[0].root, kind=parts[0].kind, samples=[], class_names=[],
                            follow_symlinks=follow_symlinks, task=parts[0].task)  # fmt: skip
     for part in parts:

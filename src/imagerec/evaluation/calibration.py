@@ -171,7 +171,7 @@ def ood_record(clf: Classifier, emb: np.ndarray | None, keep: float | None) -> d
 
         train = run_split(clf, "train")
         rows = fit_rows(train.y)
-        _, train_emb = predict_in_batches(clf.raw_outputs, train.images[rows], CALIBRATION_BATCH, embedding=True)
+        _, train_emb = predict_in_batches(clf.raw_outputs, train.images, CALIBRATION_BATCH, embedding=True, rows=rows)
         Reference.fit(train_emb, train.y[rows], len(clf.labels)).save(clf.run_dir.reference)
     threshold = ood_threshold(clf.ood_scores(emb), keep)
     return {"ood_threshold": None if threshold is None else round(threshold, 6), "ood_keep": keep}

@@ -87,6 +87,9 @@ def xnnpack_friendly(model):
     return rebuilt
 
 
+HARD_SWISH = ("hard_swish", "hard_silu")  # Keras 3's name for the function, and its alias
+
+
 def int8_float_ops(model) -> tuple[str, ...]:
     """The LiteRT ops an int8 export of ``model`` keeps in float32, chosen by measurement (bench/RESULTS-export.md,
     2-core AVX-512 EPYC, XNNPACK, batch 1 at 224 px):
@@ -106,20 +109,19 @@ def int8_float_ops(model) -> tuple[str, ...]:
 
     every = list(sublayers(model))
     ops: tuple[str, ...] = ()
-    if any(isinstance(layer, layers.DepthwiseConv2D) for layer in every):
+    if any(isinstance(layer, (layers.DepthwiseConv2D, layers.SeparableConv2D)) for layer in every):
         ops += ("DEPTHWISE_CONV_2D",)
-    if any(
-        isinstance(layer, layers.Activation)
-        and layer.get_config().get("activation") in ("hard_swish", "hard_silu")
-        for layer in every
-    ):
+    # an Activation layer, or any layer's fused activation (a Conv2D(activation="hard_swish"))
+    if any(getattr(getattr(layer, "activation", None), "__name__", "") in HARD_SWISH for layer in every):
         ops += ("HARD_SWISH", "MUL")
     return ops
 
 
 def _selective_int8(converter, samples, float_ops: tuple[str, ...]) -> bytes:
     """int8 with ``float_ops`` left in float32: TensorFlow's quantization debugger builds the calibrated model and
-    quantizes all but the denylisted ops (float32 input and output)."""
+    quantizes all but the denylisted ops (float32 input and output). The debugger also builds a numeric-verify
+    model that is not used (its public API has no way around it): a few seconds more per export, nothing at
+    inference."""
     import tensorflow as tf
 
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))

@@ -89,7 +89,7 @@ def count_flops(model) -> int:
     from keras import layers
 
     total = 0
-    for layer in _walk(model):
+    for layer in (sub for sub in sublayers(model) if not getattr(sub, "layers", None)):  # leaves only
         if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) and not isinstance(
             layer, layers.Conv2DTranspose
         ):
@@ -100,11 +100,3 @@ def count_flops(model) -> int:
         elif isinstance(layer, layers.Dense):
             total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
     return int(total)
-
-
-def _walk(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            yield from _walk(layer)
-        else:
-            yield layer

@@ -192,10 +192,9 @@ def _groups(multi_hot: np.ndarray) -> np.ndarray:
 def fit_rows(labels: np.ndarray, size: int | None = None, seed: int = 0) -> np.ndarray:
     """The rows of a train split's ``labels`` (class indices ``(N,)`` or multi-hot ``(N, C)``) to embed and fit
     the reference on: all of them up to ``size`` (default ``FIT_IMAGES``), else a sample with each class (a
-    multi-label row: its first label) in proportion. Sorted indices."""
+    multi-label run: each label set, as :meth:`Reference.fit` groups them) in proportion. Sorted indices."""
     y = np.asarray(labels)
-    first = np.where(y.any(1), y.argmax(1), -1) if y.ndim == 2 else y
-    return _stratified_sample(first, FIT_IMAGES if size is None else size, seed)
+    return _stratified_sample(_groups(y) if y.ndim == 2 else y, FIT_IMAGES if size is None else size, seed)
 
 
 def _stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

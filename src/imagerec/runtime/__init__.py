@@ -70,18 +70,30 @@ def outputs_of(fn: Callable, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray 
 
 
 def predict_in_batches(
-    fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int, embedding: bool = False
+    fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    batch_size: int,
+    embedding: bool = False,
+    rows: np.ndarray | None = None,
 ):
     """THE batched probability loop: ``fn`` over ``images`` in slices of ``batch_size``, concatenated ``(N, K)``.
 
     ``fn`` is a runtime callable (or a Classifier's ``predict_proba``); an empty input gives ``(0, K)`` only when
     ``fn`` accepts an empty batch, so callers with possibly empty inputs pass ``num_classes``. With
-    ``embedding=True`` it returns ``(probabilities, embeddings or None)`` (see :func:`outputs_of`).
+    ``embedding=True`` it returns ``(probabilities, embeddings or None)`` (see :func:`outputs_of`). ``rows``: only
+    these indices of ``images``, gathered one batch at a time (no copy of the whole selection, which for a
+    memory-mapped split would read it all into memory).
     """
     if batch_size < 1:
         raise ImagerecError(f"batch_size must be >= 1, got {batch_size}")
     step = (lambda b: outputs_of(fn, b)) if embedding else (lambda b: (fn(b), None))
-    parts = [step(images[i : i + batch_size]) for i in range(0, len(images), batch_size)] or [step(images[:0])]
+    n = len(images) if rows is None else len(rows)
+    take = (
+        (lambda i: images[i : i + batch_size])
+        if rows is None
+        else (lambda i: images[rows[i : i + batch_size]])
+    )
+    parts = [step(take(i)) for i in range(0, n, batch_size)] or [step(images[:0])]
     probs = np.concatenate([np.asarray(p, np.float32) for p, _ in parts])
     if not embedding:
         return probs

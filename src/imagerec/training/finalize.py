@@ -95,7 +95,7 @@ def write_reference(run, fn, images: np.ndarray, y: np.ndarray, num_classes: int
     from imagerec.runtime import predict_in_batches
 
     rows = fit_rows(y)
-    _, emb = predict_in_batches(fn, images[rows], batch_size, embedding=True)
+    _, emb = predict_in_batches(fn, images, batch_size, embedding=True, rows=rows)
     if emb is not None and len(y):
         Reference.fit(emb, y[rows], num_classes).save(run.reference)
 
