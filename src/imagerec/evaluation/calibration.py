@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagerec.errors import RunError
 from imagerec.evaluation.metrics import expected_calibration_error
 from imagerec.prediction import softmax_temperature
 from imagerec.settings import CalibrateSettings
@@ -161,17 +162,17 @@ def ood_record(clf: Classifier, emb: np.ndarray | None, keep: float | None) -> d
     """``ood_threshold`` (keeping ``keep`` of the split's embeddings ``emb``) and ``ood_keep``; the run's reference
     is built from its train split first when it has none. Empty without embeddings (an old export)."""
     from imagerec.openworld import ood_threshold
-    from imagerec.openworld.reference import Reference, fit_rows
+    from imagerec.openworld.reference import Reference
 
     if emb is None or keep is None:
         return {}
     if clf.reference is None:
         from imagerec.evaluation.data import run_split
-        from imagerec.runtime import predict_in_batches
 
         train = run_split(clf, "train")
-        rows = fit_rows(train.y)
-        _, train_emb = predict_in_batches(clf.raw_outputs, train.images, CALIBRATION_BATCH, embedding=True, rows=rows)
-        Reference.fit(train_emb, train.y[rows], len(clf.labels)).save(clf.run_dir.reference)
+        reference = Reference.of_images(clf.raw_outputs, train.images, train.y, len(clf.labels), CALIBRATION_BATCH)
+        if reference is None:
+            raise RunError("no training embeddings to build the out-of-distribution reference from")
+        reference.save(clf.run_dir.reference)
     threshold = ood_threshold(clf.ood_scores(emb), keep)
     return {"ood_threshold": None if threshold is None else round(threshold, 6), "ood_keep": keep}

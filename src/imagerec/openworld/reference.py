@@ -87,6 +87,21 @@ class Reference:
             k=min(K, len(keep)),
         )
 
+    @classmethod
+    def of_images(
+        cls, fn, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int
+    ) -> Reference | None:
+        """The reference of a train split: the embeddings the runtime callable ``fn`` gives its :func:`fit_rows`
+        (at most ``FIT_IMAGES``, gathered a batch at a time). None when ``fn`` gives no embedding or the split is
+        empty."""
+        from imagerec.runtime import predict_in_batches
+
+        rows = fit_rows(labels)
+        _, emb = predict_in_batches(fn, images, batch_size, embedding=True, rows=rows)
+        if emb is None or not len(rows):
+            return None
+        return cls.fit(emb, np.asarray(labels)[rows], num_classes)
+
     # scores ---------------------------------------------------------------------------------------------------
     def score(self, embeddings: np.ndarray, method: str | None = None) -> np.ndarray:
         """Out-of-distribution scores ``(N,)`` of L2-normalised ``embeddings`` ``(N, D)``: higher = further.

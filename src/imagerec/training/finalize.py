@@ -91,13 +91,10 @@ def write_reference(run, fn, images: np.ndarray, y: np.ndarray, num_classes: int
     """The training ``images``' embeddings (as the runtime callable ``fn`` gives them; at most
     ``FIT_IMAGES`` of them, class-stratified) in a few MB, ``RUN/reference.npz``: what out-of-distribution scores
     are measured against (:mod:`imagerec.openworld`)."""
-    from imagerec.openworld.reference import Reference, fit_rows
-    from imagerec.runtime import predict_in_batches
+    from imagerec.openworld.reference import Reference
 
-    rows = fit_rows(y)
-    _, emb = predict_in_batches(fn, images, batch_size, embedding=True, rows=rows)
-    if emb is not None and len(y):
-        Reference.fit(emb, y[rows], num_classes).save(run.reference)
+    if (reference := Reference.of_images(fn, images, y, num_classes, batch_size)) is not None:
+        reference.save(run.reference)
 
 
 def calibrate_run(run, fn, images: np.ndarray, y: np.ndarray, batch_size: int, log=print) -> float:
